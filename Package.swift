@@ -1,0 +1,43 @@
+// swift-tools-version: 6.1
+// zramnbd: Linux zram (zsmalloc + LZ4/Zstd page store) served over NBD.
+// Dependencies point one way: zramnbd -> ZramDaemon -> {NBD, ZramDevice -> {ZsPool, Codec}}.
+import PackageDescription
+
+let package = Package(
+    name: "zramnbd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "zramnbd", targets: ["zramnbd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C libraries from Debian (scripts/install-deps.sh installs the -dev packages).
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
+
+        // The zsmalloc allocator: size classes, zspages, handles, compaction. Knows nothing else.
+        .target(name: "ZsPool"),
+        // Page compressors (LZ4, Zstd) behind one protocol.
+        .target(name: "Codec", dependencies: ["CLZ4", "CZstd"]),
+        // zram's page store: slot table, same/huge pages, discard, mem_limit, counters.
+        .target(name: "ZramDevice", dependencies: ["ZsPool", "Codec"]),
+        // The NBD protocol and server; talks to any block backend, knows nothing of compression.
+        .target(name: "NBD"),
+        // The daemon: CLI, config, stats files, control socket; wires devices to NBD exports.
+        .target(name: "ZramDaemon", dependencies: [
+            "ZramDevice", "NBD",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "zramnbd", dependencies: ["ZramDaemon"]),
+
+        // Helpers shared by the tests: spawning processes, temp dirs, kernel zram oracle devices.
+        .target(name: "TestSupport"),
+        .testTarget(name: "ZsPoolTests", dependencies: ["ZsPool", "TestSupport"]),
+        .testTarget(name: "ZramDeviceTests", dependencies: ["ZramDevice", "Codec", "TestSupport"]),
+        .testTarget(name: "NBDTests", dependencies: ["NBD", "CNBD", "TestSupport"]),
+        .testTarget(name: "DaemonTests", dependencies: ["ZramDaemon", "CNBD", "TestSupport"]),
+    ]
+)

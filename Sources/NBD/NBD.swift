@@ -1,0 +1,1 @@
+// NBD: placeholder until the module lands.

@@ -1,0 +1,1 @@
+// ZramDaemon: placeholder until the module lands.

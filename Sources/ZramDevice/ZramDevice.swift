@@ -1,0 +1,1 @@
+// ZramDevice: placeholder until the module lands.

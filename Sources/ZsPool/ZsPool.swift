@@ -1,0 +1,1 @@
+// ZsPool: placeholder until the module lands.
