@@ -22,7 +22,7 @@ public final class ZsPool: @unchecked Sendable {
     /// zs_huge_class_size(): zram stores a page raw when its compressed length reaches this.
     public var hugeClassSize: Int { geometry.hugeClassSize }
 
-    private let provider: PageProvider
+    let provider: PageProvider
     private let classes: [SizeClass]
     private let compactionInProgress = Atomic<Bool>(false)
     private let pagesCompactedTotal = Atomic<Int>(0)
