@@ -28,6 +28,7 @@ public final class Daemon {
         var metrics: MetricsServer?
         do {
             for spec in settings.devices { try host.add(spec) }
+            try host.exportUnclaimedSockets()
             if let path = settings.controlSocket { control = try ControlServer(path: path) }
             if let m = settings.metricsListen { metrics = try MetricsServer(address: try HostPort.parse(m)) }
         } catch {

@@ -28,6 +28,12 @@ public protocol ExportHandle: AnyObject {
 public protocol DeviceBackend: AnyObject {
     func makeStore(_ spec: DeviceSpec) throws(DaemonError) -> any PageStore
     func export(_ store: any PageStore, spec: DeviceSpec) throws(DaemonError) -> any ExportHandle
+    /// Exports every device on sockets systemd passed that no device claimed (nil: none).
+    func exportUnclaimed(_ devices: [(DeviceSpec, any PageStore)]) throws(DaemonError) -> (any ExportHandle)?
+}
+
+extension DeviceBackend {
+    public func exportUnclaimed(_ devices: [(DeviceSpec, any PageStore)]) throws(DaemonError) -> (any ExportHandle)? { nil }
 }
 
 /// One running device.
@@ -48,6 +54,8 @@ final class HostedDevice {
 public final class DeviceHost {
     let backend: any DeviceBackend
     private(set) var devices: [HostedDevice] = []
+    /// Serves every device on activated sockets no device claimed (socket activation).
+    private var sharedExport: (any ExportHandle)?
     var prometheusFile: String?
     var log: Log
 
@@ -100,8 +108,16 @@ public final class DeviceHost {
         log.info("\(name): removed")
     }
 
+    /// Starts the export of activated sockets no device claimed; call once every configured
+    /// device is added.
+    public func exportUnclaimedSockets() throws(DaemonError) {
+        sharedExport = try backend.exportUnclaimed(devices.map { ($0.spec, $0.store) })
+    }
+
     /// Stops every export (graceful shutdown) and removes the stats directories.
     public func stopAll() {
+        sharedExport?.stop()
+        sharedExport = nil
         for d in devices {
             d.export?.stop()
             d.export = nil

@@ -94,6 +94,21 @@ enum Sockets {
         return fd
     }
 
+    /// The path a unix socket is bound to (nil for other families or unnamed sockets).
+    static func unixPath(of fd: Int32) -> String? {
+        var addr = sockaddr_un()
+        var len = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        guard ok == 0, addr.sun_family == sa_family_t(AF_UNIX) else { return nil }
+        let path = withUnsafeBytes(of: addr.sun_path) { raw -> String in
+            let bytes = raw.prefix(max(0, Int(len) - MemoryLayout<sa_family_t>.size))
+            return String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        return path.isEmpty ? nil : path
+    }
+
     /// The uid of the process on the other end of a unix socket.
     static func peerUID(_ fd: Int32) -> uid_t? {
         // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (hidden behind _GNU_SOURCE in Glibc).
