@@ -223,7 +223,6 @@ public final class DeviceHost {
         let extra: [(String, JSONValue)] = [
             ("connections", .int(d.export?.activeConnections ?? 0)),
             ("nbd_device", d.nbdDevice.map(JSONValue.string) ?? .null),
-            ("time", .double(SystemInfo.wallClock())),
         ]
         do { try dir.publish(s, extra: extra, force: force) } catch {
             log.error("\(d.spec.name): cannot write stats: \(error)")

@@ -26,6 +26,10 @@ enum FileSystem {
     }
 
     static func readText(_ path: String) throws(DaemonError) -> String {
+        String(decoding: try readBytes(path), as: UTF8.self)
+    }
+
+    static func readBytes(_ path: String) throws(DaemonError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .errno("open \(path)") }
         defer { close(fd) }
@@ -40,7 +44,7 @@ enum FileSystem {
             if n == 0 { break }
             bytes += chunk[0..<n]
         }
-        return String(decoding: bytes, as: UTF8.self)
+        return bytes
     }
 
     /// Replaces `path` with `text` so that readers see the old or the new contents, never a mix:
@@ -124,13 +128,6 @@ public enum SystemInfo {
     static func now() -> Double {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
-    /// Wall-clock seconds since the epoch.
-    static func wallClock() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }
