@@ -71,6 +71,16 @@ final class MetricsServer {
 
     init(address: HostPort) throws(DaemonError) { fd = try Sockets.listenTCP(address) }
 
+    /// The bound port (useful when asked for port 0).
+    var port: UInt16 {
+        var addr = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return withUnsafePointer(to: &addr) { p -> UInt16 in
+            p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+        }
+    }
+
     func serveOne(_ body: () -> String) {
         guard let conn = Sockets.acceptConnection(fd) else { return }
         defer { Glibc.close(conn) }

@@ -242,3 +242,33 @@ struct StatusReportTests {
 extension Substring {
     var trimmingNewline: String { String(self).trimmed() }
 }
+
+@Suite("HTTP /metrics")
+struct MetricsServerTests {
+    /// Sends `request` to the server, lets it answer, returns the response.
+    func exchange(_ server: MetricsServer, _ request: String) throws -> String {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = server.port.bigEndian
+        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(ok == 0)
+        #expect(FileSystem.writeAll(fd, request))
+        server.serveOne { "zramnbd_up 1\n" }
+        return String(decoding: Sockets.readMessage(fd, limit: 1 << 20, timeout: 5000, stopAtNewline: false) ?? [], as: UTF8.self)
+    }
+
+    @Test("GET /metrics answers the Prometheus text, anything else 404")
+    func metrics() throws {
+        let server = try MetricsServer(address: HostPort(host: "127.0.0.1", port: 0))
+        defer { server.close() }
+        let ok = try exchange(server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(ok.hasPrefix("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: 13\r\n"))
+        #expect(ok.hasSuffix("\r\n\r\nzramnbd_up 1\n"))
+        #expect(try exchange(server, "GET / HTTP/1.1\r\n\r\n").hasPrefix("HTTP/1.0 404 Not Found\r\n"))
+    }
+}
