@@ -220,10 +220,12 @@ s_fio_verify() {
 	need fio
 	# 4 jobs = 4 NBD connections, each on its own range, mixed block sizes,
 	# written randomly then read back and checked with crc32c.
+	# Run in $TMP: fio would otherwise leave verify state files in the cwd.
+	cd "$TMP"
 	fio --name=verify --ioengine=nbd --uri="$URI" --rw=randwrite \
 		--bssplit=4k/50:16k/20:64k/20:512k/10 --iodepth=16 --numjobs=4 \
 		--size="${FIO_MB}M" --offset_increment="${FIO_MB}M" \
-		--verify=crc32c --verify_fatal=1 --do_verify=1 --randrepeat=1 \
+		--verify=crc32c --verify_fatal=1 --do_verify=1 --randrepeat=1 --verify_state_save=0 \
 		--group_reporting --output="$TMP/fio.out" || { tail -20 "$TMP/fio.out"; die "fio failed"; }
 	grep -Eq 'err= *0' "$TMP/fio.out" || { grep -E 'err=' "$TMP/fio.out"; die "fio reported errors"; }
 	note "4 jobs x ${FIO_MB} MiB, $(grep -Eo 'WRITE: bw=[^ ]+' "$TMP/fio.out" | head -1)"
