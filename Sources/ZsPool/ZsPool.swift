@@ -1,1 +1,163 @@
-// ZsPool: placeholder until the module lands.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// A stable reference to an object in the pool; compaction moves objects but never changes handles.
+/// Never 0. The class position lives in bits 40..47, so a handle finds its class without a lookup.
+public typealias ZsHandle = UInt64
+
+/// A userspace port of the kernel's zsmalloc (mm/zsmalloc.c, Linux 6.12-6.18).
+///
+/// Objects of 1...4096 bytes are packed into size classes (32...4096 B, step 16); each class owns
+/// zspages of 1...chainSize pages, keeps them in fullness groups and allocates from the fullest one.
+/// Compaction moves objects from the emptiest zspages into the fullest and frees the emptied ones.
+///
+/// Thread safety: every operation takes only the lock of the object's class (lock order: class lock,
+/// then the page provider's lock). Compaction holds one class at a time and yields between zspages.
+public final class ZsPool: @unchecked Sendable {
+    public let name: String
+    public let geometry: ZsGeometry
+    public var chainSize: Int { geometry.chainSize }
+    /// zs_huge_class_size(): zram stores a page raw when its compressed length reaches this.
+    public var hugeClassSize: Int { geometry.hugeClassSize }
+
+    let provider: PageProvider
+    private let classes: [SizeClass]
+    private let compactionInProgress = Atomic<Bool>(false)
+    private let pagesCompactedTotal = Atomic<Int>(0)
+
+    /// - Parameters:
+    ///   - maxPages: hard cap on pages the pool may hold (address space is reserved for it, nothing
+    ///     more); malloc fails once it is reached.
+    ///   - reservePages: freed pages kept resident for reuse before being returned to the OS.
+    public init(name: String, chainSize: Int = 8, maxPages: Int, reservePages: Int = 256) {
+        self.name = name
+        geometry = ZsGeometry(chainSize: chainSize)
+        provider = PageProvider(maxPages: maxPages, reservePages: reservePages)
+        var built: [SizeClass] = []
+        for (slot, info) in geometry.classes.enumerated() {
+            built.append(SizeClass(info: info, slot: slot, provider: provider))
+        }
+        classes = built
+    }
+
+    /// zs_malloc(): room for `size` payload bytes (1...4096); nil when the page cap is reached.
+    @inline(__always)
+    public func malloc(_ size: Int) -> ZsHandle? {
+        precondition(size > 0 && size <= zsPageSize, "zs_malloc size must be 1...4096")
+        return classes[geometry.slot(forAllocation: size)].malloc()
+    }
+
+    /// Writes `count` payload bytes (at most the size given to malloc).
+    @inline(__always)
+    public func write(_ handle: ZsHandle, from src: UnsafeRawPointer, count: Int) {
+        owner(of: handle).write(handle, from: src, count: count)
+    }
+
+    /// Copies `count` payload bytes out of the object.
+    @inline(__always)
+    public func read(_ handle: ZsHandle, into dst: UnsafeMutableRawPointer, count: Int) {
+        owner(of: handle).read(handle, into: dst, count: count)
+    }
+
+    /// zs_free().
+    @inline(__always)
+    public func free(_ handle: ZsHandle) {
+        owner(of: handle).free(handle)
+    }
+
+    @inline(__always) private func owner(of handle: ZsHandle) -> SizeClass {
+        classes[Int(truncatingIfNeeded: handle >> 40)]
+    }
+
+    /// zs_compact(): compacts every class from the largest down; returns the pages freed by this run.
+    /// A call made while another compaction runs returns 0 at once, as in the kernel.
+    @discardableResult
+    public func compact() -> Int {
+        guard compactionInProgress.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
+        else { return 0 }
+        defer { compactionInProgress.store(false, ordering: .releasing) }
+        var freed = 0
+        for cls in classes.reversed() { freed += cls.compact() }
+        pagesCompactedTotal.add(freed, ordering: .relaxed)
+        return freed
+    }
+
+    /// zs_get_total_pages(): pages in all live zspages.
+    public var totalPages: Int { provider.pagesInUse.load(ordering: .relaxed) }
+    /// Cumulative pages freed by compaction (zs_pool_stats.pages_compacted).
+    public var pagesCompacted: Int { pagesCompactedTotal.load(ordering: .relaxed) }
+    /// Pages freed and kept resident for reuse (not counted in totalPages).
+    public var reservePages: Int { provider.reservePages }
+    /// Returns the resident reserve to the OS.
+    public func trimReserve() { provider.trimReserve() }
+    /// Upper bound on pages set at creation.
+    public var maxPages: Int { provider.maxPages }
+
+    /// zs_lookup_class_index().
+    public func lookupClassIndex(_ size: Int) -> Int { geometry.lookupClassIndex(size) }
+
+    /// Pages compaction could free now (the shrinker's count).
+    public var freeablePages: Int { classes.reduce(0) { $0 + $1.stats().freeable } }
+
+    // MARK: statistics
+
+    public struct ClassStats: Sendable, Equatable {
+        public let index: Int
+        public let size: Int
+        /// zspages per fullness group 1...11 (the 10%...99% and 100% columns).
+        public let zspagesByFullness: [Int]
+        public let objAllocated: Int
+        public let objUsed: Int
+        public let pagesUsed: Int
+        public let pagesPerZspage: Int
+        public let freeable: Int
+    }
+
+    public func classStats() -> [ClassStats] {
+        classes.map { cls in
+            let s = cls.stats()
+            return ClassStats(index: cls.info.index, size: cls.size,
+                              zspagesByFullness: Array(s.zspagesInGroup[1...]),
+                              objAllocated: s.objsAllocated, objUsed: s.objsInuse,
+                              pagesUsed: s.objsAllocated / cls.objsPerZspage * cls.pagesPerZspage,
+                              pagesPerZspage: cls.pagesPerZspage, freeable: s.freeable)
+        }
+    }
+
+    /// The debugfs `classes` table (zs_stats_size_show), byte for byte.
+    public func classesText() -> String {
+        var out = " " + pad("class", 5) + " " + pad("size", 5)
+        for h in ["10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "99%", "100%"] { out += " " + pad(h, 9) }
+        out += " " + pad("obj_allocated", 13) + " " + pad("obj_used", 10) + " " + pad("pages_used", 10)
+        out += " " + pad("pages_per_zspage", 16) + " " + pad("freeable", 8) + "\n"
+        var totals = [Int](repeating: 0, count: 11)
+        var tObjs = 0, tUsed = 0, tPages = 0, tFreeable = 0
+        for s in classStats() {
+            out += " " + pad(String(s.index), 5) + " " + pad(String(s.size), 5) + " "
+            for (g, n) in s.zspagesByFullness.enumerated() { totals[g] += n; out += pad(String(n), 9) + " " }
+            out += pad(String(s.objAllocated), 13) + " " + pad(String(s.objUsed), 10) + " "
+            out += pad(String(s.pagesUsed), 10) + " " + pad(String(s.pagesPerZspage), 16) + " "
+            out += pad(String(s.freeable), 8) + "\n"
+            tObjs += s.objAllocated; tUsed += s.objUsed; tPages += s.pagesUsed; tFreeable += s.freeable
+        }
+        out += "\n " + pad("Total", 5) + " " + pad("", 5) + " "
+        for n in totals { out += pad(String(n), 9) + " " }
+        out += pad(String(tObjs), 13) + " " + pad(String(tUsed), 10) + " " + pad(String(tPages), 10) + " "
+        out += pad("", 16) + " " + pad(String(tFreeable), 8) + "\n"
+        return out
+    }
+
+    /// Every live handle, for consistency checks.
+    public func liveHandles() -> [ZsHandle] {
+        var all: [ZsHandle] = []
+        for cls in classes { cls.forEachLiveObject { all.append($0) } }
+        return all
+    }
+}
+
+/// printf("%Ns"): right-aligned in `width`, longer strings kept whole.
+@inline(__always) func pad(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
+}

@@ -1,0 +1,110 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// Hands out 4 KiB pages from one virtual reservation and gives freed pages back to the OS, so the
+/// process RSS follows the pool (the kernel's alloc_page/__free_page for zspages).
+///
+/// Freed pages first go to a small resident reserve: reuse is free there, and a swap daemon under
+/// memory pressure needs pages it does not have to fault in. Past the reserve, pages are returned with
+/// MADV_DONTNEED_LOCKED (works under mlockall), falling back to MADV_DONTNEED on older kernels.
+final class PageProvider: @unchecked Sendable {
+    let base: UnsafeMutableRawPointer
+    let maxPages: Int
+    let reserveLimit: Int
+    private let lock = PoolLock()
+    private var bump = 0                         // pages never handed out start here
+    private let warm: UnsafeMutablePointer<UInt32>   // resident free pages (reserve), a stack
+    private var warmCount = 0
+    private let cold: UnsafeMutablePointer<UInt32>   // released free pages, a stack
+    private var coldCount = 0
+    private let coldBytes: Int
+    private var dontneedAdvice: Int32 = 24       // MADV_DONTNEED_LOCKED (Linux 5.18+)
+    /// Pages handed out and not yet returned.
+    let pagesInUse = Atomic<Int>(0)
+
+    init(maxPages: Int, reservePages: Int) {
+        precondition(maxPages > 0 && maxPages < Int(UInt32.max))
+        self.maxPages = maxPages
+        reserveLimit = reservePages
+        let bytes = maxPages * zsPageSize
+        // Virtual only: nothing is committed until a page is touched.
+        guard let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              p != MAP_FAILED else {
+            fatalError("zspool: cannot reserve \(bytes) bytes of address space (errno \(errno))")
+        }
+        base = p
+        _ = madvise(base, bytes, MADV_NOHUGEPAGE)    // 4 KiB granularity, or DONTNEED could not free
+        warm = .allocate(capacity: max(reservePages, 1))
+        // The cold stack can hold every page; map it lazily too.
+        coldBytes = maxPages * MemoryLayout<UInt32>.stride
+        guard let c = mmap(nil, coldBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              c != MAP_FAILED else { fatalError("zspool: cannot reserve the page free list") }
+        cold = c.assumingMemoryBound(to: UInt32.self)
+    }
+
+    deinit {
+        munmap(base, maxPages * zsPageSize)
+        munmap(cold, coldBytes)
+        warm.deallocate()
+    }
+
+    @inline(__always) func address(of page: UInt32) -> UnsafeMutableRawPointer {
+        base + Int(page) &* zsPageSize
+    }
+
+    /// Takes `count` pages into `out`; false (and nothing taken) if the cap would be exceeded.
+    func allocate(_ count: Int, into out: UnsafeMutablePointer<UInt32>) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard warmCount + coldCount + (maxPages - bump) >= count else { return false }
+        for k in 0..<count {
+            if warmCount > 0 {
+                warmCount -= 1; out[k] = warm[warmCount]
+            } else if coldCount > 0 {
+                coldCount -= 1; out[k] = cold[coldCount]
+            } else {
+                out[k] = UInt32(bump); bump += 1
+            }
+        }
+        pagesInUse.add(count, ordering: .relaxed)
+        return true
+    }
+
+    func free(_ count: Int, from pages: UnsafePointer<UInt32>) {
+        lock.lock()
+        defer { lock.unlock() }
+        for k in 0..<count {
+            let page = pages[k]
+            if warmCount < reserveLimit {
+                warm[warmCount] = page; warmCount += 1
+            } else {
+                release(page)
+                cold[coldCount] = page; coldCount += 1
+            }
+        }
+        pagesInUse.subtract(count, ordering: .relaxed)
+    }
+
+    /// Returns every reserve page to the OS (after a reset, or when asked to shrink).
+    func trimReserve() {
+        lock.lock()
+        defer { lock.unlock() }
+        while warmCount > 0 {
+            warmCount -= 1
+            release(warm[warmCount])
+            cold[coldCount] = warm[warmCount]; coldCount += 1
+        }
+    }
+
+    var reservePages: Int { lock.withLock { warmCount } }
+
+    private func release(_ page: UInt32) {
+        let p = address(of: page)
+        if madvise(p, zsPageSize, dontneedAdvice) != 0 && dontneedAdvice != MADV_DONTNEED {
+            dontneedAdvice = MADV_DONTNEED    // kernel without MADV_DONTNEED_LOCKED
+            _ = madvise(p, zsPageSize, dontneedAdvice)
+        }
+    }
+}
