@@ -1,0 +1,79 @@
+import Codec
+import Glibc
+@testable import ZramDevice
+
+/// A page-aligned byte buffer owned by one test.
+final class Buffer {
+    let base: UnsafeMutableRawPointer
+    let count: Int
+    init(_ count: Int, fill: UInt8 = 0) {
+        self.count = count
+        base = .allocate(byteCount: max(count, 1), alignment: 4096)
+        memset(base, Int32(fill), count)
+    }
+    deinit { base.deallocate() }
+    subscript(i: Int) -> UInt8 {
+        get { base.load(fromByteOffset: i, as: UInt8.self) }
+        set { base.storeBytes(of: newValue, toByteOffset: i, as: UInt8.self) }
+    }
+    /// Deterministic pseudo-random bytes (xorshift64).
+    func randomize(seed: UInt64, range: Range<Int>? = nil) {
+        var x = seed | 1
+        for i in range ?? 0..<count {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            self[i] = UInt8(truncatingIfNeeded: x >> 24)
+        }
+    }
+    /// Text-like, compressible bytes.
+    func fillText(seed: Int, range: Range<Int>? = nil) {
+        let words = ["zram ", "page ", "store ", "compress ", "the ", "slot ", "handle ", "pool\n"]
+        let bytes = words.map { Array($0.utf8) }
+        var i = (range ?? 0..<count).lowerBound
+        let end = (range ?? 0..<count).upperBound
+        var k = UInt(bitPattern: seed)
+        while i < end {
+            for b in bytes[Int(k % UInt(bytes.count))] where i < end { self[i] = b; i += 1 }
+            k = k &* 31 &+ 7
+        }
+    }
+    func equals(_ other: Buffer, _ range: Range<Int>, otherOffset: Int = 0) -> Bool {
+        memcmp(base + range.lowerBound, other.base + otherOffset, range.count) == 0
+    }
+    func isZero(_ range: Range<Int>) -> Bool {
+        for i in range where self[i] != 0 { return false }
+        return true
+    }
+}
+
+func makeDevice(_ size: Int = 4 << 20, algorithm: CompressionAlgorithm = .lz4,
+                memLimit: Int = 0) throws -> ZramDevice {
+    try ZramDevice(ZramConfig(name: "test", diskSize: size, algorithm: algorithm, memLimit: memLimit))
+}
+
+extension ZramDevice {
+    func write(_ b: Buffer, at offset: Int, _ range: Range<Int>? = nil) throws {
+        let r = range ?? 0..<b.count
+        try write(from: b.base + r.lowerBound, offset: offset, length: r.count)
+    }
+    func read(_ b: Buffer, at offset: Int, _ range: Range<Int>? = nil) throws {
+        let r = range ?? 0..<b.count
+        try read(into: b.base + r.lowerBound, offset: offset, length: r.count)
+    }
+    /// (length, state) runs of the range.
+    func runs(_ offset: Int, _ length: Int) throws -> [(Int, PageState)] {
+        var out: [(Int, PageState)] = []
+        try pageStates(offset: offset, length: length) { out.append(($0, $1)); return true }
+        return out
+    }
+}
+
+/// Resident set size of this process (statm field 2).
+func residentBytes() -> Int {
+    let fd = open("/proc/self/statm", O_RDONLY)
+    guard fd >= 0 else { return 0 }
+    defer { close(fd) }
+    var buf = [UInt8](repeating: 0, count: 256)
+    let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+    let fields = String(decoding: buf[..<max(n, 0)], as: UTF8.self).split(separator: " ")
+    return fields.count > 1 ? (Int(fields[1]) ?? 0) * 4096 : 0
+}
