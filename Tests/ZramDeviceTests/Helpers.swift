@@ -51,11 +51,11 @@ func makeDevice(_ size: Int = 4 << 20, algorithm: CompressionAlgorithm = .lz4,
 }
 
 extension ZramDevice {
-    func write(_ b: Buffer, at offset: Int, _ range: Range<Int>? = nil) throws {
+    func write(_ b: Buffer, at offset: Int, _ range: Range<Int>? = nil) throws(ZramError) {
         let r = range ?? 0..<b.count
         try write(from: b.base + r.lowerBound, offset: offset, length: r.count)
     }
-    func read(_ b: Buffer, at offset: Int, _ range: Range<Int>? = nil) throws {
+    func read(_ b: Buffer, at offset: Int, _ range: Range<Int>? = nil) throws(ZramError) {
         let r = range ?? 0..<b.count
         try read(into: b.base + r.lowerBound, offset: offset, length: r.count)
     }
