@@ -48,6 +48,9 @@ final class SlotTable: @unchecked Sendable {
 
     deinit { munmap(UnsafeMutableRawPointer(words), byteCount) }
 
+    /// Start of the mapping (for tests that inspect its residency).
+    var baseAddress: UnsafeRawPointer { UnsafeRawPointer(words) }
+
     /// Empties every slot at once by dropping the mapping's pages (they read back as zero).
     /// Nobody may hold or take a slot lock meanwhile.
     func clearAll() {

@@ -77,3 +77,27 @@ func residentBytes() -> Int {
     let fields = String(decoding: buf[..<max(n, 0)], as: UTF8.self).split(separator: " ")
     return fields.count > 1 ? (Int(fields[1]) ?? 0) * 4096 : 0
 }
+
+/// Pages of [base, base + count pages) backed by private memory, not the shared zero page, from
+/// /proc/self/pagemap; nil when frame numbers are hidden (not root).
+func privatePages(_ base: UnsafeRawPointer, count: Int) -> Int? {
+    let fd = open("/proc/self/pagemap", O_RDONLY)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    func entries(_ addr: UnsafeRawPointer, _ n: Int) -> [UInt64] {
+        var e = [UInt64](repeating: 0, count: n)
+        let want = n * 8
+        let got = e.withUnsafeMutableBytes { pread(fd, $0.baseAddress, want, off_t(UInt(bitPattern: addr) / 4096 * 8)) }
+        return got == want ? e : []
+    }
+    let present: UInt64 = 1 << 63, pfnMask: UInt64 = (1 << 55) - 1
+    // The zero page's frame: read a fresh anonymous page and look it up.
+    guard let probe = mmap(nil, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), probe != MAP_FAILED else { return nil }
+    defer { munmap(probe, 4096) }
+    _ = probe.load(as: UInt8.self)
+    guard let z = entries(probe, 1).first, z & present != 0, z & pfnMask != 0 else { return nil }
+    let zeroFrame = z & pfnMask
+    let all = entries(base, count)
+    guard all.count == count else { return nil }
+    return all.filter { $0 & present != 0 && $0 & pfnMask != zeroFrame }.count
+}
