@@ -47,11 +47,20 @@ public enum CompressionAlgorithm: String, CaseIterable, Sendable {
 }
 
 /// Errors of the Codec module.
-public enum CodecError: Error, Equatable, Sendable {
+public enum CodecError: Error, Equatable, Sendable, CustomStringConvertible {
     case unknownAlgorithm(String)
     case invalidLevel(CompressionAlgorithm, Int32)
     /// The C library could not allocate a context.
     case contextAllocationFailed(CompressionAlgorithm)
+
+    public var description: String {
+        switch self {
+        case .unknownAlgorithm(let name): "unknown compression algorithm \"\(name)\""
+        case .invalidLevel(let a, let level):
+            "level \(level) is outside \(a.rawValue)'s range \(a.levelRange.lowerBound)...\(a.levelRange.upperBound)"
+        case .contextAllocationFailed(let a): "cannot allocate a \(a.rawValue) context"
+        }
+    }
 }
 
 /// One compression stream: codec contexts for one CPU. Not thread-safe; the owner serialises use.

@@ -40,8 +40,13 @@ public final class KernelZram {
     public init(algorithm: String, diskSize: Int) throws(Failure) {
         if let why = Self.unavailableReason { throw .unavailable(why) }
         let added = try Self.readText(Self.control + "/hot_add")
-        guard let n = Int(added.trimmingWhitespace()), n > 0 else {
+        guard let n = Int(added.trimmingWhitespace()) else {
             throw .unavailable("hot_add returned \(added.debugDescription)")
+        }
+        guard n > 0 else {
+            // zram0 did not exist and hot_add just made it: undo that, and leave zram0 to the system.
+            try? Self.writeText(Self.control + "/hot_remove", "0")
+            throw .unavailable("hot_add gave zram0, which these tests never use")
         }
         id = n
         do throws(Failure) {

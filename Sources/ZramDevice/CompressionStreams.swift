@@ -52,7 +52,7 @@ final class CompressionStreams: @unchecked Sendable {
                 s.append(LockedStream(StreamBuffers(codec: try algorithm.makeStream(level: level))))
             }
         } catch {
-            throw .invalidArgument("\(error)")
+            throw .invalidArgument(error.description)
         }
         self.algorithm = algorithm
         self.level = level ?? algorithm.defaultLevel

@@ -199,7 +199,8 @@ public final class ZramDevice: @unchecked Sendable {
     }
 
     /// Walks the range and calls `body(length, state)` for each run of pages in the same state
-    /// (lengths in bytes, clipped to the range). `body` returns false to stop early.
+    /// (lengths in bytes, clipped to the range). `body` returns false to stop early; it runs with
+    /// the device's quiesce lock held, so it must not call back into the device.
     public func pageStates(offset: Int, length: Int,
                            _ body: (_ length: Int, _ state: PageState) -> Bool) throws(ZramError) {
         try checkRange(offset, length)

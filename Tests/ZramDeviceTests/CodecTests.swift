@@ -52,6 +52,7 @@ struct CodecTests {
         #expect(CompressionAlgorithm.zstd.defaultLevel == 3)
         #expect(throws: CodecError.invalidLevel(.lz4, 0)) { try CompressionAlgorithm.lz4.makeStream(level: 0) }
         #expect(throws: CodecError.invalidLevel(.zstd, 99)) { try CompressionAlgorithm.zstd.makeStream(level: 99) }
+        #expect(CodecError.invalidLevel(.lz4, 0).description == "level 0 is outside lz4's range 1...65537")
     }
 
     @Test("every page round-trips exactly", arguments: [
