@@ -3,9 +3,11 @@ import Glibc
 /// The test corpus: an ext4 image (`mkfs.ext4 -d`) of real system files followed by synthetic
 /// pages (zero, same-filled non-zero, random, and pages of known compressibility).
 ///
-/// Built once per machine and cached under /var/tmp/zramnbd-corpus/, keyed by `version`; concurrent
-/// builders (parallel tests, several test processes) serialise on a lock file. Deterministic for a
-/// given machine: fixed UUID, hash seed and timestamps, files in directory order.
+/// Built once per machine (about 3 s) and cached under /var/tmp/zramnbd-corpus/, keyed by `version`;
+/// concurrent builders (parallel tests, several test processes) serialise on a lock file. The
+/// contents are deterministic for a given machine (fixed UUID and hash seed, files in directory
+/// order, seeded synthetic pages); only inode timestamps (about 0.03% of the bytes) differ between
+/// rebuilds, since mkfs copies ctime from the staged files. Tests always see the cached copy.
 public struct Corpus: Sendable {
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
@@ -71,23 +73,21 @@ public struct Corpus: Sendable {
         defer { _ = try? run(["/bin/rm", "-rf", stage]) }
         guard mkdir(stage, 0o755) == 0 else { throw Failure(description: "mkdir \(stage): errno \(errno)") }
 
-        // Text: headers and the Python standard library. Hard links when possible (same file
-        // system), copies otherwise.
+        // Text: headers and the Python standard library. Copied, not hard-linked: a link would
+        // change the system files' ctime.
         var sources: [(String, String)] = []
         if isDirectory("/usr/include") { sources.append(("/usr/include", "include")) }
         if let py = listDirectory("/usr/lib").filter({ $0.hasPrefix("python3.") }).sorted().last {
             sources.append(("/usr/lib/" + py, "python"))
         }
         for (src, name) in sources {
-            if (try? run(["/bin/cp", "-al", src, stage + "/" + name])) != 0 {
-                try check(run(["/bin/cp", "-a", src, stage + "/" + name]), "cp -a \(src)")
-            }
+            try check(run(["/bin/cp", "-a", src, stage + "/" + name]), "cp -a \(src)")
         }
         // Binary: shared libraries (Swift runtime if present, else system libraries), in name order,
         // up to a budget, so ELF code and data make up part of the image.
         let libDir = isDirectory("/opt/swift/usr/lib/swift/linux") ? "/opt/swift/usr/lib/swift/linux"
                                                                    : "/usr/lib/x86_64-linux-gnu"
-        mkdir(stage + "/lib", 0o755)
+        var libs: [String] = []
         var budget = 36 << 20
         for name in listDirectory(libDir).sorted() where name.contains(".so") {
             var st = stat()
@@ -95,11 +95,11 @@ public struct Corpus: Sendable {
             guard lstat(src, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
             let size = Int(st.st_size)
             guard size <= 12 << 20, size <= budget else { continue }
-            if link(src, stage + "/lib/" + name) != 0 {
-                try check(run(["/bin/cp", src, stage + "/lib/" + name]), "cp \(src)")
-            }
+            libs.append(src)
             budget -= size
         }
+        mkdir(stage + "/lib", 0o755)
+        if !libs.isEmpty { try check(run(["/bin/cp", "-p"] + libs + [stage + "/lib/"]), "cp libraries") }
 
         // Fixed UUID, hash seed and time: the same bytes on every build.
         let uuid = "5a1e0c2e-7a3d-4f6b-9c1d-2e3f4a5b6c7d"
