@@ -32,6 +32,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "zramnbd", dependencies: ["ZramDaemon"]),
+        // Benchmarks (scripts/bench.sh drives them); never timed in tests.
+        .executableTarget(name: "zspool-bench", dependencies: ["ZsPool"]),
 
         // Helpers shared by the tests: spawning processes, temp dirs, kernel zram oracle devices.
         .target(name: "TestSupport"),

@@ -14,13 +14,13 @@ final class PageProvider: @unchecked Sendable {
     let maxPages: Int
     let reserveLimit: Int
     private let lock = PoolLock()
-    private var bump = 0                         // pages never handed out start here
+    @exclusivity(unchecked) private var bump = 0                         // pages never handed out start here
     private let warm: UnsafeMutablePointer<UInt32>   // resident free pages (reserve), a stack
-    private var warmCount = 0
+    @exclusivity(unchecked) private var warmCount = 0
     private let cold: UnsafeMutablePointer<UInt32>   // released free pages, a stack
-    private var coldCount = 0
+    @exclusivity(unchecked) private var coldCount = 0
     private let coldBytes: Int
-    private var dontneedAdvice: Int32 = 24       // MADV_DONTNEED_LOCKED (Linux 5.18+)
+    @exclusivity(unchecked) private var dontneedAdvice: Int32 = 24       // MADV_DONTNEED_LOCKED (Linux 5.18+)
     /// Pages handed out and not yet returned.
     let pagesInUse = Atomic<Int>(0)
 

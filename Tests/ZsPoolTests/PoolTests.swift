@@ -33,28 +33,16 @@ func matchesPattern(_ p: UnsafeRawPointer, count: Int, tag: UInt64) -> Bool {
     return memcmp(expected, p, count) == 0
 }
 
-/// Resident bytes of the one mapping that starts at `base` (/proc/self/smaps). Unlike the process
-/// RSS in statm, other tests running in parallel in this process cannot move it.
-func residentBytes(ofMappingAt base: UnsafeRawPointer) -> Int {
-    let fd = open("/proc/self/smaps", O_RDONLY)
-    defer { close(fd) }
-    var data: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-        let n = read(fd, &chunk, chunk.count)
-        if n <= 0 { break }
-        data += chunk[0..<n]
-    }
-    let want = String(UInt(bitPattern: base), radix: 16)
-    var inMapping = false
-    for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
-        if let dash = line.firstIndex(of: "-"), line[..<dash].allSatisfy(\.isHexDigit), !line.hasPrefix("Rss") {
-            inMapping = line[..<dash].drop { $0 == "0" } == want[...].drop { $0 == "0" }
-        } else if inMapping, line.hasPrefix("Rss:") {
-            return (Int(line.split(separator: " ")[1]) ?? 0) * 1024
-        }
-    }
-    return -1
+/// Resident bytes of the pool's page arena, from mincore(2). Unlike the process RSS in statm, other
+/// tests running in parallel in this process cannot move it (the daemon-level tests check statm).
+func residentBytes(of pool: ZsPool) -> Int {
+    let pages = pool.provider.maxPages
+    let vec = UnsafeMutablePointer<UInt8>.allocate(capacity: pages)
+    defer { vec.deallocate() }
+    guard mincore(pool.provider.base, pages * 4096, vec) == 0 else { return -1 }
+    var resident = 0
+    for i in 0..<pages where vec[i] & 1 == 1 { resident += 1 }
+    return resident * 4096
 }
 
 /// Runs `body(i)` on `n` real threads and waits for all of them.
@@ -160,7 +148,7 @@ func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
         for (h, _, _) in live[15_000...] { pool.free(h) }
         live.removeSubrange(15_000...)
         let before = pool.totalPages
-        let arenaBefore = residentBytes(ofMappingAt: pool.provider.base)
+        let arenaBefore = residentBytes(of: pool)
         #expect(arenaBefore == before * 4096, "pool arena resident \(arenaBefore) B for \(before) pages")
         let predicted = pool.classStats().reduce(0) { acc, s in
             let cls = pool.geometry.classes.first { $0.index == s.index }!
@@ -172,7 +160,7 @@ func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
         #expect(pool.pagesCompacted == freed)
         #expect(pool.freeablePages == 0)
         // With no reserve, every freed page goes back to the OS at once.
-        let arenaAfter = residentBytes(ofMappingAt: pool.provider.base)
+        let arenaAfter = residentBytes(of: pool)
         #expect(arenaAfter == pool.totalPages * 4096, "pool arena resident \(arenaAfter) B for \(pool.totalPages) pages")
         for (h, size, tag) in live {
             pool.read(h, into: buf, count: size)

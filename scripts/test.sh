@@ -1,0 +1,13 @@
+#!/bin/bash
+# test.sh - the whole zramnbd test suite, from a fresh Debian 12 machine:
+# installs the Debian packages it needs, builds, and runs every test.
+#   scripts/test.sh            everything (what CI runs)
+#   scripts/test.sh --filter X only swift tests matching X (passed to `swift test --filter`)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+swift build          # the end-to-end tests drive the built zramnbd binary
+if [[ ${1:-} == --filter ]]; then
+	exec swift test --filter "$2"
+fi
+swift test
