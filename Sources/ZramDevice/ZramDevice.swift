@@ -250,6 +250,9 @@ public final class ZramDevice: @unchecked Sendable {
         return quiesce.shared { backend.pool.compact() }
     }
 
+    /// Pages `compact()` could free now (the kernel shrinker's count), for automatic compaction.
+    public var compactablePages: Int { quiesce.shared { backend.pool.freeablePages } }
+
     /// Sets mem_limit at runtime (bytes, rounded up to pages; 0 = none). Stores already over
     /// the limit stay; later writes fail.
     public func setMemLimit(_ bytes: Int) throws(ZramError) {

@@ -91,7 +91,10 @@ struct ControlTests {
         try dev.write(data, at: 0)
         for p in 0..<(data.count / 4096) where p % 4 != 0 { try dev.discard(offset: p * 4096, length: 4096) }
         let before = dev.stats()
+        let predicted = dev.compactablePages
         let freed = try dev.compact()
+        #expect(predicted > 0 && freed <= predicted)
+        #expect(dev.compactablePages < predicted)
         let after = dev.stats()
         #expect(freed > 0)
         #expect(after.pagesCompacted == UInt64(freed))
