@@ -30,7 +30,7 @@ public struct Corpus: Sendable {
     public static func prepare() throws(Failure) -> Corpus {
         let path = cacheDirectory + "/corpus-\(version).bin"
         mkdir(cacheDirectory, 0o755)
-        let lockFD = open(cacheDirectory + "/lock", O_RDWR | O_CREAT, 0o644)
+        let lockFD = open(cacheDirectory + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard lockFD >= 0 else { throw Failure(description: "cannot open \(cacheDirectory)/lock: errno \(errno)") }
         defer { close(lockFD) }
         while flock(lockFD, LOCK_EX) != 0 && errno == EINTR {}
@@ -44,7 +44,7 @@ public struct Corpus: Sendable {
     /// holds the file, not this process).
     public func forEachChunk<E: Error>(_ chunk: Int = 1 << 20,
                                        _ body: (_ data: UnsafeRawPointer, _ offset: Int, _ count: Int) throws(E) -> Void) throws {
-        let fd = open(path, O_RDONLY)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw Failure(description: "cannot open \(path): errno \(errno)") }
         defer { close(fd) }
         let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
@@ -103,7 +103,7 @@ public struct Corpus: Sendable {
 
         // Fixed UUID, hash seed and time: the same bytes on every build.
         let uuid = "5a1e0c2e-7a3d-4f6b-9c1d-2e3f4a5b6c7d"
-        let fd = open(temp, O_RDWR | O_CREAT | O_TRUNC, 0o644)
+        let fd = open(temp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw Failure(description: "create \(temp): errno \(errno)") }
         defer { close(fd) }
         guard ftruncate(fd, off_t(imageBytes)) == 0 else { throw Failure(description: "truncate \(temp)") }

@@ -52,7 +52,7 @@ public final class KernelZram {
         do throws(Failure) {
             try Self.writeText(sysfs + "/comp_algorithm", algorithm)
             try Self.writeText(sysfs + "/disksize", String(diskSize))
-            fd = open(devicePath, O_RDWR | oDirect)
+            fd = open(devicePath, O_RDWR | O_CLOEXEC | oDirect)
             guard fd >= 0 else { throw .io("open \(devicePath)", errno: errno) }
         } catch {
             remove()
@@ -62,13 +62,35 @@ public final class KernelZram {
 
     deinit { remove() }
 
-    /// Closes, resets and hot_removes the device. Safe to call twice.
+    /// Closes, resets and hot_removes the device. Safe to call twice. Anyone else holding the
+    /// device open (udev's blkid; a child process spawned meanwhile, if a descriptor lacked
+    /// O_CLOEXEC) makes reset fail with EBUSY, so both steps retry for up to 2 s; a device that
+    /// still cannot go is reported, not left silently.
     public func remove() {
         guard !removed else { return }
         removed = true
         if fd >= 0 { close(fd); fd = -1 }
-        try? Self.writeText(sysfs + "/reset", "1")
-        try? Self.writeText(Self.control + "/hot_remove", String(id))
+        let reset = Self.retryWhileBusy { () throws(Failure) in try Self.writeText(sysfs + "/reset", "1") }
+        let gone = Self.retryWhileBusy { () throws(Failure) in try Self.writeText(Self.control + "/hot_remove", String(id)) }
+        if let error = reset ?? gone {
+            print("WARNING: kernel zram\(id) was not removed: \(error)")
+        }
+    }
+
+    /// Runs `body` until it does not fail with EBUSY (100 tries, 20 ms apart); returns the last error.
+    private static func retryWhileBusy(_ body: () throws(Failure) -> Void) -> Failure? {
+        var last: Failure?
+        for _ in 0..<100 {
+            do throws(Failure) {
+                try body()
+                return nil
+            } catch {
+                last = error
+                guard case .sysfs(_, let e) = error, e == EBUSY else { return error }
+                usleep(20_000)
+            }
+        }
+        return last
     }
 
     /// Writes with O_DIRECT, so the data reaches zram at once. `buffer`, `offset` and `count`
@@ -127,7 +149,7 @@ public final class KernelZram {
     }
 
     static func readText(_ path: String) throws(Failure) -> String {
-        let fd = open(path, O_RDONLY)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .sysfs(path, errno: errno) }
         defer { close(fd) }
         var buf = [UInt8](repeating: 0, count: 8192)
@@ -137,7 +159,7 @@ public final class KernelZram {
     }
 
     static func writeText(_ path: String, _ value: String) throws(Failure) {
-        let fd = open(path, O_WRONLY)
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .sysfs(path, errno: errno) }
         defer { close(fd) }
         let bytes = Array(value.utf8)

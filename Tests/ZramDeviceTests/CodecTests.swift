@@ -32,7 +32,7 @@ private func variedPages() -> Pages {
     let text = Array("The quick brown fox jumps over the lazy dog; zram stores pages compressed. ".utf8)
     for i in 0..<4096 { pages[3].storeBytes(of: text[i % text.count], toByteOffset: i, as: UInt8.self) }
     // 4, 5: binary from libc (ELF header page and a page of code)
-    let fd = open("/usr/lib/x86_64-linux-gnu/libc.so.6", O_RDONLY)
+    let fd = open("/usr/lib/x86_64-linux-gnu/libc.so.6", O_RDONLY | O_CLOEXEC)
     if fd >= 0 {
         _ = pread(fd, pages[4], 4096, 0)
         _ = pread(fd, pages[5], 4096, 40 * 4096)
@@ -98,7 +98,7 @@ struct CodecTests {
 
     @Test("large batch of binary pages round-trips with reused contexts")
     func batch() throws {
-        let fd = open("/usr/lib/x86_64-linux-gnu/libc.so.6", O_RDONLY)
+        let fd = open("/usr/lib/x86_64-linux-gnu/libc.so.6", O_RDONLY | O_CLOEXEC)
         try #require(fd >= 0)
         defer { close(fd) }
         let data = Pages(256)

@@ -69,7 +69,7 @@ extension ZramDevice {
 
 /// Resident set size of this process (statm field 2).
 func residentBytes() -> Int {
-    let fd = open("/proc/self/statm", O_RDONLY)
+    let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return 0 }
     defer { close(fd) }
     var buf = [UInt8](repeating: 0, count: 256)
@@ -81,7 +81,7 @@ func residentBytes() -> Int {
 /// Pages of [base, base + count pages) backed by private memory, not the shared zero page, from
 /// /proc/self/pagemap; nil when frame numbers are hidden (not root).
 func privatePages(_ base: UnsafeRawPointer, count: Int) -> Int? {
-    let fd = open("/proc/self/pagemap", O_RDONLY)
+    let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
     func entries(_ addr: UnsafeRawPointer, _ n: Int) -> [UInt64] {

@@ -77,7 +77,7 @@ struct MemoryProbe {
             verified=\(verified)
 
             """
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         try #require(fd >= 0)
         _ = Array(report.utf8).withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         close(fd)
@@ -91,7 +91,7 @@ private func now() -> Double {
 }
 
 func readFile(_ path: String) -> String {
-    let fd = open(path, O_RDONLY)
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return "" }
     defer { close(fd) }
     var out: [UInt8] = []
