@@ -81,7 +81,12 @@ public final class DeviceHost {
         if let s = spec.socket, devices.contains(where: { $0.spec.socket == s }) {
             throw .device("socket \(s) is used by another device")
         }
-        let d = HostedDevice(spec: spec, store: try backend.makeStore(spec))
+        try adopt(spec, store: try backend.makeStore(spec))
+    }
+
+    /// Adds a device around an existing store: stats directory, export, first publication.
+    func adopt(_ spec: DeviceSpec, store: any PageStore) throws(DaemonError) {
+        let d = HostedDevice(spec: spec, store: store)
         if let dir = spec.statsDir { d.stats = try StatsDirectory(path: dir) }
         do {
             d.export = try backend.export(d.store, spec: spec)

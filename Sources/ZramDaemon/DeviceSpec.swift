@@ -1,4 +1,5 @@
 // What the daemon is asked to run: devices and daemon-wide settings, before anything exists.
+import Codec
 
 /// One device as configured: the zram attributes, how it is exported, where stats go, and how the
 /// setup tools (swap/fs units, scripts/zramnbd-swap) use it.
@@ -50,7 +51,7 @@ public struct DeviceSpec: Sendable, Equatable {
     /// What the setup tools format the device as.
     public var effectiveFsType: String { fsType ?? (mountPoint == nil ? "swap" : "ext2") }
 
-    public static let algorithms = ["lz4", "zstd"]
+    public static let algorithms = CompressionAlgorithm.allCases.map(\.rawValue)
     static let chainSizes = 4...16
 
     /// Device names end up in paths and export names: letters, digits, '.', '_', '-', not
@@ -72,7 +73,7 @@ public struct DeviceSpec: Sendable, Equatable {
     }
 
     static func validateLevel(_ level: Int32, for algorithm: String) throws(DaemonError) {
-        let range: ClosedRange<Int32> = algorithm == "zstd" ? -131_072...22 : 1...65_537
+        let range = CompressionAlgorithm(rawValue: algorithm)?.levelRange ?? 1...1
         guard range.contains(level) else {
             throw .invalidValue("invalid level \(level) for \(algorithm) (\(range.lowerBound)...\(range.upperBound))")
         }

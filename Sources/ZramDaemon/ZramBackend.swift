@@ -6,9 +6,7 @@ public final class ZramBackend: DeviceBackend {
 
     public init(log: Log) { self.log = log }
 
-    public func makeStore(_ spec: DeviceSpec) throws(DaemonError) -> any PageStore {
-        throw .device("\(spec.name): the page store (ZramDevice) is not built into this binary yet")
-    }
+    public func makeStore(_ spec: DeviceSpec) throws(DaemonError) -> any PageStore { try ZramStore(spec) }
 
     public func export(_ store: any PageStore, spec: DeviceSpec) throws(DaemonError) -> any ExportHandle {
         throw .device("\(spec.name): the NBD server is not built into this binary yet")

@@ -272,3 +272,36 @@ struct MetricsServerTests {
         #expect(try exchange(server, "GET / HTTP/1.1\r\n\r\n").hasPrefix("HTTP/1.0 404 Not Found\r\n"))
     }
 }
+
+@Suite("The real page store behind the host")
+struct ZramStoreTests {
+    @Test("stats files show ZramDevice's own counters and formats")
+    func realStore() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        var spec = DeviceSpec(name: "zram0", diskSize: 16 << 20)
+        spec.algorithm = "zstd"
+        spec.statsDir = dir.file("zram0")
+        let store = try ZramStore(spec)
+        let host = DeviceHost(backend: FakeBackend(), log: .quiet)
+        defer { host.stopAll() }
+        // The fake backend makes fake stores; put the real one in through the same path.
+        try host.adopt(spec, store: store)
+        var page = [UInt8](repeating: 0, count: 4096)
+        for i in 0..<4096 { page[i] = UInt8(truncatingIfNeeded: i / 64) }
+        for p in 0..<100 { try page.withUnsafeBytes { try store.device.write(from: $0.baseAddress!, offset: p * 4096, length: 4096) } }
+        let zero = [UInt8](repeating: 0, count: 4096)
+        try zero.withUnsafeBytes { try store.device.write(from: $0.baseAddress!, offset: 200 * 4096, length: 4096) }
+        host.refreshStats()
+        #expect(dir.read("zram0/mm_stat") == store.device.stats().mmStatText)
+        let mm = try #require(dir.read("zram0/mm_stat")).split(separator: " ", omittingEmptySubsequences: true)
+        #expect(mm[0] == "413696" && mm[5] == "1")   // 101 pages, one of them same-filled
+        #expect(dir.read("zram0/comp_algorithm") == "lz4 [zstd] \n")
+        #expect(dir.read("zram0/classes")?.hasPrefix(" class  size") == true)
+        #expect(dir.read("zram0/debug_stat") == "version: 1\n0        0\n")
+        #expect(host.handle(.memLimit("zram0", 5000)) == .ok([]))
+        #expect(dir.read("zram0/mem_limit") == "8192\n")   // rounded up to pages
+        #expect(host.handle(.reset("zram0")) == .ok([]))
+        #expect(dir.read("zram0/mm_stat") == "       0        0        0     8192        0        0        0        0        0\n")
+    }
+}
