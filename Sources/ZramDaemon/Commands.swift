@@ -98,6 +98,8 @@ struct Serve: ParsableCommand {
     var metricsListen: String?
     @Flag(help: "Do not lock memory, set PR_SET_IO_FLUSHER or oom_score_adj (unsafe for swap).")
     var noMlock = false
+    @Flag(help: "Do not compact the pools automatically under memory pressure.")
+    var noAutoCompact = false
     @Flag(help: "Serve one NBD connection on stdin/stdout, then exit (for nbdinfo/nbdcopy '[ CMD ]').")
     var stdio = false
     @Flag(help: "Check the configuration, print the devices and exit.")
@@ -146,6 +148,7 @@ struct Serve: ParsableCommand {
         if let v = prometheusFile { s.prometheusFile = ConfigFile.optionalPath(v) }
         if let v = metricsListen { s.metricsListen = ConfigFile.optionalPath(v) }
         if noMlock { s.lockMemory = false }
+        if noAutoCompact { s.autoCompact = false }
         try s.validate()
         loaded.settings = s
         return loaded

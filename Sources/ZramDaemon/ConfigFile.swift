@@ -207,6 +207,8 @@ public enum ConfigFile {
                 }
             case "lock-memory":
                 do { settings.lockMemory = try parseBool(v) } catch { throw fail(error.description) }
+            case "auto-compact":
+                do { settings.autoCompact = try parseBool(v) } catch { throw fail(error.description) }
             default:
                 warnings.append("\(e.file):\(e.line): unknown key '\(key)' in [zramnbd], ignored")
             }

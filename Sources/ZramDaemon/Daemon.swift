@@ -49,9 +49,13 @@ public final class Daemon {
         var nextWatchdog = notifier.watchdogInterval.map { SystemInfo.now() + $0 }
         if notifier.watchdogInterval != nil { notifier.notify("WATCHDOG=1") }
 
+        let pressure = settings.autoCompact ? MemoryPressure() : nil
+        if settings.autoCompact, pressure == nil { log.info("no PSI memory trigger: automatic compaction is off") }
+
         var fds = [pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0)]
         if let c = control { fds.append(pollfd(fd: c.fd, events: Int16(POLLIN), revents: 0)) }
         if let m = metrics { fds.append(pollfd(fd: m.fd, events: Int16(POLLIN), revents: 0)) }
+        if let p = pressure { fds.append(pollfd(fd: p.fd, events: Int16(POLLPRI), revents: 0)) }
 
         while true {
             let now = SystemInfo.now()
@@ -79,7 +83,18 @@ public final class Daemon {
                 if fds[i].revents != 0 { c.serveOne { host.handle($0) } }
                 i += 1
             }
-            if let m = metrics, fds[i].revents != 0 { m.serveOne { host.prometheusText() } }
+            if let m = metrics {
+                if fds[i].revents != 0 { m.serveOne { host.prometheusText() } }
+                i += 1
+            }
+            if pressure != nil {
+                if fds[i].revents & Int16(POLLERR | POLLNVAL) != 0 {
+                    log.warning("the PSI memory trigger failed: automatic compaction is off")
+                    fds[i].fd = -1   // poll ignores it from now on
+                } else if fds[i].revents & Int16(POLLPRI) != 0 {
+                    host.compactUnderPressure()
+                }
+            }
 
             let after = SystemInfo.now()
             if after >= nextStats {

@@ -13,6 +13,8 @@ public protocol PageStore: AnyObject, Sendable {
     func setMemLimit(_ bytes: UInt64) throws(DaemonError)
     /// mem_used_max := current usage (zram's `echo 0 > mem_used_max`).
     func resetMemUsedMax() throws(DaemonError)
+    /// Pages compaction would free now (zsmalloc's shrinker count).
+    var compactablePages: Int { get }
 }
 
 /// A running NBD export of one store (its listening sockets and their connections).
@@ -187,6 +189,20 @@ public final class DeviceHost {
             publish(d, force: true)
             return []
         }
+    }
+
+    /// Compacts every device that has something to give back; the memory-pressure reaction
+    /// the kernel's zsmalloc shrinker provides. Returns the pages freed.
+    @discardableResult
+    public func compactUnderPressure() -> UInt64 {
+        var total: UInt64 = 0
+        for d in devices where d.store.compactablePages > 0 {
+            guard let freed = try? d.store.compact() else { continue }
+            total += freed
+            if freed > 0 { publish(d, force: false) }
+        }
+        if total > 0 { log.info("memory pressure: compaction freed \(total) pages") }
+        return total
     }
 
     // MARK: reports

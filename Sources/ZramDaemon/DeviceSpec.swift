@@ -114,6 +114,8 @@ public struct DaemonSettings: Sendable, Equatable {
     public var metricsListen: String?
     /// mlockall + IO_FLUSHER + oom_score_adj (swap safety).
     public var lockMemory = true
+    /// Compact the pools when the system stalls on memory (PSI), like zsmalloc's shrinker.
+    public var autoCompact = true
 
     public init() {}
 

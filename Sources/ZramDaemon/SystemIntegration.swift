@@ -127,3 +127,25 @@ extension FileSystem {
         guard writeAll(fd, text) else { throw .errno("write \(path)") }
     }
 }
+
+/// Memory pressure events from a PSI trigger (/proc/pressure/memory): POLLPRI when tasks stalled
+/// on memory for `stallMicroseconds` within a `windowMicroseconds` window. This is when the
+/// kernel's zram compacts on its own (zsmalloc's shrinker runs under reclaim). The window is a
+/// multiple of 2 s, the only kind the kernel allows without CAP_SYS_RESOURCE.
+final class MemoryPressure {
+    let fd: Int32
+
+    init?(stallMicroseconds: Int = 150_000, windowMicroseconds: Int = 2_000_000) {
+        let f = open("/proc/pressure/memory", O_RDWR | O_NONBLOCK | O_CLOEXEC)
+        guard f >= 0 else { return nil }
+        var trigger = Array("some \(stallMicroseconds) \(windowMicroseconds)".utf8CString)
+        let n = trigger.withUnsafeMutableBytes { write(f, $0.baseAddress, $0.count) }
+        guard n > 0 else {
+            close(f)
+            return nil
+        }
+        fd = f
+    }
+
+    deinit { close(fd) }
+}

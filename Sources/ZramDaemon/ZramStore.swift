@@ -75,4 +75,6 @@ final class ZramStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevi
     }
 
     func resetMemUsedMax() throws(DaemonError) { device.resetMemUsedMax() }
+
+    var compactablePages: Int { device.compactablePages }
 }

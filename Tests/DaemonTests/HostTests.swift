@@ -5,7 +5,7 @@ import Glibc
 @testable import ZramDaemon
 
 /// A host with one fake device whose stats go to a temp dir.
-private func makeHost(_ dir: TempDir, prometheus: Bool = false) throws -> (DeviceHost, FakeBackend) {
+func makeHost(_ dir: TempDir, prometheus: Bool = false) throws -> (DeviceHost, FakeBackend) {
     let backend = FakeBackend()
     let host = DeviceHost(backend: backend, prometheusFile: prometheus ? dir.file("zramnbd.prom") : nil, log: .quiet)
     var spec = DeviceSpec(name: "zram0", diskSize: 64 << 20)
@@ -303,5 +303,28 @@ struct ZramStoreTests {
         #expect(dir.read("zram0/mem_limit") == "8192\n")   // rounded up to pages
         #expect(host.handle(.reset("zram0")) == .ok([]))
         #expect(dir.read("zram0/mm_stat") == "       0        0        0     8192        0        0        0        0        0\n")
+    }
+}
+
+@Suite("Compaction under memory pressure")
+struct PressureTests {
+    @Test("compacts the devices that have pages to give back and publishes the result")
+    func compactUnderPressure() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let (host, backend) = try makeHost(dir)
+        defer { host.stopAll() }
+        backend.stores["zram0"]!.store(pages: 40)
+        host.refreshStats()
+        let freed = host.compactUnderPressure()
+        #expect(freed > 0)
+        let mm = try #require(dir.read("zram0/mm_stat")).split(separator: " ", omittingEmptySubsequences: true)
+        #expect(mm[6] == "\(freed)")
+    }
+
+    @Test("a PSI trigger can be armed on this kernel")
+    func trigger() {
+        guard FileSystem.exists("/proc/pressure/memory") else { print("skipping: no /proc/pressure (PSI off)"); return }
+        #expect(MemoryPressure() != nil)
     }
 }

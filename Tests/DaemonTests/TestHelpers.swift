@@ -96,6 +96,8 @@ final class FakeStore: PageStore, @unchecked Sendable {   // @unchecked: guarded
         }
     }
 
+    var compactablePages: Int { lock.with { Int(s.memUsedTotal / 4096 / 2) } }
+
     func setMemLimit(_ bytes: UInt64) throws(DaemonError) { lock.with { s.memLimit = (bytes + 4095) / 4096 * 4096 } }
     func resetMemUsedMax() throws(DaemonError) { lock.with { s.memUsedMax = s.memUsedTotal } }
 }
