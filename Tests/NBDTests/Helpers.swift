@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import NBD
 import Testing
@@ -309,4 +310,30 @@ final class RawClient {
             throw TestError("bad reply magic \(m)")
         }
     }
+}
+
+/// Polls `condition` every millisecond until it holds (true) or `timeout` passes (false).
+func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        if ContinuousClock.now >= deadline { return false }
+        var ts = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+        nanosleep(&ts, nil)
+    }
+    return true
+}
+
+/// Runs blocking work (such as NBDServer.stop) on its own thread: Swift Testing's cooperative
+/// threads may all be busy in blocking tests, so a Task could wait for a thread indefinitely.
+final class Background: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    init(_ body: @escaping @Sendable () -> Void) {
+        let t = Thread { [done] in
+            body()
+            done.signal()
+        }
+        t.start()
+    }
+    /// True if the work finished within `seconds`.
+    func wait(seconds: Double = 20) -> Bool { done.wait(timeout: .now() + seconds) == .success }
 }
