@@ -253,7 +253,7 @@ public struct Negotiation: Sendable {
         }
         let session = Session(export: export, structuredReplies: structuredReplies,
                               metaContextID: metaContextID(for: export))
-        log.debug("\(optName): client asked for export '\(name)' -> '\(export.name)' with info \(requested)")
+        log.debug("\(optName): client asked for export '\(name)' -> '\(export.name)' with info [\(requested.map(\.description).joined(separator: ", "))]")
 
         // NBD_INFO_EXPORT always, even when not asked (qemu relies on it).
         var w = ByteWriter()

@@ -104,11 +104,20 @@ public enum OptionReplyType: UInt32, Sendable, CaseIterable {
 }
 
 /// NBD_INFO_* items of NBD_REP_INFO.
-public enum InfoType: UInt16, Sendable {
+public enum InfoType: UInt16, Sendable, CustomStringConvertible {
     case export = 0
     case name = 1
     case description = 2
     case blockSize = 3
+
+    public var description: String {
+        switch self {
+        case .export: return "NBD_INFO_EXPORT"
+        case .name: return "NBD_INFO_NAME"
+        case .description: return "NBD_INFO_DESCRIPTION"
+        case .blockSize: return "NBD_INFO_BLOCK_SIZE"
+        }
+    }
 }
 
 /// Transmission flags (u16) sent with the export size.
