@@ -229,7 +229,9 @@ func run(_ argv: [String], in dir: TempDir, _ name: String) throws -> CommandRes
 /// Endpoints: permissions, stale sockets, socket activation.
 @Suite struct EndpointTests {
     func server() throws -> NBDServer {
-        try NBDServer(NBDServer.Configuration(catalog: try ExportCatalog([Export(name: "e", backend: try MemoryBackend(size: 1 << 20))])))
+        var config = NBDServer.Configuration(catalog: try ExportCatalog([Export(name: "e", backend: try MemoryBackend(size: 1 << 20))]))
+        config.stopGrace = .milliseconds(300)  // the raw clients below idle in negotiation
+        return try NBDServer(config)
     }
 
     @Test func unixSocketIsPrivateByDefaultAndModeIsConfigurable() throws {
@@ -266,8 +268,10 @@ func run(_ argv: [String], in dir: TempDir, _ name: String) throws -> CommandRes
         close(fd)
         #expect(access(path, F_OK) == 0)
         try second.listen(on: [.unix(path: path)])
-        let c = try RawClient(unixPath: path)
-        try c.hello()
+        do {
+            let c = try RawClient(unixPath: path)
+            try c.hello()
+        }
         second.stop()
     }
 
