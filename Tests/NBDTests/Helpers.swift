@@ -1,3 +1,4 @@
+import CNBD  // its <sys/socket.h> owns SOCK_* in whole-module builds, so import it wherever they are used
 import Foundation
 import Glibc
 import NBD
