@@ -83,10 +83,10 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
             var next = page + 1
             while next < pageCount && pages[next] == state && UInt64(next * MemoryBackend.pageSize) < end { next += 1 }
             let runEnd = min(UInt64(next * MemoryBackend.pageSize), end)
-            let flags: ExtentFlags = switch PageState(rawValue: state) {
-            case .hole: [.hole, .zero]
-            case .zero: .zero
-            case .data, nil: .data
+            let flags = switch PageState(rawValue: state) {
+            case .hole: ExtentFlags.unallocated
+            case .zero: ExtentFlags.zero
+            case .data, nil: ExtentFlags.data
             }
             guard body(runEnd - position, flags) else { return }
             position = runEnd

@@ -87,6 +87,10 @@ public struct RequestRules: Sendable {
         maxDiscard = 2 * UInt64(maxPayload)
     }
 
+    static let knownFlags = CommandFlags(rawValue: CommandFlags.fua.rawValue | CommandFlags.noHole.rawValue
+                                         | CommandFlags.dontFragment.rawValue | CommandFlags.reqOne.rawValue
+                                         | CommandFlags.fastZero.rawValue)
+
     public init(_ s: Session) {
         self.init(size: s.size, flags: s.flags, structuredReplies: s.structuredReplies,
                   metaContextID: s.metaContextID)
@@ -95,7 +99,8 @@ public struct RequestRules: Sendable {
     /// Checks `h` against the protocol and the export; the order follows nbdkit so that errno
     /// values match it (read-only first, then range, then flags, then capabilities).
     public func validate(_ h: RequestHeader) -> Result<Command, Rejection> {
-        let name = CommandType.name(h.type)
+        // Hot path: nothing here may allocate unless the request is refused.
+        var name: String { CommandType.name(h.type) }
         let type = CommandType(rawValue: h.type)
 
         // A WRITE whose payload we refuse to skip costs the connection, whatever else is wrong.
@@ -127,8 +132,7 @@ public struct RequestRules: Sendable {
             break
         }
 
-        let known: CommandFlags = [.fua, .noHole, .dontFragment, .reqOne, .fastZero]
-        if !h.flags.subtracting(known).isEmpty {
+        if !h.flags.subtracting(RequestRules.knownFlags).isEmpty {
             return .failure(Rejection(.einval, "\(name): unknown flags 0x\(String(h.flags.rawValue, radix: 16))"))
         }
         if h.flags.contains(.noHole) && type != .writeZeroes {

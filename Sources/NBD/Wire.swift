@@ -201,7 +201,9 @@ public struct ExtentFlags: OptionSet, Sendable, Hashable {
     /// Reads as zeros.
     public static let zero = ExtentFlags(rawValue: 1 << 1)
     /// Plain data.
-    public static let data: ExtentFlags = []
+    public static let data = ExtentFlags(rawValue: 0)
+    /// Never written or trimmed: HOLE|ZERO.
+    public static let unallocated = ExtentFlags(rawValue: 3)
 }
 
 /// The only meta context we serve.
