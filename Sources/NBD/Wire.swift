@@ -201,7 +201,7 @@ public struct ExtentFlags: OptionSet, Sendable, Hashable {
     /// Reads as zeros.
     public static let zero = ExtentFlags(rawValue: 1 << 1)
     /// Plain data.
-    public static let data = ExtentFlags(rawValue: 0)
+    public static let data: ExtentFlags = []
     /// Never written or trimmed: HOLE|ZERO.
     public static let unallocated = ExtentFlags(rawValue: 3)
 }
