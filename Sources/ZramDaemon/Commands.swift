@@ -100,7 +100,7 @@ struct Serve: ParsableCommand {
     var noMlock = false
     @Flag(help: "Do not compact the pools automatically under memory pressure.")
     var noAutoCompact = false
-    @Flag(help: "Serve one NBD connection on stdin/stdout, then exit (for nbdinfo/nbdcopy '[ CMD ]').")
+    @Flag(help: "Serve one NBD connection, then exit: on a socket-activation socket (nbdinfo/nbdcopy '[ CMD ]') or stdin/stdout.")
     var stdio = false
     @Flag(help: "Check the configuration, print the devices and exit.")
     var check = false

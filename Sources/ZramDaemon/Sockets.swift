@@ -5,6 +5,9 @@ import Glibc
 #endif
 
 enum Sockets {
+    /// SOCK_STREAM as socket(2) takes it.
+    static let stream = Int32(SOCK_STREAM.rawValue)
+
     /// sockaddr_un for `path`; throws when the path does not fit sun_path.
     static func unixAddress(_ path: String) throws(DaemonError) -> sockaddr_un {
         var addr = sockaddr_un()
