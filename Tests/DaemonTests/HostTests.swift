@@ -251,7 +251,7 @@ struct MetricsServerTests {
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = server.port.bigEndian
         addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Sockets.stream, 0)
         defer { close(fd) }
         let ok = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
