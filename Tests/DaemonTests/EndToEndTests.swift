@@ -16,14 +16,17 @@ final class RunningDaemon {
     var stats: String { dir.file("stats") }
     var uri: String { "nbd+unix:///zram0?socket=\(socket)" }
 
-    init(_ dir: TempDir, extra: [String] = [], lockMemory: Bool = false) throws {
+    let notify: NotifyListener
+
+    init(_ dir: TempDir, extra: [String] = [], lockMemory: Bool = false, environment: [String: String] = [:]) throws {
         self.dir = dir
-        let notify = try NotifyListener(path: dir.file("notify.sock"))
+        notify = try NotifyListener(path: dir.file("notify.sock"))
         var args = [zramnbdBinary, "serve", "--device", "zram0", "--size", "64M", "--socket", dir.file("zram0.sock"),
                     "--stats-dir", dir.file("stats"), "--control-socket", dir.file("control.sock"),
                     "--stats-interval", "0.2", "--prometheus-file", dir.file("zramnbd.prom")] + extra
         if !lockMemory { args.append("--no-mlock") }
-        process = try Subprocess(args, outputPrefix: dir.file("daemon"), environment: ["NOTIFY_SOCKET": notify.path])
+        process = try Subprocess(args, outputPrefix: dir.file("daemon"),
+                                 environment: environment.merging(["NOTIFY_SOCKET": notify.path]) { a, _ in a })
         guard let ready = notify.receive(until: "READY=1", timeout: 30_000) else {
             process.stop()
             throw DaemonError.device("daemon not ready: \(process.stderr)")
@@ -159,6 +162,13 @@ struct EndToEndTests {
         let copy = try Subprocess.run(["nbdcopy", "-S", "0", "--no-extents", dir.file("corpus.bin"), d.uri],
                                       outputPrefix: dir.file("nbdcopy"))
         #expect(copy.succeeded, "\(copy.stderr)")
+        // The periodic refresh (every 0.2 s here) publishes the new data without any request.
+        var refreshed = false
+        for _ in 0..<500 where !refreshed {
+            refreshed = d.mmStat().first == UInt64(corpus.bytes.count)
+            if !refreshed { var ts = timespec(tv_sec: 0, tv_nsec: 10_000_000); nanosleep(&ts, nil) }
+        }
+        #expect(refreshed)
         let back = try Subprocess.run(["nbdcopy", "--no-extents", d.uri, dir.file("back.bin")], outputPrefix: dir.file("nbdcopy-back"))
         #expect(back.succeeded, "\(back.stderr)")
         let backBytes = try FileSystem.readBytes(dir.file("back.bin"))
@@ -382,6 +392,22 @@ struct EndToEndTests {
         }
         #expect(info?.stdout == "33554432\n", "\(info?.stderr ?? "") \(p.stderr)")
         #expect(p.stop(grace: .seconds(10)) == .exited(0))
+    }
+
+    @Test("systemd: WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= follows the data, STOPPING=1")
+    func systemdNotify() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let d = try RunningDaemon(dir, environment: ["WATCHDOG_USEC": "400000"])
+        #expect(d.notify.receive(until: "WATCHDOG=1", timeout: 5000) != nil)
+        #expect(d.notify.receive(until: "WATCHDOG=1", timeout: 5000) != nil)   // and again
+        let client = try NBDClient(socket: d.socket)
+        #expect(client.write([UInt8](repeating: 1, count: 1 << 20), at: 0) == 0)
+        client.close()
+        #expect(d.notify.receive(until: "STATUS=zram0 1M/64M", timeout: 5000) != nil)
+        d.process.signal(SIGTERM)
+        #expect(d.notify.receive(until: "STOPPING=1", timeout: 5000) != nil)
+        #expect(d.stop() == .exited(0))
     }
 
     @Test("--stdio serves nbdinfo one connection")
