@@ -25,7 +25,14 @@ public enum SwapSafety {
     /// the returned lines say what failed.
     public static func apply() -> [String] {
         var problems: [String] = []
-        if mlockall(MCL_CURRENT | MCL_FUTURE | mclOnFault) != 0 {
+        var limit = rlimit()
+        getrlimit(__rlimit_resource_t(8), &limit)   // RLIMIT_MEMLOCK (a macro Swift does not import)
+        if limit.rlim_cur != rlim_t.max, !hasCapability(14) {   // RLIM_INFINITY; CAP_IPC_LOCK
+            // The pools reserve address space (several times the disk size) that counts against
+            // RLIMIT_MEMLOCK once MCL_FUTURE is on, so a finite limit would fail the devices
+            // themselves: leave memory unlocked and say why.
+            problems.append("memory not locked: RLIMIT_MEMLOCK is \(limit.rlim_cur / 1024) KiB; set LimitMEMLOCK=infinity (or run as root) so swap to this daemon is safe")
+        } else if mlockall(MCL_CURRENT | MCL_FUTURE | mclOnFault) != 0 {
             let e = errno
             problems.append("mlockall failed (\(String(cString: strerror(e)))): pages of the daemon may be swapped out; raise LimitMEMLOCK or run as root")
         }
@@ -38,6 +45,14 @@ public enum SwapSafety {
         }
         return problems
     }
+}
+
+/// Whether this process has capability `bit` (linux/capability.h numbering) in its effective set.
+func hasCapability(_ bit: Int) -> Bool {
+    guard let status = try? FileSystem.readText("/proc/self/status"),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+          let mask = UInt64(String(line.dropFirst(7)).trimmed(), radix: 16) else { return false }
+    return mask & (1 << UInt64(bit)) != 0
 }
 
 /// sd_notify(3) over $NOTIFY_SOCKET, and the watchdog period from $WATCHDOG_USEC.

@@ -460,13 +460,6 @@ struct EndToEndTests {
     }
 }
 
-/// Whether this process has capability `bit` in its effective set.
-func hasCapability(_ bit: Int) -> Bool {
-    let status = Subprocess.readFile("/proc/self/status")
-    guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
-          let mask = UInt64(line.dropFirst(7).trimmingNewline, radix: 16) else { return false }
-    return mask & (1 << UInt64(bit)) != 0
-}
 
 /// Full path of `tool` in PATH. (TestSupport's `Subprocess.which` splits PATH into characters:
 /// `split` + an array literal picks the [[Character]] overload, so it never finds anything.)
