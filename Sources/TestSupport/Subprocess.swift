@@ -194,7 +194,8 @@ extension Subprocess {
     /// Full path of `tool` in PATH (or /usr/sbin, /sbin), nil if not installed.
     public static func which(_ tool: String) -> String? {
         let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin"
-        for dir in path.split(separator: ":") + ["/usr/sbin", "/sbin"] {
+        let dirs = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
+        for dir in dirs {
             let candidate = "\(dir)/\(tool)"
             if access(candidate, X_OK) == 0 { return candidate }
         }

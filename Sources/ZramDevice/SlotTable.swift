@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import ZsPool
 
 /// Bits of a slot's flags word, laid out as zram's: the low 13 bits hold the object size
 /// (0...4096), the flags sit above it.
@@ -54,7 +55,7 @@ final class SlotTable: @unchecked Sendable {
     /// Empties every slot at once by dropping the mapping's pages (they read back as zero).
     /// Nobody may hold or take a slot lock meanwhile.
     func clearAll() {
-        _ = madvise(UnsafeMutableRawPointer(words), byteCount, MADV_DONTNEED)
+        releaseToOS(UnsafeMutableRawPointer(words), byteCount: byteCount)   // works under mlockall
     }
 
     /// The flags word without taking the lock (may show the lock bit).

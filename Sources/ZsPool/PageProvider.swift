@@ -20,7 +20,6 @@ final class PageProvider: @unchecked Sendable {
     private let cold: UnsafeMutablePointer<UInt32>   // released free pages, a stack
     @exclusivity(unchecked) private var coldCount = 0
     private let coldBytes: Int
-    @exclusivity(unchecked) private var dontneedAdvice: Int32 = 24       // MADV_DONTNEED_LOCKED (Linux 5.18+)
     /// Pages handed out and not yet returned.
     let pagesInUse = Atomic<Int>(0)
 
@@ -101,10 +100,17 @@ final class PageProvider: @unchecked Sendable {
     var reservePages: Int { lock.withLock { warmCount } }
 
     private func release(_ page: UInt32) {
-        let p = address(of: page)
-        if madvise(p, zsPageSize, dontneedAdvice) != 0 && dontneedAdvice != MADV_DONTNEED {
-            dontneedAdvice = MADV_DONTNEED    // kernel without MADV_DONTNEED_LOCKED
-            _ = madvise(p, zsPageSize, dontneedAdvice)
-        }
+        releaseToOS(address(of: page), byteCount: zsPageSize)
     }
+
+}
+
+/// Gives the pages of a page-aligned range back to the OS; they read back as zeros afterwards.
+/// MADV_DONTNEED_LOCKED (Linux 5.18+) works under mlockall, where plain MADV_DONTNEED is refused;
+/// if the kernel refuses both, the range is zero-filled so callers relying on zeros stay correct.
+public func releaseToOS(_ start: UnsafeMutableRawPointer, byteCount: Int) {
+    let madvDontneedLocked: Int32 = 24
+    if madvise(start, byteCount, madvDontneedLocked) == 0 { return }
+    if madvise(start, byteCount, MADV_DONTNEED) == 0 { return }
+    memset(start, 0, byteCount)
 }
