@@ -88,14 +88,16 @@ public final class SystemdNotifier {
 
     public var enabled: Bool { fd >= 0 }
 
-    /// Sends newline-separated assignments, e.g. "READY=1\nSTATUS=serving".
+    /// Sends newline-separated assignments, e.g. "READY=1\nSTATUS=serving". Never blocks: a
+    /// manager that stops reading its notify socket must not freeze the daemon's control loop
+    /// (and with it SIGTERM handling); a dropped STATUS= is harmless.
     public func notify(_ state: String) {
         guard fd >= 0 else { return }
         var bytes = Array(state.utf8)
         _ = bytes.withUnsafeMutableBytes { buf in
             withUnsafePointer(to: &addr) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), $0, addrLength)
+                    sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT), $0, addrLength)
                 }
             }
         }

@@ -65,15 +65,8 @@ final class SizeClass: @unchecked Sendable {
     }
 
     deinit {
-        // Return every live zspage's pages; the pool is going away.
-        for g in 0..<zsFullnessGroups {
-            var id = listHead[g]
-            while id != noZspage {
-                let nextID = next[Int(id)]
-                provider.free(pagesPerZspage, from: pages.base + Int(id) * pagesPerZspage)
-                id = nextID
-            }
-        }
+        // The pool is going away and unmaps its whole arena at once: returning each zspage's pages
+        // one madvise at a time would make tearing down a full device take seconds.
         pages.release(); freeObj.release(); inuse.release(); fullness.release()
         prev.release(); next.release(); hugeHandle.release(); handles.release()
     }

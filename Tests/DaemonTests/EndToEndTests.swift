@@ -18,10 +18,11 @@ final class RunningDaemon {
 
     let notify: NotifyListener
 
-    init(_ dir: TempDir, extra: [String] = [], lockMemory: Bool = false, environment: [String: String] = [:]) throws {
+    init(_ dir: TempDir, size: String = "64M", extra: [String] = [], lockMemory: Bool = false,
+         environment: [String: String] = [:]) throws {
         self.dir = dir
         notify = try NotifyListener(path: dir.file("notify.sock"))
-        var args = [zramnbdBinary, "serve", "--device", "zram0", "--size", "64M", "--socket", dir.file("zram0.sock"),
+        var args = [zramnbdBinary, "serve", "--device", "zram0", "--size", size, "--socket", dir.file("zram0.sock"),
                     "--stats-dir", dir.file("stats"), "--control-socket", dir.file("control.sock"),
                     "--stats-interval", "0.2", "--prometheus-file", dir.file("zramnbd.prom")] + extra
         if !lockMemory { args.append("--no-mlock") }

@@ -168,10 +168,9 @@ final class RawClient {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
-        guard r == 0 else {
-            close(fd)
-            throw TestError("connect \(unixPath): errno \(errno)")
-        }
+        // No close here: a class init that throws after initialising every property still runs
+        // deinit, which closes fd; closing twice could close another test's new descriptor.
+        guard r == 0 else { throw TestError("connect \(unixPath): errno \(errno)") }
     }
 
     init(fd: Int32) { self.fd = fd }

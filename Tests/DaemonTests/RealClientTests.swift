@@ -1,0 +1,65 @@
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+import TestSupport
+@testable import ZramDaemon
+
+/// The built daemon, driven by the real clients people use: libnbd (conformance suite), qemu-io and
+/// qemu-img, fio, nbdcopy, nbdfuse + loop + ext4, nbd 3.24's nbd-tester-client, and the Linux kernel's
+/// own NBD client in a qemu guest (ext4, discard, swap). Each suite prints a PASS/FAIL line per check.
+@Suite struct RealClientTests {
+    static let packageRoot = "/" + "\(#filePath)".split(separator: "/").dropLast(3).joined(separator: "/")
+
+    /// Runs a suite script against a fresh daemon and fails with its FAIL lines.
+    private func runSuite(_ argv: (RunningDaemon) -> [String], size: String = "256M", extra: [String] = [],
+                          environment: [String: String] = [:], timeout: Duration = .seconds(300)) throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let daemon = try RunningDaemon(dir, size: size, extra: extra + ["-v"])
+        let result = try Subprocess.run(argv(daemon), outputPrefix: dir.file("suite"), environment: environment,
+                                        timeout: timeout)
+        let lines = result.stdout.split(separator: "\n")
+        print(lines.filter { $0.hasPrefix("SKIP") || $0.hasPrefix("FAIL") }.joined(separator: "\n"))
+        print(lines.last.map(String.init) ?? "(no output)")
+        #expect(result.succeeded, """
+            \(argv(daemon).joined(separator: " ")): \(result.termination)
+            \(lines.filter { $0.hasPrefix("FAIL") }.joined(separator: "\n"))
+            \(result.stderr.suffix(2000))
+            daemon stderr: \(daemon.process.stderr.suffix(2000))
+            """)
+        let stopped = daemon.stop()
+        #expect(stopped == .exited(0), "the daemon survived the suite and stops cleanly: \(daemon.process.stderr.suffix(3000))")
+    }
+
+    @Test func libnbdConformanceSuite() throws {
+        try runSuite({ ["/usr/bin/python3", Self.packageRoot + "/Tests/conformance/nbd_conformance.py",
+                        "--unix", $0.socket, "--size", "\(256 << 20)", "--profile", "zramnbd"] })
+    }
+
+    @Test func libnbdConformanceSuiteReadOnly() throws {
+        try runSuite({ ["/usr/bin/python3", Self.packageRoot + "/Tests/conformance/nbd_conformance.py",
+                        "--unix", $0.socket, "--size", "\(256 << 20)", "--read-only"] },
+                     extra: ["--read-only"])
+    }
+
+    @Test func qemuFioNbdcopyNbdfuseExt4() throws {
+        try runSuite({ ["/bin/bash", Self.packageRoot + "/scripts/client-suite.sh", $0.socket, "--quick"] })
+    }
+
+    @Test func nbdTesterClient() throws {
+        try runSuite({ ["/bin/bash", Self.packageRoot + "/scripts/nbd-tester-client.sh", $0.socket, "zram0"] },
+                     environment: ["SKIP_IF_NO_SOURCE": "1"], timeout: .seconds(400))
+    }
+
+    /// The primary use case: the kernel's nbd.ko (Debian 12's kernel in qemu) with ext4, discards and
+    /// swap on our export. Skips with a reason where ../shared or qemu is absent (scripts/kernel-nbd.sh).
+    @Test(.timeLimit(.minutes(20)))
+    func linuxKernelClientFilesystemTrimAndSwap() throws {
+        try runSuite({ ["/bin/bash", Self.packageRoot + "/scripts/kernel-nbd.sh", $0.socket, "fs,trim,swap"] },
+                     size: "1G",
+                     environment: ["KNBD_EXPORT": "zram0", "KNBD_S_FS_RAND_FILES": "2", "KNBD_S_FS_TREE_COPIES": "1",
+                                   "KNBD_S_SWAP_DISCARD": "1", "KNBD_TIMEOUT": "900"],
+                     timeout: .seconds(960))
+    }
+}
