@@ -74,7 +74,8 @@ public struct RequestRules: Sendable {
     public var flags: TransmissionFlags
     public var structuredReplies: Bool
     public var metaContextID: UInt32?
-    public var maxPayload: UInt32 = BlockSize.maximumPayload
+    /// Largest READ/WRITE served (above the advertised maximum, for clients that did not ask).
+    public var maxPayload: UInt32 = BlockSize.acceptedPayload
     /// A rejected WRITE's payload up to this size is read and thrown away; a bigger one drops the
     /// connection (nbdkit: twice the maximum request).
     public var maxDiscard: UInt64

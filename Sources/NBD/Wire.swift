@@ -219,4 +219,7 @@ public enum BlockSize {
     public static let minimum: UInt32 = 1
     public static let preferred: UInt32 = 4096
     public static let maximumPayload: UInt32 = 32 << 20
+    /// What we accept from clients that never asked for block sizes (nbd-tester-client's
+    /// integrity traces send 40 MiB reads); the same limit as nbdkit and libnbd.
+    public static let acceptedPayload: UInt32 = 64 << 20
 }

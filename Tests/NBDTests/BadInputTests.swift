@@ -135,10 +135,10 @@ import Testing
     }
 
     @Test func writeJustOverTheMaximumIsSkippedAndRefused() throws {
-        let f = try Fixture(size: 64 << 20)
+        let f = try Fixture(size: 80 << 20)
         let c = try f.client()
         try c.negotiate(structured: false)
-        let n = (32 << 20) + 1
+        let n = (64 << 20) + 1
         try c.send(requestBytes(type: .write, cookie: 1, offset: 0, length: UInt32(n)) + [UInt8](repeating: 7, count: n))
         #expect(try c.simpleReply() == (22, 1))
         try c.request(.flush, cookie: 2)
