@@ -25,7 +25,7 @@ let package = Package(
         // zram's page store: slot table, same/huge pages, discard, mem_limit, counters.
         .target(name: "ZramDevice", dependencies: ["ZsPool", "Codec"]),
         // The NBD protocol and server; talks to any block backend, knows nothing of compression.
-        .target(name: "NBD"),
+        .target(name: "NBD", exclude: ["DESIGN.md"]),
         // The daemon: CLI, config, stats files, control socket; wires devices to NBD exports.
         .target(name: "ZramDaemon", dependencies: [
             "ZramDevice", "NBD",

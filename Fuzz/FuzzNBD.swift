@@ -93,7 +93,7 @@ private func fuzzRequests(_ input: ArraySlice<UInt8>) {
             case .success(let c):
                 switch c {
                 case .read(let o, let l, _), .write(let o, let l, _):
-                    precondition(l > 0 && l <= Int(BlockSize.acceptedPayload))
+                    precondition(l > 0 && l <= Int(rules.maxPayload))
                     precondition(o <= size && UInt64(l) <= size - o)
                     if case .write = c { precondition(!flags.contains(.readOnly)) }
                 case .trim(let o, let l, _), .writeZeroes(let o, let l, _, _, _):

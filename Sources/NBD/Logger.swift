@@ -20,7 +20,7 @@ public struct NBDLogger: Sendable {
 
     public static let disabled = NBDLogger(level: .off)
 
-    /// Writes "zramnbd: <message>\n" to stderr with one write(2), so lines from threads don't mix.
+    /// Writes "nbd: <message>" and a newline to stderr with one write(2), so lines from threads do not mix.
     public static let stderr: @Sendable (Level, String) -> Void = { _, message in
         let line = "nbd: " + message + "\n"
         var bytes = Array(line.utf8)

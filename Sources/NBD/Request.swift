@@ -74,6 +74,7 @@ public struct RequestRules: Sendable {
     public var flags: TransmissionFlags
     public var structuredReplies: Bool
     public var metaContextID: UInt32?
+    /// Largest READ/WRITE served (above the advertised maximum, for clients that did not ask).
     public var maxPayload: UInt32 = BlockSize.acceptedPayload
     /// A rejected WRITE's payload up to this size is read and thrown away; a bigger one drops the
     /// connection (nbdkit: twice the maximum request).

@@ -342,10 +342,11 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
         return IO.writeFully(outFD, iovs, n) ? 0 : errno
     }
 
-    /// Caller holds `state`. Returns a job to the free list, keeping only small buffers.
+    /// Caller holds `state`. Returns a job to the free list, keeping only small buffers (and one
+    /// spare of at most the advertised maximum request size).
     private func recycle(_ job: Job) {
         if job.dataCapacity > Job.retainedDataCapacity, let data = job.data {
-            if job.dataCapacity > spareCapacity {
+            if job.dataCapacity > spareCapacity && job.dataCapacity <= Int(BlockSize.maximumPayload) {
                 spare?.deallocate()
                 spare = data
                 spareCapacity = job.dataCapacity

@@ -219,8 +219,7 @@ public enum BlockSize {
     public static let minimum: UInt32 = 1
     public static let preferred: UInt32 = 4096
     public static let maximumPayload: UInt32 = 32 << 20
-    /// Largest READ/WRITE actually served. Clients that never ask for block sizes may go past the
-    /// advertised maximum (nbd-tester-client's integrityhuge trace reads 40 MiB); nbdkit serves up to
-    /// 64 MiB too, and libnbd never sends more.
+    /// What we accept from clients that never asked for block sizes (nbd-tester-client's
+    /// integrity traces send 40 MiB reads); the same limit as nbdkit and libnbd.
     public static let acceptedPayload: UInt32 = 64 << 20
 }

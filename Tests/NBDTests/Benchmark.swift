@@ -9,6 +9,8 @@ import Testing
 //   NBD_BENCH=1 swift test -c release --filter NBDBenchmark
 // Knobs: NBD_BENCH_SECONDS (per run, default 5), NBD_BENCH_SERVER_CPUS (default "1"),
 // NBD_BENCH_CLIENT_CPU (default "0"), NBD_BENCH_MODELS, NBD_BENCH_COSTS ("0,8" µs per written page),
+// NBD_BENCH_JOBS (fio jobs = connections, default 1), NBD_BENCH_REPEAT (interleaved runs, default 1),
+// NBD_BENCH_LOADS ("randread:1,randwrite:32", ...), NBD_BENCH_OUT (also write the table to this file),
 // NBD_BENCH_NBDKIT=1 to add nbdkit's memory plugin as the reference peer.
 
 @_silgen_name("sched_setaffinity")
@@ -74,8 +76,15 @@ struct NBDBenchmark {
         (env["NBD_BENCH_MODELS"] ?? "inline,workers,hybrid").split(separator: ",").compactMap { ExecutionModel(rawValue: String($0)) }
     }
     var costs: [Int] { (env["NBD_BENCH_COSTS"] ?? "0,8").split(separator: ",").compactMap { Int($0) } }
-    let loads: [(rw: String, depth: Int)] = [("randread", 1), ("randread", 16), ("randread", 32),
-                                             ("randwrite", 1), ("randwrite", 16), ("randwrite", 32)]
+    /// NBD_BENCH_LOADS, e.g. "randread:1,randwrite:32"; default QD1/16/32 random reads and writes.
+    var loads: [(rw: String, depth: Int)] {
+        let spec = env["NBD_BENCH_LOADS"] ?? "randread:1,randread:16,randread:32,randwrite:1,randwrite:16,randwrite:32"
+        return spec.split(separator: ",").compactMap {
+            let parts = $0.split(separator: ":")
+            guard parts.count == 2, let depth = Int(parts[1]) else { return nil }
+            return (String(parts[0]), depth)
+        }
+    }
 
     /// CPU time used so far, in µs, by this process (the in-process server; the test runner
     /// idles meanwhile) or by another process (from /proc/PID/stat, 10 ms resolution).
@@ -94,12 +103,15 @@ struct NBDBenchmark {
     }
 
     var repeats: Int { Int(env["NBD_BENCH_REPEAT"] ?? "") ?? 1 }
+    /// fio jobs, one NBD connection each.
+    var jobs: Int { Int(env["NBD_BENCH_JOBS"] ?? "") ?? 1 }
 
     /// fio's nbd engine (libnbd), pinned to the client CPU; returns IOPS.
     func fio(uri: String, rw: String, depth: Int, dir: TempDir) throws -> Double {
         let r = try Subprocess.run(["taskset", "-c", clientCPU, "fio", "--name=bench", "--ioengine=nbd", "--uri=\(uri)",
                                     "--rw=\(rw)", "--bs=4k", "--iodepth=\(depth)", "--size=256M",
-                                    "--time_based", "--runtime=\(seconds)", "--output-format=json"],
+                                    "--time_based", "--runtime=\(seconds)", "--output-format=json",
+                                    "--numjobs=\(jobs)", "--group_reporting"],
                                    outputPrefix: dir.file("fio-\(rw)-\(depth)"), timeout: .seconds(seconds + 60))
         guard r.succeeded, let start = r.stdout.firstIndex(of: "{") else { throw TestError("fio failed: \(r.stderr)") }
         let json = try JSONSerialization.jsonObject(with: Data(r.stdout[start...].utf8)) as? [String: Any]
@@ -179,7 +191,7 @@ struct NBDBenchmark {
                 targets[i].results.append(sorted[sorted.count / 2])
             }
         }
-        var lines = ["server CPUs \(serverCPUs), fio on CPU \(clientCPU), \(seconds) s per run, median of \(repeats) interleaved runs, "
+        var lines = ["server CPUs \(serverCPUs), fio on CPU \(clientCPU) with \(jobs) job(s), \(seconds) s per run, median of \(repeats) interleaved runs, "
                      + "4 KiB, 256 MiB prefilled; IOPS (server CPU µs per request)",
                      "| server | " + loads.map { "\($0.rw) QD\($0.depth)" }.joined(separator: " | ") + " |",
                      "|---|" + loads.map { _ in "---|" }.joined()]

@@ -1,4 +1,5 @@
 import NBD
+import Synchronization
 import Testing
 
 /// The handshake state machine, fed bytes directly (no sockets).
@@ -289,6 +290,23 @@ import Testing
         var m = started()
         m.beginShutdown()
         #expect(parseOptionReplies(send(&m, .abort).reply).map(\.type) == [1])
+    }
+
+    @Test func everyDecisionIsLoggedAsASentence() {
+        let lines = Mutex<[String]>([])
+        let logger = NBDLogger(level: .debug) { _, line in lines.withLock { $0.append(line) } }
+        var n = Negotiation(catalog: catalog, logger: logger)
+        _ = n.receiveClientFlags(3)
+        _ = send(&n, .structuredReply)
+        _ = send(&n, 99)
+        _ = send(&n, .go, infoPayload("", [3]))
+        let log = lines.withLock { $0 }
+        #expect(log.contains("client flags: 0x3"))
+        #expect(log.contains("replying to NBD_OPT_STRUCTURED_REPLY with NBD_REP_ACK: structured replies on"))
+        #expect(log.contains("replying to option 99 with NBD_REP_ERR_UNSUP: option 99 is not supported"))
+        #expect(log.contains { $0.hasPrefix("replying to NBD_OPT_GO with NBD_REP_INFO (size 1048576, flags 0xded)") })
+        var quiet = Negotiation(catalog: catalog, logger: NBDLogger(level: .off) { _, _ in Issue.record("logged while off") })
+        _ = quiet.receiveClientFlags(3)
     }
 
     @Test func catalogRejectsDuplicatesAndUnknownDefault() throws {
