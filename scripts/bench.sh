@@ -132,7 +132,7 @@ if [[ -z $BIN ]]; then
 fi
 if [[ -z $BIN || ! -x $BIN ]]; then
 	SKIP+="zramnbd-lz4 zramnbd-zstd "; note - "zramnbd: no binary built (swift build --product zramnbd): its columns are n/a"
-elif ! "$BIN" serve --help >/dev/null 2>&1; then
+elif ! "$BIN" serve --help 2>&1 | grep -q -- --socket; then
 	SKIP+="zramnbd-lz4 zramnbd-zstd "; note - "zramnbd: $BIN has no 'serve' command yet: its columns are n/a"
 else
 	put - info.zramnbd "$BIN"
@@ -203,8 +203,9 @@ start_target() {   # start_target TARGET BYTES: a fresh, empty device of exactly
 		kill -0 "$SERVER" 2>/dev/null || break
 		sleep 0.1
 	done
-	broke "$t did not start serving (see $OUT/raw/$t.server.log)"
+	broke "$t did not start serving (see $OUT/raw/$t.server.log): its remaining workloads are skipped"
 	stop_target "$t"
+	SKIP+="$t "
 	return 1
 }
 
@@ -268,6 +269,7 @@ corpus_pass() {   # 1. sequential write + read-back, and 4. memory, per corpus
 	local t=$1 c name path bytes t0 t1 t2 m rss0
 	for c in "${CORPORA[@]}"; do
 		IFS=: read -r name path bytes <<<"$c"
+		active "$t" || return 0
 		log "$t: $name: write, read-back, verify"
 		cat "$path" >/dev/null   # corpus in the page cache: time the device, not the disk
 		start_target "$t" "$bytes" || continue
@@ -280,7 +282,7 @@ corpus_pass() {   # 1. sequential write + read-back, and 4. memory, per corpus
 				read -r -a f <<<"$m"
 				put "$t" "mem.$name.orig" "${f[0]}"; put "$t" "mem.$name.compr" "${f[1]}"
 				put "$t" "mem.$name.mem_used" "${f[2]}"; put "$t" "mem.$name.same" "${f[5]}"
-				put "$t" "mem.$name.huge" "${f[7]}"
+				put "$t" "mem.$name.huge" "${f[7]}"; put "$t" "mem.$name.mm_stat" "$m"
 				[[ ${f[0]} == "$bytes" ]] || note "$t" "$name: mm_stat orig_data_size ${f[0]} != $bytes written"
 			else
 				note "$t" "no mm_stat found"
@@ -364,10 +366,9 @@ scaling_pass() {   # 5. nbdcopy of the ext4 corpus with 1, 2, 4 connections
 # ---------------------------------------------------------------- run
 START=$(now)
 for t in "${TARGETS[@]}"; do
-	active "$t" || continue
-	if want seq || want memory; then corpus_pass "$t"; fi
-	if want rand || want latency || want scaling; then rand_pass "$t"; fi
-	if want scaling; then scaling_pass "$t"; fi
+	if active "$t" && { want seq || want memory; }; then corpus_pass "$t"; fi
+	if active "$t" && { want rand || want latency || want scaling; }; then rand_pass "$t"; fi
+	if active "$t" && want scaling; then scaling_pass "$t"; fi
 done
 put - info.duration "$(awk -v s="$(elapsed "$START" "$(now)")" 'BEGIN { printf "%.0f s", s }') for the workloads"
 

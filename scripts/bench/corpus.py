@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 SIZES = {  # MiB
     "quick": {"ext4": 32, "procmem": 24, "random": 8, "same": 8},  # procmem: python only
-    "full": {"ext4": 256, "procmem": 320, "random": 64, "same": 64},
+    "full": {"ext4": 256, "procmem": 416, "random": 64, "same": 64},  # procmem: sum of RSS targets
 }
 
 EXT4_SOURCES = ["/usr/lib/python3.11", "/usr/include", "/usr/bin", "/usr/share/doc",
@@ -185,14 +185,37 @@ def run_and_dump(argv, out):
             p.wait()
 
 
+def java_program(cache):
+    """argv of the compiled ProcMem, or None without a JDK (source launch would hold javac too)."""
+    if not (shutil.which("java") and shutil.which("javac")):
+        return None
+    classes = os.path.join(cache, "java-classes")
+    r = subprocess.run(["javac", "-d", classes, os.path.join(HERE, "ProcMem.java")],
+                       stdout=sys.stderr, stderr=sys.stderr)
+    if r.returncode != 0:
+        return None
+    return ["java", "-Xmx1g", "-cp", classes, "ProcMem"]
+
+
 def build_procmem(path, size):
-    # node alone holds ~45 MiB before it allocates anything: too big for the quick corpus
-    node = (shutil.which("node") or shutil.which("nodejs")) if size > 64 * MIB else None
-    programs = [(["/usr/bin/python3", os.path.join(HERE, "procmem_py.py")], 0.6 if node else 1.0)]
-    if node:
-        programs.append(([node, os.path.join(HERE, "procmem_node.js")], 0.4))
-    elif size > 64 * MIB:
-        log("procmem: node not found, python3 only")
+    """Three runtimes (python3, node, java), each to its share of SIZE as resident set size.
+
+    node and the JVM hold 45-85 MiB before they allocate anything: the quick corpus is python only.
+    """
+    programs = [(["/usr/bin/python3", os.path.join(HERE, "procmem_py.py")], 0.4)]
+    if size > 64 * MIB:
+        node = shutil.which("node") or shutil.which("nodejs")
+        if node:
+            programs.append(([node, os.path.join(HERE, "procmem_node.js")], 0.27))
+        else:
+            log("procmem: node not found: left out")
+        java = java_program(os.path.dirname(path))
+        if java:
+            programs.append((java, 0.33))
+        else:
+            log("procmem: no JDK (java, javac): left out")
+    total = sum(share for _, share in programs)
+    programs = [(argv, share / total) for argv, share in programs]
     tmp = path + ".tmp"
     names = " + ".join(os.path.basename(argv[0]) for argv, _ in programs)
     with open(path + ".desc", "w") as f:  # which programs, for the report

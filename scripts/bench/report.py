@@ -137,6 +137,10 @@ def fmt_mib(x):
     return f"{x / MIB:.1f}M"
 
 
+def fmt_count(x):
+    return f"{x:.0f}"
+
+
 def fmt_mbs(x):
     return f"{x:.0f}MB/s"
 
@@ -220,6 +224,8 @@ def table(path, only):
             t.row(f"{c} store", store)
             t.row(f"{c} RSS", {x: r.num(x, f"mem.{c}.rss") for x in TARGETS})
             t.row(f"{c} compr_data_size", {x: r.num(x, f"mem.{c}.compr") for x in TARGETS})
+            t.row(f"{c} same_pages", {x: r.num(x, f"mem.{c}.same") for x in TARGETS}, fmt_count)
+            t.row(f"{c} huge_pages", {x: r.num(x, f"mem.{c}.huge") for x in TARGETS}, fmt_count)
         t.render(out)
 
     # 5. scaling
