@@ -5,8 +5,9 @@
 #   (default) build + test tools (libnbd tools, qemu-utils, fio, nbdkit, ...)
 set -euo pipefail
 BUILD_PKGS=(pkg-config liblz4-dev libzstd-dev libnbd-dev)
-TEST_PKGS=(libnbd-bin nbdfuse python3-libnbd nbdkit qemu-utils fio e2fsprogs util-linux
-           fuse3 kmod procps socat lz4 zstd)
+TEST_PKGS=(libnbd-bin python3-libnbd nbdkit qemu-utils fio e2fsprogs util-linux jq
+           fuse3 kmod procps socat lz4 zstd
+           gcc libglib2.0-dev dpkg-dev)   # last line: nbd-tester-client build
 pkgs=("${BUILD_PKGS[@]}")
 [[ ${1:-} == --build ]] || pkgs+=("${TEST_PKGS[@]}")
 missing=()
