@@ -54,7 +54,7 @@ mkdir -p "$OUT/raw"
 : >"$OUT/results.tsv"
 WORK=$(mktemp -d /tmp/zramnbd-bench-work.XXXXXX)
 SOCK=$WORK/nbd.sock
-URI="nbd+unix:///?socket=$SOCK"
+URI="nbd+unix:///zram0?socket=$SOCK"   # zramnbd's export name; nbdkit memory takes any
 NCPU=$(nproc)
 
 T_START=$EPOCHREALTIME
@@ -189,12 +189,11 @@ start_target() {   # start_target TARGET BYTES: a fresh, empty device of exactly
 	case $t in
 	nbdkit-zstd|nbdkit-sparse)
 		argv=(nbdkit -f --exit-with-parent -U "$SOCK" memory "$size" "allocator=${t#nbdkit-}") ;;
-	zramnbd-lz4)
-		argv=("$BIN" serve --device zram0 --size "$size" --algorithm lz4 --chain-size 8
-			--socket "$SOCK" --stats-dir "$WORK/stats" --no-mlock) ;;
-	zramnbd-zstd)
-		argv=("$BIN" serve --device zram0 --size "$size" --algorithm zstd --level 3 --chain-size 8
-			--socket "$SOCK" --stats-dir "$WORK/stats" --no-mlock) ;;
+	zramnbd-lz4|zramnbd-zstd)
+		# Its own control socket (none): a system daemon or a test may hold the default one.
+		argv=("$BIN" serve --device zram0 --size "$size" --chain-size 8 --socket "$SOCK"
+			--stats-dir "$WORK/stats" --stats-interval 0.2 --control-socket none --no-mlock)
+		if [[ $t == zramnbd-lz4 ]]; then argv+=(--algorithm lz4); else argv+=(--algorithm zstd --level 3); fi ;;
 	esac
 	"${argv[@]}" >>"$OUT/raw/$t.server.log" 2>&1 &
 	SERVER=$!
