@@ -6,7 +6,7 @@
 # something broke, e.g. data read back differs from what was written).
 #
 #   scripts/bench.sh [--quick] [--only WORKLOAD] [--out DIR] [--targets LIST] [--bin PATH] [--no-build]
-#     --quick          small corpora, 1-2 s fio runs: under a minute (the test suite runs it)
+#     --quick          small corpora, 0.5-1 s fio runs: under a minute (the test suite runs it)
 #     --only W         seq | rand | latency | memory | scaling (seq and memory share one pass)
 #     --out DIR        where report.txt, results.tsv and raw fio output go
 #                      (default /tmp/zramnbd-bench-<date>)
