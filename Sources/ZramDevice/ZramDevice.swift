@@ -1,1 +1,574 @@
-// ZramDevice: placeholder until the module lands.
+import Codec
+import Glibc
+import Synchronization
+import ZsPool
+
+/// What one page holds, as NBD's BLOCK_STATUS wants to know it.
+public enum PageState: Sendable, Equatable {
+    /// Never written, or freed by discard/write-zeroes: reads as zeros, holds no memory (HOLE|ZERO).
+    case unallocated
+    /// A same-filled page of zero bytes (ZERO).
+    case zero
+    /// Anything else (0).
+    case data
+}
+
+/// A consistency census of the slot table (see `census()`).
+public struct SlotCensus: Sendable, Equatable {
+    public var storedPages = 0
+    public var samePages = 0
+    public var hugePages = 0
+    /// Sum of stored object sizes: what compr_data_size should be.
+    public var comprBytes = 0
+}
+
+/// The pool and compression streams. Replaced as a whole by reset and algorithm changes, which
+/// hold the quiesce lock exclusively; I/O holds it shared and uses one Backend for a whole request.
+final class Backend: Sendable {
+    let pool: ZsPool
+    let streams: CompressionStreams
+    init(pool: ZsPool, streams: CompressionStreams) {
+        self.pool = pool
+        self.streams = streams
+    }
+}
+
+/// What a page write installs in its slot.
+enum PageContents: Sendable {
+    case same(UInt64)
+    case object(ZsHandle, size: Int, huge: Bool)
+}
+
+/// zram's page store (drivers/block/zram/zram_drv.c for 4 KiB pages) over a zsmalloc pool.
+///
+/// Byte-range I/O of any alignment, safe from many threads: different pages proceed in parallel,
+/// one page is never torn, and a sub-page write holds its slot across the read-modify-write.
+///
+/// Lock order: quiesce (shared for I/O) -> slot lock -> compression stream -> pool internals.
+/// A full-page write compresses under a stream *without* a slot lock and releases the stream
+/// before locking the slot, so no path takes a slot while holding a stream.
+///
+/// Differences from the kernel: `reset()` keeps the device usable (disk size, algorithm, level
+/// and mem_limit stay; all data and counters go, the pool is recreated). The algorithm can be
+/// changed whenever no page is stored (the kernel: only before disksize).
+public final class ZramDevice: @unchecked Sendable {
+    public let name: String
+    /// Capacity in bytes, a multiple of 4096.
+    public let diskSize: Int
+    public let chainSize: Int
+    public let pageCount: Int
+    /// Bytes of the slot table's mapping (16 per page; only touched parts are resident).
+    public var slotTableBytes: Int { slots.byteCount }
+
+    let slots: SlotTable
+    private let quiesce = QuiesceLock()
+    /// Guarded by `quiesce`: read under shared, replaced under exclusive.
+    private var backend: Backend
+    /// For tests that reach into the pool (e.g. to corrupt an object).
+    var backendForTesting: Backend { quiesce.shared { backend } }
+
+    // Counters, updated where the event happens (relaxed atomics, as zram's atomic64_t).
+    private let pagesStored = Atomic<Int>(0)
+    private let comprDataSize = Atomic<Int>(0)
+    private let samePages = Atomic<Int>(0)
+    private let hugePages = Atomic<Int>(0)
+    private let hugePagesSince = Atomic<Int>(0)
+    private let failedReads = Atomic<Int>(0)
+    private let failedWrites = Atomic<Int>(0)
+    private let notifyFree = Atomic<Int>(0)
+    private let maxUsedPages = Atomic<Int>(0)
+    private let memLimitPages = Atomic<Int>(0)
+
+    public init(_ config: ZramConfig) throws(ZramError) {
+        guard (4...16).contains(config.chainSize) else {
+            throw .invalidArgument("chain size \(config.chainSize) is not in 4...16")
+        }
+        guard config.diskSize >= 0, config.diskSize <= Int.max - pageSize else {
+            throw .invalidArgument("disk size \(config.diskSize)")
+        }
+        guard config.memLimit >= 0 else { throw .invalidArgument("mem_limit \(config.memLimit)") }
+        name = config.name
+        chainSize = config.chainSize
+        pageCount = (config.diskSize + pageSize - 1) >> pageShift
+        diskSize = pageCount << pageShift
+        slots = SlotTable(count: pageCount)
+        backend = Backend(pool: Self.makePool(config.name, config.chainSize, pageCount),
+                          streams: try CompressionStreams(algorithm: config.algorithm, level: config.level))
+        memLimitPages.store(Self.pagesRoundedUp(config.memLimit), ordering: .relaxed)
+    }
+
+    private static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int) -> ZsPool {
+        // Worst case fragmentation: one object per zspage chain. The pool only reserves address
+        // space; its page numbers are 32-bit.
+        ZsPool(name: name, chainSize: chainSize, maxPages: min(pageCount * chainSize + 1024, Int(UInt32.max) - 1))
+    }
+
+    private static func pagesRoundedUp(_ bytes: Int) -> Int { (bytes + pageSize - 1) >> pageShift }
+
+    // MARK: Block I/O
+
+    /// Reads `length` bytes at `offset` into `destination`. On error the request counts once in
+    /// failed_reads (as a failed bio) and the bytes of the failing page are zeroed, never garbage.
+    public func read(into destination: UnsafeMutableRawPointer, offset: Int, length: Int) throws(ZramError) {
+        try checkRange(offset, length)
+        try quiesce.shared { () throws(ZramError) in
+            let b = backend
+            do throws(ZramError) {
+                try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
+                    let out = destination + done
+                    if n == pageSize {
+                        try readPage(index, into: out, b)
+                    } else {
+                        try readPartial(index, inPage, n, into: out, b)
+                    }
+                }
+            } catch {
+                failedReads.add(1, ordering: .relaxed)
+                throw error
+            }
+        }
+    }
+
+    /// Writes `length` bytes from `source` at `offset`. Pages before a failing page are written;
+    /// the failing page keeps its old contents; the request counts once in failed_writes.
+    public func write(from source: UnsafeRawPointer, offset: Int, length: Int) throws(ZramError) {
+        try checkRange(offset, length)
+        try quiesce.shared { () throws(ZramError) in
+            let b = backend
+            do throws(ZramError) {
+                try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
+                    let src = source + done
+                    if n == pageSize {
+                        try storePage(index, from: src, b)
+                    } else {
+                        try storePartial(index, inPage, n, from: src, b)
+                    }
+                }
+            } catch {
+                failedWrites.add(1, ordering: .relaxed)
+                throw error
+            }
+        }
+    }
+
+    /// zram's discard: frees every whole page in the range (notify_free counts each, even empty
+    /// ones); partial head and tail pages are left alone.
+    public func discard(offset: Int, length: Int) throws(ZramError) {
+        try checkRange(offset, length)
+        quiesce.shared {
+            let b = backend
+            let first = (offset + pageSize - 1) >> pageShift
+            let end = (offset + length) >> pageShift
+            guard first < end else { return }
+            for index in first..<end { freeSlot(index, b.pool) }
+            notifyFree.add(end - first, ordering: .relaxed)
+        }
+    }
+
+    /// Makes the range read as zeros. Whole pages are freed as by discard (`mayTrim`) or, for NBD's
+    /// NO_HOLE, stored as zero same-filled pages; partial head/tail pages get real zeros by
+    /// read-modify-write (unlike zram, which ignores them, because NBD requires zeros).
+    public func writeZeroes(offset: Int, length: Int, mayTrim: Bool = true) throws(ZramError) {
+        try checkRange(offset, length)
+        try quiesce.shared { () throws(ZramError) in
+            let b = backend
+            var freed = 0
+            defer { if freed > 0 { notifyFree.add(freed, ordering: .relaxed) } }
+            do throws(ZramError) {
+                try forEachPageSpan(offset, length) { (index, inPage, n, _) throws(ZramError) in
+                    if n < pageSize {
+                        try zeroPartial(index, inPage, n, b)
+                    } else if mayTrim {
+                        freeSlot(index, b.pool)
+                        freed += 1
+                    } else {
+                        let old = slots.lock(index)
+                        slots.unlock(index, flags: install(index, .same(0), replacing: old, b.pool))
+                    }
+                }
+            } catch {
+                failedWrites.add(1, ordering: .relaxed)
+                throw error
+            }
+        }
+    }
+
+    /// zram has no volatile cache: nothing to flush.
+    public func flush() throws(ZramError) {
+        guard pageCount > 0 else { throw .notInitialized }
+    }
+
+    /// Walks the range and calls `body(length, state)` for each run of pages in the same state
+    /// (lengths in bytes, clipped to the range). `body` returns false to stop early; it runs with
+    /// the device's quiesce lock held, so it must not call back into the device.
+    public func pageStates(offset: Int, length: Int,
+                           _ body: (_ length: Int, _ state: PageState) -> Bool) throws(ZramError) {
+        try checkRange(offset, length)
+        quiesce.shared {
+            var run: PageState? = nil
+            var runLength = 0
+            var stopped = false
+            forEachPageSpan(offset, length) { (index, _, n, _) in
+                guard !stopped else { return }
+                let state = pageState(index)
+                if state == run {
+                    runLength += n
+                } else {
+                    if let run, !body(runLength, run) { stopped = true; return }
+                    run = state
+                    runLength = n
+                }
+            }
+            if !stopped, let run { _ = body(runLength, run) }
+        }
+    }
+
+    // MARK: Controls
+
+    /// Frees every page and zeroes every counter; the device stays usable with the same disk size,
+    /// algorithm, level and mem_limit. The pool is recreated (pages_compacted restarts at 0).
+    public func reset() {
+        quiesce.exclusive {
+            slots.clearAll()
+            backend = Backend(pool: Self.makePool(name, chainSize, pageCount), streams: backend.streams)
+            pagesStored.store(0, ordering: .relaxed)
+            comprDataSize.store(0, ordering: .relaxed)
+            samePages.store(0, ordering: .relaxed)
+            hugePages.store(0, ordering: .relaxed)
+            hugePagesSince.store(0, ordering: .relaxed)
+            failedReads.store(0, ordering: .relaxed)
+            failedWrites.store(0, ordering: .relaxed)
+            notifyFree.store(0, ordering: .relaxed)
+            maxUsedPages.store(0, ordering: .relaxed)
+        }
+    }
+
+    /// Runs the pool's compaction; returns the pages it freed (they accumulate in pages_compacted).
+    @discardableResult
+    public func compact() throws(ZramError) -> Int {
+        guard pageCount > 0 else { throw .notInitialized }
+        return quiesce.shared { backend.pool.compact() }
+    }
+
+    /// Pages `compact()` could free now (the kernel shrinker's count), for automatic compaction.
+    public var compactablePages: Int { quiesce.shared { backend.pool.freeablePages } }
+
+    /// Sets mem_limit at runtime (bytes, rounded up to pages; 0 = none). Stores already over
+    /// the limit stay; later writes fail.
+    public func setMemLimit(_ bytes: Int) throws(ZramError) {
+        guard bytes >= 0 else { throw .invalidArgument("mem_limit \(bytes)") }
+        memLimitPages.store(Self.pagesRoundedUp(bytes), ordering: .relaxed)
+    }
+
+    /// zram's `echo 0 > mem_used_max`: the peak restarts at the current pool size, not at 0.
+    public func resetMemUsedMax() {
+        quiesce.shared { maxUsedPages.store(backend.pool.totalPages, ordering: .relaxed) }
+    }
+
+    public var algorithm: CompressionAlgorithm { quiesce.shared { backend.streams.algorithm } }
+    public var level: Int32 { quiesce.shared { backend.streams.level } }
+
+    /// Changes the compressor. Refused with `busy` while any page is stored, because stored
+    /// objects could no longer be read (zram: -EBUSY once initialised).
+    public func setAlgorithm(_ algorithm: CompressionAlgorithm, level: Int32? = nil) throws(ZramError) {
+        let streams = try CompressionStreams(algorithm: algorithm, level: level)
+        try quiesce.exclusive { () throws(ZramError) in
+            guard pagesStored.load(ordering: .relaxed) == 0 else { throw .busy }
+            backend = Backend(pool: backend.pool, streams: streams)
+        }
+    }
+
+    // MARK: Statistics
+
+    public func stats() -> ZramStats {
+        quiesce.shared {
+            let pool = backend.pool
+            var s = ZramStats()
+            s.diskSize = UInt64(diskSize)
+            s.origDataSize = UInt64(pagesStored.load(ordering: .relaxed)) << UInt64(pageShift)
+            s.comprDataSize = UInt64(comprDataSize.load(ordering: .relaxed))
+            s.memUsedTotal = UInt64(pool.totalPages) << UInt64(pageShift)
+            s.memLimit = UInt64(memLimitPages.load(ordering: .relaxed)) << UInt64(pageShift)
+            s.memUsedMax = UInt64(maxUsedPages.load(ordering: .relaxed)) << UInt64(pageShift)
+            s.samePages = UInt64(samePages.load(ordering: .relaxed))
+            s.pagesCompacted = UInt64(pool.pagesCompacted)
+            s.hugePages = UInt64(hugePages.load(ordering: .relaxed))
+            s.hugePagesSince = UInt64(hugePagesSince.load(ordering: .relaxed))
+            s.failedReads = UInt64(failedReads.load(ordering: .relaxed))
+            s.failedWrites = UInt64(failedWrites.load(ordering: .relaxed))
+            s.notifyFree = UInt64(notifyFree.load(ordering: .relaxed))
+            return s
+        }
+    }
+
+    /// `/sys/block/zramN/comp_algorithm`: every algorithm, the selected one in brackets, each
+    /// followed by a space, then a newline.
+    public var compAlgorithmText: String {
+        let selected = algorithm
+        var s = ""
+        for a in CompressionAlgorithm.allCases {
+            s += a == selected ? "[\(a.rawValue)] " : "\(a.rawValue) "
+        }
+        return s + "\n"
+    }
+
+    /// zsmalloc's debugfs `classes` table for this device's pool.
+    public var classesText: String { quiesce.shared { backend.pool.classesText() } }
+
+    /// Recounts the slot table (blocks I/O while it runs): for checks and debugging.
+    public func census() -> SlotCensus {
+        quiesce.exclusive {
+            var c = SlotCensus()
+            for index in 0..<pageCount {
+                let peek = slots.peekFlags(index)
+                guard peek != 0 else { continue }
+                let f = slots.lock(index)
+                slots.unlock(index, flags: f)
+                guard SlotFlags.isAllocated(f) else { continue }
+                c.storedPages += 1
+                if f & SlotFlags.same != 0 { c.samePages += 1; continue }
+                if f & SlotFlags.huge != 0 { c.hugePages += 1 }
+                c.comprBytes += Int(f & SlotFlags.sizeMask)
+            }
+            return c
+        }
+    }
+
+    // MARK: Page operations
+
+    private func checkRange(_ offset: Int, _ length: Int) throws(ZramError) {
+        guard pageCount > 0 else { throw .notInitialized }
+        guard offset >= 0, length >= 0, offset <= diskSize, length <= diskSize - offset else {
+            throw .outOfRange
+        }
+    }
+
+    /// Splits the range into per-page spans: (page index, offset in page, bytes, bytes before this span).
+    @inline(__always)
+    private func forEachPageSpan<E: Error>(_ offset: Int, _ length: Int,
+                                           _ body: (Int, Int, Int, Int) throws(E) -> Void) throws(E) {
+        var pos = offset
+        let end = offset + length
+        while pos < end {
+            let inPage = pos & (pageSize - 1)
+            let n = min(pageSize - inPage, end - pos)
+            try body(pos >> pageShift, inPage, n, pos - offset)
+            pos += n
+        }
+    }
+
+    private func readPage(_ index: Int, into out: UnsafeMutableRawPointer, _ b: Backend) throws(ZramError) {
+        // An untouched slot is empty and unlocked: zeros, without dirtying the slot table.
+        if slots.peekFlags(index) == 0 {
+            memset(out, 0, pageSize)
+            return
+        }
+        let flags = slots.lock(index)
+        defer { slots.unlock(index, flags: flags) }
+        try load(index, flags, into: out, b, stream: nil)
+    }
+
+    private func readPartial(_ index: Int, _ inPage: Int, _ n: Int, into out: UnsafeMutableRawPointer,
+                             _ b: Backend) throws(ZramError) {
+        if slots.peekFlags(index) == 0 {
+            memset(out, 0, n)
+            return
+        }
+        let flags = slots.lock(index)
+        defer { slots.unlock(index, flags: flags) }
+        try b.streams.withStream { (s) throws(ZramError) in
+            do throws(ZramError) {
+                try load(index, flags, into: s.bounce, b, stream: s)
+            } catch {
+                memset(out, 0, n)
+                throw error
+            }
+            out.copyMemory(from: s.bounce + inPage, byteCount: n)
+        }
+    }
+
+    /// Fills `out` with the page in slot `index` (slot lock held). Uses `stream` if given,
+    /// otherwise takes one only if the page must be decompressed.
+    private func load(_ index: Int, _ flags: UInt64, into out: UnsafeMutableRawPointer, _ b: Backend,
+                      stream: StreamBuffers?) throws(ZramError) {
+        if flags & SlotFlags.same != 0 {
+            fillPage(out, with: slots.handle(index))
+            return
+        }
+        let size = Int(flags & SlotFlags.sizeMask)
+        if size == 0 {
+            memset(out, 0, pageSize)
+            return
+        }
+        let handle = slots.handle(index)
+        if flags & SlotFlags.huge != 0 {
+            b.pool.read(handle, into: out, count: pageSize)
+            return
+        }
+        if let stream {
+            try decompress(handle, size, into: out, b.pool, stream)
+        } else {
+            try b.streams.withStream { (s) throws(ZramError) in try decompress(handle, size, into: out, b.pool, s) }
+        }
+    }
+
+    private func decompress(_ handle: ZsHandle, _ size: Int, into out: UnsafeMutableRawPointer,
+                            _ pool: ZsPool, _ s: StreamBuffers) throws(ZramError) {
+        pool.read(handle, into: s.scratch, count: size)
+        guard s.codec.decompress(s.scratch, count: size, intoPage: out) else {
+            memset(out, 0, pageSize)
+            throw .ioError
+        }
+    }
+
+    private func storePage(_ index: Int, from src: UnsafeRawPointer, _ b: Backend) throws(ZramError) {
+        let contents: PageContents
+        if let word = sameFilledWord(src) {
+            contents = .same(word)
+        } else {
+            contents = try b.streams.withStream { (s) throws(ZramError) in try encode(src, s, b.pool) }
+        }
+        let old = slots.lock(index)
+        slots.unlock(index, flags: install(index, contents, replacing: old, b.pool))
+    }
+
+    /// Sub-page write: the slot stays locked from reading the old page to installing the new one,
+    /// so concurrent sub-page writes into one page all survive.
+    private func storePartial(_ index: Int, _ inPage: Int, _ n: Int, from src: UnsafeRawPointer,
+                              _ b: Backend) throws(ZramError) {
+        var flags = slots.lock(index)
+        defer { slots.unlock(index, flags: flags) }
+        try b.streams.withStream { (s) throws(ZramError) in
+            try load(index, flags, into: s.bounce, b, stream: s)
+            (s.bounce + inPage).copyMemory(from: src, byteCount: n)
+            flags = install(index, try contents(of: s.bounce, s, b.pool), replacing: flags, b.pool)
+        }
+    }
+
+    private func zeroPartial(_ index: Int, _ inPage: Int, _ n: Int, _ b: Backend) throws(ZramError) {
+        if slots.peekFlags(index) == 0 { return }
+        var flags = slots.lock(index)
+        defer { slots.unlock(index, flags: flags) }
+        guard SlotFlags.isAllocated(flags) else { return }
+        if flags & SlotFlags.same != 0 && slots.handle(index) == 0 { return }
+        try b.streams.withStream { (s) throws(ZramError) in
+            try load(index, flags, into: s.bounce, b, stream: s)
+            memset(s.bounce + inPage, 0, n)
+            flags = install(index, try contents(of: s.bounce, s, b.pool), replacing: flags, b.pool)
+        }
+    }
+
+    private func contents(of page: UnsafeRawPointer, _ s: StreamBuffers, _ pool: ZsPool) throws(ZramError) -> PageContents {
+        if let word = sameFilledWord(page) { return .same(word) }
+        return try encode(page, s, pool)
+    }
+
+    /// Compresses the page and stores it in a new pool object (stream held, slot untouched):
+    /// zram's write path steps 2-7 up to, not including, replacing the slot's contents.
+    private func encode(_ src: UnsafeRawPointer, _ s: StreamBuffers, _ pool: ZsPool) throws(ZramError) -> PageContents {
+        guard let compressed = s.codec.compress(page: src, into: s.buffer, capacity: 2 * pageSize) else {
+            throw .ioError
+        }
+        // Only huge_class_size decides: at or above it the page is stored raw.
+        let huge = compressed >= pool.hugeClassSize
+        let size = huge ? pageSize : compressed
+        guard let handle = pool.malloc(size) else { throw .noSpace }
+        // As the kernel: record the peak before the limit check, so mem_used_max can exceed the
+        // limit by the allocation that was refused.
+        let total = pool.totalPages
+        recordPeak(total)
+        let limit = memLimitPages.load(ordering: .relaxed)
+        if limit != 0 && total > limit {
+            pool.free(handle)
+            throw .noSpace
+        }
+        pool.write(handle, from: huge ? src : UnsafeRawPointer(s.buffer), count: size)
+        return .object(handle, size: size, huge: huge)
+    }
+
+    private func recordPeak(_ total: Int) {
+        var seen = maxUsedPages.load(ordering: .relaxed)
+        while total > seen {
+            let r = maxUsedPages.compareExchange(expected: seen, desired: total, ordering: .relaxed)
+            if r.exchanged { break }
+            seen = r.original
+        }
+    }
+
+    /// Frees the slot's old contents and installs `new` (slot lock held); returns the new flags.
+    private func install(_ index: Int, _ new: PageContents, replacing old: UInt64, _ pool: ZsPool) -> UInt64 {
+        freeContents(index, old, pool)
+        pagesStored.add(1, ordering: .relaxed)
+        switch new {
+        case .same(let word):
+            slots.setHandle(index, word)
+            samePages.add(1, ordering: .relaxed)
+            return SlotFlags.same
+        case .object(let handle, let size, let huge):
+            slots.setHandle(index, handle)
+            comprDataSize.add(size, ordering: .relaxed)
+            guard huge else { return UInt64(size) }
+            hugePages.add(1, ordering: .relaxed)
+            hugePagesSince.add(1, ordering: .relaxed)
+            return UInt64(size) | SlotFlags.huge
+        }
+    }
+
+    /// zram_free_page: releases whatever the slot holds and fixes the counters (slot lock held).
+    /// The caller stores the new flags on unlock, which also clears idle/priority bits.
+    private func freeContents(_ index: Int, _ flags: UInt64, _ pool: ZsPool) {
+        guard SlotFlags.isAllocated(flags) else { return }
+        if flags & SlotFlags.huge != 0 { hugePages.subtract(1, ordering: .relaxed) }
+        if flags & SlotFlags.same != 0 {
+            samePages.subtract(1, ordering: .relaxed)
+        } else {
+            pool.free(slots.handle(index))
+            comprDataSize.subtract(Int(flags & SlotFlags.sizeMask), ordering: .relaxed)
+        }
+        pagesStored.subtract(1, ordering: .relaxed)
+        slots.setHandle(index, 0)
+    }
+
+    private func freeSlot(_ index: Int, _ pool: ZsPool) {
+        if slots.peekFlags(index) == 0 { return }
+        let flags = slots.lock(index)
+        freeContents(index, flags, pool)
+        slots.unlock(index, flags: 0)
+    }
+
+    private func pageState(_ index: Int) -> PageState {
+        if slots.peekFlags(index) == 0 { return .unallocated }
+        let flags = slots.lock(index)
+        let word = slots.handle(index)
+        slots.unlock(index, flags: flags)
+        if !SlotFlags.isAllocated(flags) { return .unallocated }
+        return flags & SlotFlags.same != 0 && word == 0 ? .zero : .data
+    }
+}
+
+/// zram's same-filled test: the last word first as a quick reject, then every word against word 0.
+/// Any repeated 8-byte pattern qualifies. Works on unaligned buffers.
+@inline(__always)
+func sameFilledWord(_ page: UnsafeRawPointer) -> UInt64? {
+    let first = page.loadUnaligned(as: UInt64.self)
+    guard page.loadUnaligned(fromByteOffset: pageSize - 8, as: UInt64.self) == first else { return nil }
+    var offset = 8
+    while offset < pageSize - 8 {
+        if page.loadUnaligned(fromByteOffset: offset, as: UInt64.self) != first { return nil }
+        offset += 8
+    }
+    return first
+}
+
+@inline(__always)
+func fillPage(_ out: UnsafeMutableRawPointer, with word: UInt64) {
+    if word == 0 {
+        memset(out, 0, pageSize)
+        return
+    }
+    var offset = 0
+    while offset < pageSize {
+        out.storeBytes(of: word, toByteOffset: offset, as: UInt64.self)
+        offset += 8
+    }
+}

@@ -1,0 +1,69 @@
+import Codec
+import Glibc
+import Synchronization
+
+@_silgen_name("sched_getcpu") private func sched_getcpu() -> Int32
+
+let pageSize = 4096
+let pageShift = 12
+
+/// One stream's working memory: codec contexts, zram's 2-page output buffer, a page to copy a
+/// stored object into before decompressing it, and a bounce page for read-modify-write.
+final class StreamBuffers {
+    let codec: any CompressionStream
+    /// Compressor output; 2 pages because incompressible input can grow past 4096.
+    let buffer: UnsafeMutableRawPointer
+    /// Compressed object copied out of the pool (zram's local_copy).
+    let scratch: UnsafeMutableRawPointer
+    /// Whole page assembled for sub-page writes and reads.
+    let bounce: UnsafeMutableRawPointer
+
+    init(codec: any CompressionStream) {
+        self.codec = codec
+        let mem = UnsafeMutableRawPointer.allocate(byteCount: 4 * pageSize, alignment: pageSize)
+        mem.initializeMemory(as: UInt8.self, repeating: 0, count: 4 * pageSize)
+        buffer = mem
+        scratch = mem + 2 * pageSize
+        bounce = mem + 3 * pageSize
+    }
+
+    deinit { buffer.deallocate() }
+}
+
+/// zram 6.15+'s per-CPU compression streams: one per online CPU, each behind a mutex. A thread
+/// takes the stream of the CPU it runs on, so the mutex is uncontended unless it migrates.
+final class CompressionStreams: @unchecked Sendable {
+    let algorithm: CompressionAlgorithm
+    let level: Int32
+    private let streams: [LockedStream]
+
+    /// A stream behind its mutex (a class, because arrays cannot hold a noncopyable Mutex).
+    private final class LockedStream: Sendable {
+        let mutex: Mutex<StreamBuffers>
+        init(_ s: sending StreamBuffers) { mutex = Mutex(s) }
+    }
+
+    init(algorithm: CompressionAlgorithm, level: Int32?) throws(ZramError) {
+        let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        var s: [LockedStream] = []
+        s.reserveCapacity(cpus)
+        do {
+            for _ in 0..<cpus {
+                s.append(LockedStream(StreamBuffers(codec: try algorithm.makeStream(level: level))))
+            }
+        } catch {
+            throw .invalidArgument(error.description)
+        }
+        self.algorithm = algorithm
+        self.level = level ?? algorithm.defaultLevel
+        streams = s
+    }
+
+    /// Runs `body` with this CPU's stream held.
+    @inline(__always)
+    func withStream<R: Sendable>(_ body: (StreamBuffers) throws(ZramError) -> R) throws(ZramError) -> R {
+        let cpu = Int(sched_getcpu())
+        let i = cpu >= 0 ? cpu % streams.count : 0
+        return try streams[i].mutex.withLock { (s: inout StreamBuffers) throws(ZramError) -> R in try body(s) }
+    }
+}

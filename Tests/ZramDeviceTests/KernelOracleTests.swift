@@ -1,0 +1,66 @@
+import Codec
+import Glibc
+import Testing
+import TestSupport
+@testable import ZramDevice
+
+/// The oracle: kernel zram and ZramDevice fed the same bytes must report the same mm_stat
+/// (within the documented liblz4-vs-kernel-lz4 drift).
+@Suite("ZramDevice vs kernel zram", .serialized)
+struct KernelOracleTests {
+    @Test("corpus written, half discarded, a quarter zeroed, compacted: mm_stat agrees with the kernel")
+    func oracle() throws {
+        if let why = KernelZram.unavailableReason {
+            print("SKIP kernel oracle: \(why)")
+            return
+        }
+        let corpus = try Corpus.prepare()
+        let size = corpus.byteCount
+        let kernel = try KernelZram(algorithm: "lz4", diskSize: size)
+        defer { kernel.remove() }
+        let dev = try ZramDevice(ZramConfig(name: "oracle", diskSize: size, algorithm: .lz4, chainSize: 8))
+
+        try corpus.forEachChunk { (data, offset, count) throws in
+            try kernel.write(data, count: count, offset: offset)
+            try dev.write(from: data, offset: offset, length: count)
+        }
+        try compare(kernel, dev, "written")
+
+        // Discard the second half; overwrite every other page of the first half with zeros.
+        try kernel.discard(offset: size / 2, length: size / 2)
+        try dev.discard(offset: size / 2, length: size / 2)
+        let zero = Buffer(4096)
+        for offset in stride(from: 0, to: size / 2, by: 8192) {
+            try kernel.write(zero.base, count: 4096, offset: offset)
+            try dev.write(from: zero.base, offset: offset, length: 4096)
+        }
+        try compare(kernel, dev, "discarded+zeroed")
+        #expect(try kernel.ioStatText() == dev.stats().ioStatText)
+
+        try kernel.compact()
+        try dev.compact()
+        try compare(kernel, dev, "compacted")
+        let k = try kernel.mmStat(), o = dev.stats()
+        #expect(within(k[6], o.pagesCompacted, 0.02), "pages_compacted")
+    }
+
+    private func compare(_ kernel: KernelZram, _ dev: ZramDevice, _ step: String) throws {
+        let k = try kernel.mmStat()
+        let s = dev.stats()
+        print("mm_stat \(step)\n  kernel   \(try kernel.mmStatText())  zramnbd  \(s.mmStatText)", terminator: "")
+        try #require(k.count == 9)
+        #expect(k[0] == s.origDataSize, "orig_data_size \(step)")
+        #expect(k[5] == s.samePages, "same_pages \(step)")
+        #expect(within(k[1], s.comprDataSize, 0.0005), "compr_data_size \(step)")
+        #expect(within(k[7], s.hugePages, 0.005), "huge_pages \(step)")
+        #expect(within(k[8], s.hugePagesSince, 0.005), "huge_pages_since \(step)")
+        #expect(within(k[2], s.memUsedTotal, 0.005), "mem_used_total \(step)")
+        #expect(within(k[4], s.memUsedMax, 0.005), "mem_used_max \(step)")
+    }
+}
+
+/// |a - b| <= fraction of the larger (equal when both are 0).
+func within(_ a: UInt64, _ b: UInt64, _ fraction: Double) -> Bool {
+    let hi = Double(max(a, b)), lo = Double(min(a, b))
+    return hi - lo <= fraction * hi
+}
