@@ -11,9 +11,11 @@ Prints one line per corpus: NAME <tab> PATH <tab> BYTES <tab> DESCRIPTION.
   random   incompressible pages (seeded, repeatable): every page is a huge page in zram
   same     same-filled pages (zeros and repeated words): zram stores none of them
 
-Files are cached in CACHE_DIR by name and size and written atomically (tmp + rename), so a
-killed build never leaves a half corpus behind.
+Files are cached in CACHE_DIR by name, size and recipe VERSION and written atomically (tmp +
+rename), so a killed build never leaves a half corpus behind; concurrent builders (a benchmark
+and the test suite's --quick run) serialise on CACHE_DIR/lock.
 """
+import fcntl
 import ctypes
 import os
 import random
@@ -23,6 +25,7 @@ import struct
 import subprocess
 import sys
 
+VERSION = "v2"  # change when a recipe changes, so stale caches are ignored
 PAGE = 4096
 MIB = 1 << 20
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,7 +52,10 @@ def die_with_parent():
 # ---------------------------------------------------------------- ext4
 
 def stage_tree(staging, budget):
-    """Hard-link (or copy) files from each source directory until its share of the budget is used."""
+    """Copy files from each source directory until its share of the budget is used.
+
+    Copies, not hard links: a link would change the system files' ctime.
+    """
     sources = [d for d in EXT4_SOURCES if os.path.isdir(d)]
     share = budget // len(sources)
     for src in sources:
@@ -71,12 +77,9 @@ def stage_tree(staging, budget):
                 d = os.path.join(dst_root, os.path.relpath(dirpath, src))
                 os.makedirs(d, exist_ok=True)
                 try:
-                    os.link(p, os.path.join(d, name))
+                    shutil.copyfile(p, os.path.join(d, name))
                 except OSError:
-                    try:
-                        shutil.copyfile(p, os.path.join(d, name))
-                    except OSError:
-                        continue
+                    continue
                 used += cost
             if used >= share * 0.98:
                 break
@@ -262,9 +265,14 @@ BUILDERS = {
 def main():
     cache, mode = sys.argv[1], sys.argv[2]
     os.makedirs(cache, exist_ok=True)
+    lock = open(os.path.join(cache, "lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    for f in os.listdir(cache):  # corpora of older recipes
+        if f.endswith((".img", ".img.desc")) and f"-{VERSION}.img" not in f:
+            os.unlink(os.path.join(cache, f))
     for name, mib in SIZES[mode].items():
         build, desc = BUILDERS[name]
-        path = os.path.join(cache, f"{name}-{mib}M.img")
+        path = os.path.join(cache, f"{name}-{mib}M-{VERSION}.img")
         if not os.path.exists(path):
             log(f"building {name} ({mib} MiB) in {path}")
             build(path, mib * MIB)
