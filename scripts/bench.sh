@@ -91,8 +91,12 @@ cleanup() {
 	[[ -n $BG ]] && stop_pid "$BG" group
 	[[ -n $SERVER ]] && stop_pid "$SERVER" group
 	if [[ -n $KZ_ID && $KZ_ID != 0 ]]; then
-		echo 1 >"/sys/block/zram$KZ_ID/reset" 2>/dev/null
-		echo "$KZ_ID" >/sys/class/zram-control/hot_remove 2>/dev/null || log "could not remove zram$KZ_ID"
+		for _ in $(seq 20); do   # EBUSY while a killed client still holds it open: retry
+			echo 1 >"/sys/block/zram$KZ_ID/reset" 2>/dev/null
+			echo "$KZ_ID" >/sys/class/zram-control/hot_remove 2>/dev/null && break
+			sleep 0.25
+		done
+		[[ -e /sys/block/zram$KZ_ID ]] && log "could not remove zram$KZ_ID"
 	fi
 	rm -rf "$WORK"
 	exit $rc
