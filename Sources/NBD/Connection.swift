@@ -1,0 +1,139 @@
+// One client from hello to close: carries out the Negotiation's steps on the socket, then hands
+// the socket to a Transmission.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are guarded by `lock`
+    let server: NBDServer
+    let inFD: Int32
+    let outFD: Int32
+    let ownsFDs: Bool
+    let label: String
+    private let log: NBDLogger
+
+    private let lock = ConditionLock()
+    private var transmitting = false
+    private var stopRequested = false
+    private var closed = false
+
+    init(server: NBDServer, inFD: Int32, outFD: Int32, ownsFDs: Bool, label: String) {
+        self.server = server
+        self.inFD = inFD
+        self.outFD = outFD
+        self.ownsFDs = ownsFDs
+        self.label = label
+        log = server.configuration.logger
+    }
+
+    func run() {
+        log.info("\(label): new connection")
+        let reason: String
+        if let session = negotiate() {
+            log.info("\(label): serving export '\(session.export.name)' (size \(session.size), flags 0x\(String(session.flags.rawValue, radix: 16)), \(session.structuredReplies ? "structured" : "simple") replies)")
+            lock.withLock {
+                transmitting = true
+                // stop() came while we negotiated: end after this GO like any other connection.
+                if stopRequested { _ = shutdown(inFD, Int32(SHUT_RD)) }
+            }
+            let transmission = Transmission(inFD: inFD, outFD: outFD, session: session,
+                                            model: server.configuration.execution, pool: server.pool,
+                                            maxInFlight: server.configuration.maxInFlight, log: log)
+            reason = transmission.run()
+        } else {
+            reason = "negotiation ended"
+        }
+        log.info("\(label): closing: \(reason)")
+        lock.withLock {
+            closed = true
+            if ownsFDs {
+                close(inFD)
+                if outFD != inFD { close(outFD) }
+            }
+        }
+    }
+
+    /// Graceful stop: negotiating clients get ERR_SHUTDOWN to their next option; transmitting ones
+    /// stop being read, have their in-flight requests answered, and are closed.
+    func requestStop() {
+        lock.withLock {
+            stopRequested = true
+            if transmitting && !closed { _ = shutdown(inFD, Int32(SHUT_RD)) }
+        }
+    }
+
+    /// The grace period is over: fail every pending read and write.
+    func forceClose() {
+        lock.withLock {
+            guard !closed else { return }
+            _ = shutdown(inFD, Int32(SHUT_RDWR))
+            if outFD != inFD { _ = shutdown(outFD, Int32(SHUT_RDWR)) }
+        }
+    }
+
+    // MARK: - Negotiation I/O
+
+    private func negotiate() -> Session? {
+        guard IO.writeFully(outFD, Negotiation.hello) else { return nil }
+        var negotiation = Negotiation(catalog: server.configuration.catalog, limits: server.configuration.limits,
+                                      logger: log)
+        var graceDeadline: timespec?
+        var next = Negotiation.Next.readClientFlags
+        while true {
+            let step: Negotiation.Step
+            switch next {
+            case .readClientFlags:
+                guard let b = receive(4, &negotiation, &graceDeadline) else { return nil }
+                step = negotiation.receiveClientFlags(b.withUnsafeBytes { UnsafeRawPointer($0.baseAddress!).loadBE(UInt32.self, at: 0) })
+            case .readOptionHeader:
+                guard let b = receive(Wire.optionHeaderSize, &negotiation, &graceDeadline) else { return nil }
+                step = negotiation.receiveOptionHeader(b[...])
+            case .readOptionPayload(let n):
+                guard let b = receive(n, &negotiation, &graceDeadline) else { return nil }
+                step = negotiation.receiveOptionPayload(b[...])
+            case .transmission(let session):
+                return session
+            case .close:
+                return nil
+            }
+            if !step.reply.isEmpty && !IO.writeFully(outFD, step.reply) {
+                log.info("\(label): client went away during negotiation")
+                return nil
+            }
+            next = step.next
+        }
+    }
+
+    /// Reads exactly `count` bytes while watching for a server stop; nil on EOF, error, or when
+    /// the grace period after a stop runs out.
+    private func receive(_ count: Int, _ negotiation: inout Negotiation, _ graceDeadline: inout timespec?) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            var fds = [pollfd(fd: inFD, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: server.stopSignalFD, events: Int16(POLLIN), revents: 0)]
+            let watched: nfds_t = negotiation.shuttingDown ? 1 : 2
+            let timeout = graceDeadline.map { Clock.millisecondsUntil($0) } ?? -1
+            let r = poll(&fds, watched, timeout)
+            if r < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
+            if r == 0 {
+                log.info("\(label): negotiation still open after the stop grace period")
+                return nil
+            }
+            if watched == 2 && fds[1].revents != 0 {
+                negotiation.beginShutdown()
+                graceDeadline = Clock.deadline(after: server.configuration.stopGrace.seconds)
+                continue
+            }
+            let n = bytes.withUnsafeMutableBytes { read(inFD, $0.baseAddress! + got, count - got) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return nil }
+            got += n
+        }
+        return bytes
+    }
+}

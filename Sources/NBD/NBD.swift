@@ -1,1 +1,0 @@
-// NBD: placeholder until the module lands.

@@ -1,0 +1,170 @@
+import Foundation
+import Glibc
+import NBD
+import TestSupport
+import Testing
+
+// The execution-model benchmark behind Sources/NBD/DESIGN.md. Off by default (speed belongs in
+// benchmarks, not in the test suite). Run it on a release build, with nothing else busy:
+//   NBD_BENCH=1 swift test -c release --filter NBDBenchmark
+// Knobs: NBD_BENCH_SECONDS (per run, default 5), NBD_BENCH_SERVER_CPUS (default "1"),
+// NBD_BENCH_CLIENT_CPU (default "0"), NBD_BENCH_MODELS, NBD_BENCH_COSTS ("0,8" µs per written page),
+// NBD_BENCH_NBDKIT=1 to add nbdkit's memory plugin as the reference peer.
+
+@_silgen_name("sched_setaffinity")
+private func c_sched_setaffinity(_ pid: pid_t, _ size: Int, _ mask: UnsafeRawPointer) -> Int32
+@_silgen_name("sched_getaffinity")
+private func c_sched_getaffinity(_ pid: pid_t, _ size: Int, _ mask: UnsafeMutableRawPointer) -> Int32
+
+/// Pins the calling thread (threads it creates inherit the mask); returns the old mask.
+private func pinCurrentThread(to cpus: [Int]) -> [UInt64] {
+    var old = [UInt64](repeating: 0, count: 16)
+    _ = old.withUnsafeMutableBytes { c_sched_getaffinity(0, $0.count, $0.baseAddress!) }
+    var mask = [UInt64](repeating: 0, count: 16)
+    for c in cpus { mask[c / 64] |= 1 << UInt64(c % 64) }
+    _ = mask.withUnsafeBytes { c_sched_setaffinity(0, $0.count, $0.baseAddress!) }
+    return old
+}
+
+private func restoreAffinity(_ mask: [UInt64]) {
+    _ = mask.withUnsafeBytes { c_sched_setaffinity(0, $0.count, $0.baseAddress!) }
+}
+
+/// A RAM disk that also burns CPU like a compressor would: `writeCost` µs of thread CPU time per
+/// written 4 KiB page and a quarter of it per read page (lz4: ~8 µs to compress, ~2 to decompress).
+final class CostlyBackend: BlockBackend, @unchecked Sendable {
+    let inner: MemoryBackend
+    let writeCostNS: Int
+    init(inner: MemoryBackend, writeCostMicroseconds: Int) {
+        self.inner = inner
+        writeCostNS = writeCostMicroseconds * 1000
+    }
+    var size: UInt64 { inner.size }
+    private func burn(_ ns: Int) {
+        guard ns > 0 else { return }
+        var t = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+        let end = t.tv_sec * 1_000_000_000 + t.tv_nsec + ns
+        repeat { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t) } while t.tv_sec * 1_000_000_000 + t.tv_nsec < end
+    }
+    func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int) throws(NBDError) {
+        burn(writeCostNS / 4 * max(1, length / 4096))
+        try inner.read(into: buffer, offset: offset, length: length)
+    }
+    func write(from buffer: UnsafeRawPointer, offset: UInt64, length: Int, fua: Bool) throws(NBDError) {
+        burn(writeCostNS * max(1, length / 4096))
+        try inner.write(from: buffer, offset: offset, length: length, fua: fua)
+    }
+    func trim(offset: UInt64, length: UInt64) throws(NBDError) { try inner.trim(offset: offset, length: length) }
+    func zero(offset: UInt64, length: UInt64, mayTrim: Bool, fast: Bool) throws(NBDError) {
+        try inner.zero(offset: offset, length: length, mayTrim: mayTrim, fast: fast)
+    }
+    func blockStatus(offset: UInt64, length: UInt64, _ body: (UInt64, ExtentFlags) -> Bool) throws(NBDError) {
+        try inner.blockStatus(offset: offset, length: length, body)
+    }
+}
+
+@Suite(.serialized, .enabled(if: ProcessInfo.processInfo.environment["NBD_BENCH"] != nil))
+struct NBDBenchmark {
+    let env = ProcessInfo.processInfo.environment
+    var seconds: Int { Int(env["NBD_BENCH_SECONDS"] ?? "") ?? 5 }
+    var serverCPUs: [Int] { (env["NBD_BENCH_SERVER_CPUS"] ?? "1").split(separator: ",").compactMap { Int($0) } }
+    var clientCPU: String { env["NBD_BENCH_CLIENT_CPU"] ?? "0" }
+    var models: [ExecutionModel] {
+        (env["NBD_BENCH_MODELS"] ?? "inline,workers,hybrid").split(separator: ",").compactMap { ExecutionModel(rawValue: String($0)) }
+    }
+    var costs: [Int] { (env["NBD_BENCH_COSTS"] ?? "0,8").split(separator: ",").compactMap { Int($0) } }
+    let loads: [(rw: String, depth: Int)] = [("randread", 1), ("randread", 16), ("randread", 32),
+                                             ("randwrite", 1), ("randwrite", 16), ("randwrite", 32)]
+
+    /// CPU time this process (the in-process server; the test runner idles) has used, in µs.
+    func processCPU() -> Double {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec)
+    }
+
+    /// Median of `repeats` fio runs: (IOPS, server CPU µs per request).
+    func measure(uri: String, rw: String, depth: Int, dir: TempDir) throws -> (Double, Double) {
+        var runs: [(Double, Double)] = []
+        for _ in 0..<repeats {
+            let before = processCPU()
+            let iops = try fio(uri: uri, rw: rw, depth: depth, dir: dir)
+            let cpu = processCPU() - before
+            runs.append((iops, cpu / max(1, iops * Double(seconds))))
+        }
+        runs.sort { $0.0 < $1.0 }
+        return runs[runs.count / 2]
+    }
+
+    var repeats: Int { Int(env["NBD_BENCH_REPEAT"] ?? "") ?? 1 }
+
+    /// fio's nbd engine (libnbd), pinned to the client CPU; returns IOPS.
+    func fio(uri: String, rw: String, depth: Int, dir: TempDir) throws -> Double {
+        let r = try Subprocess.run(["taskset", "-c", clientCPU, "fio", "--name=bench", "--ioengine=nbd", "--uri=\(uri)",
+                                    "--rw=\(rw)", "--bs=4k", "--iodepth=\(depth)", "--size=256M",
+                                    "--time_based", "--runtime=\(seconds)", "--output-format=json"],
+                                   outputPrefix: dir.file("fio-\(rw)-\(depth)"), timeout: .seconds(seconds + 60))
+        guard r.succeeded, let start = r.stdout.firstIndex(of: "{") else { throw TestError("fio failed: \(r.stderr)") }
+        let json = try JSONSerialization.jsonObject(with: Data(r.stdout[start...].utf8)) as? [String: Any]
+        let job = (json?["jobs"] as? [[String: Any]])?.first
+        let side = (rw.contains("read") ? job?["read"] : job?["write"]) as? [String: Any]
+        return side?["iops"] as? Double ?? 0
+    }
+
+    func prefill(uri: String, dir: TempDir) throws {
+        let r = try Subprocess.run(["fio", "--name=fill", "--ioengine=nbd", "--uri=\(uri)", "--rw=write", "--bs=1M",
+                                    "--iodepth=8", "--size=256M"], outputPrefix: dir.file("fill"), timeout: .seconds(120))
+        #expect(r.succeeded, "\(r.stderr)")
+    }
+
+    /// "IOPS (server µs/request)" per load; the µs column is absent for out-of-process peers.
+    func row(_ name: String, _ results: [(Double, Double)]) -> String {
+        "| \(name) | " + results.map {
+            $0.1 > 0 ? String(format: "%.1fk (%.1f)", $0.0 / 1000, $0.1) : String(format: "%.1fk", $0.0 / 1000)
+        }.joined(separator: " | ") + " |"
+    }
+
+    @Test func executionModels() throws {
+        var lines = ["server CPUs \(serverCPUs), fio on CPU \(clientCPU), \(seconds) s per run (median of \(repeats)), 4 KiB, 256 MiB prefilled; IOPS (server CPU µs per request)",
+                     "| server | " + loads.map { "\($0.rw) QD\($0.depth)" }.joined(separator: " | ") + " |",
+                     "|---|" + loads.map { _ in "---|" }.joined()]
+        for cost in costs {
+            for model in models {
+                let dir = TempDir()
+                let backend = CostlyBackend(inner: try MemoryBackend(size: 256 << 20), writeCostMicroseconds: cost)
+                var config = NBDServer.Configuration(catalog: try ExportCatalog([Export(name: "b", backend: backend)], defaultExport: "b"))
+                config.execution = model
+                config.workerThreads = max(2, serverCPUs.count)
+                let old = pinCurrentThread(to: serverCPUs)
+                let server = try NBDServer(config)
+                let path = dir.file("b.sock")
+                try server.listen(on: [.unix(path: path)])
+                restoreAffinity(old)
+                let uri = "nbd+unix:///?socket=\(path)"
+                try prefill(uri: uri, dir: dir)
+                let results = try loads.map { try measure(uri: uri, rw: $0.rw, depth: $0.depth, dir: dir) }
+                server.stop()
+                lines.append(row("\(model.rawValue), cost \(cost) µs", results))
+                print(lines.last!)
+            }
+        }
+        if env["NBD_BENCH_NBDKIT"] != nil {
+            let dir = TempDir()
+            let sock = dir.file("k.sock")
+            let cpus = serverCPUs.map(String.init).joined(separator: ",")
+            let kit = try Subprocess(["taskset", "-c", cpus, "nbdkit", "-f", "-U", sock, "memory", "256M"],
+                                     outputPrefix: dir.file("nbdkit"))
+            defer { kit.stop() }
+            #expect(eventually { access(sock, F_OK) == 0 })
+            let uri = "nbd+unix:///?socket=\(sock)"
+            try prefill(uri: uri, dir: dir)
+            let results = try loads.map { (try fio(uri: uri, rw: $0.rw, depth: $0.depth, dir: dir), 0.0) }
+            lines.append(row("nbdkit memory (sparse)", results))
+        }
+        print(lines.joined(separator: "\n"))
+        if let out = env["NBD_BENCH_OUT"] {
+            try (lines.joined(separator: "\n") + "\n").write(toFile: out, atomically: true, encoding: .utf8)
+        }
+    }
+}
