@@ -1,1 +1,3 @@
 import ZramDaemon
+
+Zramnbd.main(arguments: Array(CommandLine.arguments.dropFirst()))

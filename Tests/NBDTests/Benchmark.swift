@@ -77,24 +77,20 @@ struct NBDBenchmark {
     let loads: [(rw: String, depth: Int)] = [("randread", 1), ("randread", 16), ("randread", 32),
                                              ("randwrite", 1), ("randwrite", 16), ("randwrite", 32)]
 
-    /// CPU time this process (the in-process server; the test runner idles) has used, in µs.
-    func processCPU() -> Double {
-        var u = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &u)
-        return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec)
-    }
-
-    /// Median of `repeats` fio runs: (IOPS, server CPU µs per request).
-    func measure(uri: String, rw: String, depth: Int, dir: TempDir) throws -> (Double, Double) {
-        var runs: [(Double, Double)] = []
-        for _ in 0..<repeats {
-            let before = processCPU()
-            let iops = try fio(uri: uri, rw: rw, depth: depth, dir: dir)
-            let cpu = processCPU() - before
-            runs.append((iops, cpu / max(1, iops * Double(seconds))))
+    /// CPU time used so far, in µs, by this process (the in-process server; the test runner
+    /// idles meanwhile) or by another process (from /proc/PID/stat, 10 ms resolution).
+    func processCPU(_ pid: pid_t?) -> Double {
+        guard let pid else {
+            var u = rusage()
+            getrusage(RUSAGE_SELF.rawValue, &u)
+            return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec)
         }
-        runs.sort { $0.0 < $1.0 }
-        return runs[runs.count / 2]
+        let stat = Subprocess.readFile("/proc/\(pid)/stat")
+        guard let close = stat.lastIndex(of: ")") else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the command: state is field 3, utime 14 and stime 15 (1-based over the whole line).
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) * 1e6 / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     var repeats: Int { Int(env["NBD_BENCH_REPEAT"] ?? "") ?? 1 }
@@ -118,50 +114,76 @@ struct NBDBenchmark {
         #expect(r.succeeded, "\(r.stderr)")
     }
 
-    /// "IOPS (server µs/request)" per load; the µs column is absent for out-of-process peers.
+    /// "IOPS (server µs/request)" per load.
     func row(_ name: String, _ results: [(Double, Double)]) -> String {
-        "| \(name) | " + results.map {
-            $0.1 > 0 ? String(format: "%.1fk (%.1f)", $0.0 / 1000, $0.1) : String(format: "%.1fk", $0.0 / 1000)
-        }.joined(separator: " | ") + " |"
+        "| \(name) | " + results.map { String(format: "%.1fk (%.1f)", $0.0 / 1000, $0.1) }.joined(separator: " | ") + " |"
     }
 
+    /// One server per (model, cost) plus, optionally, nbdkit; every load is run on each of them in
+    /// turn, `repeats` times, so that noise from a shared machine hits all designs alike.
     @Test func executionModels() throws {
-        var lines = ["server CPUs \(serverCPUs), fio on CPU \(clientCPU), \(seconds) s per run (median of \(repeats)), 4 KiB, 256 MiB prefilled; IOPS (server CPU µs per request)",
-                     "| server | " + loads.map { "\($0.rw) QD\($0.depth)" }.joined(separator: " | ") + " |",
-                     "|---|" + loads.map { _ in "---|" }.joined()]
+        struct Target {
+            let name: String
+            let uri: String
+            /// nil: this process (our server); else the peer's pid.
+            let pid: pid_t?
+            var results: [(Double, Double)]
+        }
+        let dir = TempDir()
+        var servers: [NBDServer] = []
+        var targets: [Target] = []
+        var peer: Subprocess?
+        defer {
+            for s in servers { s.stop() }
+            peer?.stop()
+        }
         for cost in costs {
             for model in models {
-                let dir = TempDir()
                 let backend = CostlyBackend(inner: try MemoryBackend(size: 256 << 20), writeCostMicroseconds: cost)
                 var config = NBDServer.Configuration(catalog: try ExportCatalog([Export(name: "b", backend: backend)], defaultExport: "b"))
                 config.execution = model
                 config.workerThreads = max(2, serverCPUs.count)
                 let old = pinCurrentThread(to: serverCPUs)
                 let server = try NBDServer(config)
-                let path = dir.file("b.sock")
+                let path = dir.file("\(model.rawValue)-\(cost).sock")
                 try server.listen(on: [.unix(path: path)])
                 restoreAffinity(old)
-                let uri = "nbd+unix:///?socket=\(path)"
-                try prefill(uri: uri, dir: dir)
-                let results = try loads.map { try measure(uri: uri, rw: $0.rw, depth: $0.depth, dir: dir) }
-                server.stop()
-                lines.append(row("\(model.rawValue), cost \(cost) µs", results))
-                print(lines.last!)
+                servers.append(server)
+                targets.append(Target(name: "\(model.rawValue), cost \(cost) µs", uri: "nbd+unix:///?socket=\(path)",
+                                      pid: nil, results: []))
             }
         }
         if env["NBD_BENCH_NBDKIT"] != nil {
-            let dir = TempDir()
-            let sock = dir.file("k.sock")
+            let sock = dir.file("nbdkit.sock")
             let cpus = serverCPUs.map(String.init).joined(separator: ",")
-            let kit = try Subprocess(["taskset", "-c", cpus, "nbdkit", "-f", "-U", sock, "memory", "256M"],
-                                     outputPrefix: dir.file("nbdkit"))
-            defer { kit.stop() }
+            peer = try Subprocess(["taskset", "-c", cpus, "nbdkit", "-f", "-U", sock, "memory", "256M"],
+                                  outputPrefix: dir.file("nbdkit"))
             #expect(eventually { access(sock, F_OK) == 0 })
-            let uri = "nbd+unix:///?socket=\(sock)"
-            try prefill(uri: uri, dir: dir)
-            let results = try loads.map { (try fio(uri: uri, rw: $0.rw, depth: $0.depth, dir: dir), 0.0) }
-            lines.append(row("nbdkit memory (sparse)", results))
+            targets.append(Target(name: "nbdkit 1.32 memory (sparse)", uri: "nbd+unix:///?socket=\(sock)",
+                                  pid: peer!.pid, results: []))
         }
+        for t in targets { try prefill(uri: t.uri, dir: dir) }
+        for load in loads {
+            var runs = [[(Double, Double)]](repeating: [], count: targets.count)
+            for r in 0..<repeats {
+                for k in 0..<targets.count {
+                    let i = (k + r) % targets.count  // rotate who goes first
+                    let before = processCPU(targets[i].pid)
+                    let iops = try fio(uri: targets[i].uri, rw: load.rw, depth: load.depth, dir: dir)
+                    let cpu = (processCPU(targets[i].pid) - before) / max(1, iops * Double(seconds))
+                    runs[i].append((iops, cpu))
+                }
+            }
+            for i in targets.indices {
+                let sorted = runs[i].sorted { $0.0 < $1.0 }
+                targets[i].results.append(sorted[sorted.count / 2])
+            }
+        }
+        var lines = ["server CPUs \(serverCPUs), fio on CPU \(clientCPU), \(seconds) s per run, median of \(repeats) interleaved runs, "
+                     + "4 KiB, 256 MiB prefilled; IOPS (server CPU µs per request)",
+                     "| server | " + loads.map { "\($0.rw) QD\($0.depth)" }.joined(separator: " | ") + " |",
+                     "|---|" + loads.map { _ in "---|" }.joined()]
+        for t in targets { lines.append(row(t.name, t.results)) }
         print(lines.joined(separator: "\n"))
         if let out = env["NBD_BENCH_OUT"] {
             try (lines.joined(separator: "\n") + "\n").write(toFile: out, atomically: true, encoding: .utf8)

@@ -1,0 +1,335 @@
+// The command line: `zramnbd serve | status | ctl`.
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct Zramnbd: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "zramnbd",
+        abstract: "Linux zram as a userspace daemon: compressed RAM block devices served over NBD.",
+        discussion: """
+            Pages written to a device are compressed (lz4 or zstd) and kept in a zsmalloc-style pool; \
+            the daemon reports zram's counters in sysfs-like stats directories. Attach a device with \
+            nbd-client (or any NBD client) and use it for swap or a file system.
+
+            Start the daemon with `zramnbd serve`, look at it with `zramnbd status`, control it with \
+            `zramnbd ctl`.
+            """,
+        version: "0.1.0",
+        subcommands: [Serve.self, Status.self, Ctl.self])
+
+    public init() {}
+
+    /// Parses `arguments`, runs the command and exits: 0 on success, 2 for bad input (one line
+    /// on stderr), 1 when something fails at run time.
+    public static func main(arguments: [String]) -> Never {
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            Glibc.exit(0)
+        } catch let e as DaemonError {
+            fail(e.description, status: e.exitStatus)
+        } catch let e as ExitStatus {
+            Glibc.exit(e.code)
+        } catch {
+            if exitCode(for: error) == .success { exit(withError: error) }   // --help, --version
+            let message = self.message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+            fail(message + " (see --help)", status: 2)
+        }
+    }
+
+    static func fail(_ message: String, status: Int32) -> Never {
+        FileSystem.writeAll(2, "zramnbd: error: " + message + "\n")
+        Glibc.exit(status)
+    }
+}
+
+/// A command's own exit status when it has nothing more to say.
+struct ExitStatus: Error { var code: Int32 }
+
+// MARK: serve
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the daemon: create the devices and serve them over NBD.",
+        discussion: """
+            Devices come from the configuration file (\(DaemonSettings.defaultConfigFile) plus \
+            \(DaemonSettings.defaultConfigFile).d/*.conf, or --config), or from the device options \
+            below for a single device (the file is then ignored). With neither, one device is started: \
+            zram0, lz4, min(RAM/2, 4 GiB), socket \(DaemonSettings.runDir)/zram0.sock, stats in \
+            \(DaemonSettings.runDir)/zram0/.
+
+            Sizes take K, M, G, T suffixes (powers of 1024). Paths accept 'none' to turn a socket or \
+            file off. SIGTERM or SIGINT stop the daemon gracefully.
+            """)
+
+    @Option(help: ArgumentHelp("Configuration file; its PATH.d/*.conf drop-ins are read too.", valueName: "path"))
+    var config: String?
+
+    @Option(help: ArgumentHelp("Device name, also its NBD export name (default zram0).", valueName: "name"))
+    var device: String?
+    @Option(help: ArgumentHelp("Capacity in uncompressed bytes (default min(RAM/2, 4G)).", valueName: "size"))
+    var size: String?
+    @Option(help: ArgumentHelp("Compression algorithm: lz4 or zstd (default lz4).", valueName: "name"))
+    var algorithm: String?
+    @Option(help: ArgumentHelp("Compression level (zstd: level; lz4: acceleration).", valueName: "n"))
+    var level: String?
+    @Option(help: ArgumentHelp("zsmalloc pages per zspage, 4...16 (default 8, like the kernel).", valueName: "n"))
+    var chainSize: String?
+    @Option(help: ArgumentHelp("Limit on the memory the pool may use (zram's mem_limit; default none).", valueName: "size"))
+    var memLimit: String?
+    @Option(help: ArgumentHelp("Unix socket of the NBD export (default \(DaemonSettings.runDir)/NAME.sock).", valueName: "path"))
+    var socket: String?
+    @Option(help: ArgumentHelp("Also serve NBD over TCP on this address.", valueName: "host:port"))
+    var listen: String?
+    @Option(help: ArgumentHelp("Directory of sysfs-like stats files (default \(DaemonSettings.runDir)/NAME).", valueName: "dir"))
+    var statsDir: String?
+    @Flag(help: "Export the device read-only.")
+    var readOnly = false
+
+    @Option(help: ArgumentHelp("Seconds between stats refreshes (default 1).", valueName: "seconds"))
+    var statsInterval: String?
+    @Option(help: ArgumentHelp("Control socket for status and ctl (default \(DaemonSettings.defaultControlSocket)).", valueName: "path"))
+    var controlSocket: String?
+    @Option(help: ArgumentHelp("Write Prometheus metrics to this file (node_exporter textfile collector).", valueName: "path"))
+    var prometheusFile: String?
+    @Option(help: ArgumentHelp("Serve Prometheus metrics over HTTP at /metrics on this address.", valueName: "host:port"))
+    var metricsListen: String?
+    @Flag(help: "Do not lock memory, set PR_SET_IO_FLUSHER or oom_score_adj (unsafe for swap).")
+    var noMlock = false
+    @Flag(help: "Do not compact the pools automatically under memory pressure.")
+    var noAutoCompact = false
+    @Flag(help: "Serve one NBD connection, then exit: on a socket-activation socket (nbdinfo/nbdcopy '[ CMD ]') or stdin/stdout.")
+    var stdio = false
+    @Flag(help: "Check the configuration, print the devices and exit.")
+    var check = false
+    @Flag(name: .shortAndLong, help: "Log more (repeat for debug).")
+    var verbose: Int
+
+    var deviceFlagsGiven: Bool {
+        device != nil || size != nil || algorithm != nil || level != nil || chainSize != nil || memLimit != nil
+            || socket != nil || listen != nil || statsDir != nil || readOnly
+    }
+
+    /// The settings these options ask for. `ramMiB` is MemTotal (for default sizes and expressions).
+    func settings(ramMiB: Double) throws(DaemonError) -> LoadedConfig {
+        var loaded: LoadedConfig
+        if deviceFlagsGiven {
+            if config != nil { throw .invalidValue("--config cannot be combined with device options (--device, --size, ...)") }
+            loaded = LoadedConfig(settings: DaemonSettings(), warnings: [], files: [])
+            loaded.settings.devices = [try deviceFromFlags(ramMiB: ramMiB)]
+        } else if let path = config {
+            guard FileSystem.exists(path) else { throw .invalidValue("configuration file \(path) does not exist") }
+            loaded = try ConfigFile.load(path: path, ramMiB: ramMiB)!
+        } else if let l = try ConfigFile.load(path: DaemonSettings.defaultConfigFile, ramMiB: ramMiB) {
+            loaded = l
+        } else {
+            loaded = LoadedConfig(settings: DaemonSettings(), warnings: [], files: [])
+            loaded.settings.devices = [try deviceFromFlags(ramMiB: ramMiB)]
+        }
+        var s = loaded.settings
+        if stdio {
+            // A one-shot child of an NBD tool: no system-wide sockets, files or memory locking
+            // unless asked for explicitly.
+            s.controlSocket = nil
+            s.lockMemory = false
+            for i in s.devices.indices {
+                s.devices[i].socket = nil
+                s.devices[i].listen = nil
+                if statsDir == nil { s.devices[i].statsDir = nil }
+            }
+        }
+        if let v = statsInterval {
+            guard let d = Double(v), d > 0, d <= 86_400 else { throw .invalidValue("invalid stats interval '\(v)' (seconds, > 0)") }
+            s.statsInterval = d
+        }
+        if let v = controlSocket { s.controlSocket = ConfigFile.optionalPath(v) }
+        if let v = prometheusFile { s.prometheusFile = ConfigFile.optionalPath(v) }
+        if let v = metricsListen { s.metricsListen = ConfigFile.optionalPath(v) }
+        if noMlock { s.lockMemory = false }
+        if noAutoCompact { s.autoCompact = false }
+        try s.validate()
+        loaded.settings = s
+        return loaded
+    }
+
+    func deviceFromFlags(ramMiB: Double) throws(DaemonError) -> DeviceSpec {
+        let name = device ?? "zram0"
+        try DeviceSpec.validateName(name)
+        let bytes: UInt64
+        if let size { bytes = try ByteSize.parse(size) } else {
+            bytes = try SizeExpression("min(ram / 2, 4096)").bytes(ramMiB: ramMiB)
+        }
+        guard bytes > 0 else { throw .invalidValue("invalid size '\(size ?? "0")': must be more than 0") }
+        var spec = DeviceSpec.standard(name: name, diskSize: bytes)
+        if let a = algorithm {
+            try DeviceSpec.validateAlgorithm(a)
+            spec.algorithm = a
+        }
+        if let l = level {
+            guard let v = Int32(l) else { throw .invalidValue("invalid level '\(l)': expected an integer") }
+            try DeviceSpec.validateLevel(v, for: spec.algorithm)
+            spec.level = v
+        }
+        if let c = chainSize {
+            guard let v = Int(c) else { throw .invalidValue("invalid chain size '\(c)': expected 4...16") }
+            try DeviceSpec.validateChainSize(v)
+            spec.chainSize = v
+        }
+        if let m = memLimit { spec.memLimit = try ByteSize.parse(m) }
+        if let s = socket { spec.socket = ConfigFile.optionalPath(s) }
+        if let l = listen {
+            spec.listen = ConfigFile.optionalPath(l)
+            if let v = spec.listen { _ = try HostPort.parse(v) }
+        }
+        if let d = statsDir { spec.statsDir = ConfigFile.optionalPath(d) }
+        spec.readOnly = readOnly
+        return spec
+    }
+
+    func run() throws {
+        let log = Log(level: verbose >= 2 ? .debug : verbose == 1 ? .info : (stdio ? .warning : .info))
+        let loaded = try settings(ramMiB: SystemInfo.memTotalMiB())
+        for w in loaded.warnings { log.warning(w) }
+        if check {
+            var out = loaded.files.isEmpty ? "configuration: command line\n" : "configuration: \(loaded.files.joined(separator: ", "))\n"
+            for d in loaded.settings.devices { out += Serve.describe(d) + "\n" }
+            FileSystem.writeAll(1, out)
+            return
+        }
+        let backend = ZramBackend(log: log)
+        if stdio {
+            try backend.serveStdio(loaded.settings.devices)
+            return
+        }
+        let status = try Daemon(settings: loaded.settings, backend: backend, log: log).run()
+        if status != 0 { throw ExitStatus(code: status) }
+    }
+
+    static func describe(_ d: DeviceSpec) -> String {
+        var parts = ["\(d.name):", "disksize=\(d.diskSize)", "algorithm=\(d.algorithm)"]
+        if let l = d.level { parts.append("level=\(l)") }
+        parts.append("chain-size=\(d.chainSize)")
+        if d.memLimit > 0 { parts.append("mem-limit=\(d.memLimit)") }
+        parts.append("socket=\(d.socket ?? "none")")
+        if let l = d.listen { parts.append("listen=\(l)") }
+        parts.append("stats-dir=\(d.statsDir ?? "none")")
+        if d.readOnly { parts.append("read-only") }
+        parts.append(d.mountPoint.map { "fs=\(d.effectiveFsType) mount-point=\($0)" } ?? "swap-priority=\(d.swapPriority)")
+        parts.append("options=\(d.options)")
+        return parts.joined(separator: " ")
+    }
+}
+
+// MARK: status
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the devices of the running daemon, like zramctl.",
+        discussion: """
+            DISKSIZE is the capacity (uncompressed). DATA is the uncompressed size of what is stored, \
+            COMPR its compressed size, TOTAL the memory the pool really uses (COMPR plus allocator \
+            overhead and fragmentation). RATIO is DATA/TOTAL. MOUNTPOINT shows [SWAP] or the mount \
+            point once the setup tools attached an NBD device.
+            """)
+
+    @Flag(help: "Print JSON with every counter.")
+    var json = false
+    @Flag(name: .shortAndLong, help: "Print sizes in bytes.")
+    var bytes = false
+    @Option(help: ArgumentHelp("Control socket of the daemon.", valueName: "path"))
+    var controlSocket: String = DaemonSettings.defaultControlSocket
+    @Argument(help: "Devices to show (default: all).")
+    var devices: [String] = []
+
+    func run() throws {
+        for d in devices { try DeviceSpec.validateName(d) }
+        let lines = try ControlClient.send(.status(devices), socket: controlSocket)
+        let records = lines.map(ControlRecord.parse)
+        FileSystem.writeAll(1, json ? StatusReport.json(records) : StatusReport.table(records, bytes: bytes))
+    }
+}
+
+// MARK: ctl
+
+struct Ctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Control a device of the running daemon.",
+        discussion: """
+            Actions (zram's sysfs controls):
+              compact                 compact the pool now (zram's compact)
+              reset                   drop all data and counters (refused while a client is connected)
+              mem-limit SIZE          limit the pool's memory, 0 = none (zram's mem_limit)
+              mem-used-max-reset      restart the mem_used_max peak from the current usage
+              add [KEY=VALUE...]      create the device (zram's hot_add); keys as in the config file,
+                                      plus size=, mem-limit=, algorithm=, level=
+              remove                  stop and drop the device (zram's hot_remove)
+              show                    print every setting and counter as key=value lines
+              get KEY                 print one of them
+              attach NBDDEV | detach  tell the daemon which kernel NBD device serves it (setup tools)
+            """)
+
+    @Option(help: ArgumentHelp("Control socket of the daemon.", valueName: "path"))
+    var controlSocket: String = DaemonSettings.defaultControlSocket
+    @Argument(help: "Device name, e.g. zram0.")
+    var device: String
+    @Argument(help: "Action (see below).")
+    var action: String
+    @Argument(help: "Arguments of the action.")
+    var arguments: [String] = []
+
+    func request() throws(DaemonError) -> ControlRequest {
+        try DeviceSpec.validateName(device)
+        func noArguments() throws(DaemonError) {
+            guard arguments.isEmpty else { throw .invalidValue("'\(action)' takes no arguments") }
+        }
+        switch action {
+        case "compact": try noArguments(); return .compact(device)
+        case "reset": try noArguments(); return .reset(device)
+        case "mem-limit":
+            guard arguments.count == 1 else { throw .invalidValue("usage: zramnbd ctl DEVICE mem-limit SIZE") }
+            return .memLimit(device, try ByteSize.parse(arguments[0]))
+        case "mem-used-max-reset": try noArguments(); return .memUsedMaxReset(device)
+        case "add":
+            var kv: [(String, String)] = []
+            for a in arguments {
+                guard let eq = a.firstIndex(of: "="), eq != a.startIndex else { throw .invalidValue("expected KEY=VALUE, got '\(a)'") }
+                kv.append((String(a[..<eq]), String(a[a.index(after: eq)...])))
+            }
+            return .add(device, kv)
+        case "remove": try noArguments(); return .remove(device)
+        case "show": try noArguments(); return .show(device)
+        case "get":
+            guard arguments.count == 1 else { throw .invalidValue("usage: zramnbd ctl DEVICE get KEY") }
+            return .show(device)
+        case "attach":
+            guard arguments.count == 1 else { throw .invalidValue("usage: zramnbd ctl DEVICE attach /dev/nbdN") }
+            return .attach(device, arguments[0])
+        case "detach": try noArguments(); return .attach(device, nil)
+        default:
+            throw .invalidValue("unknown action '\(action)' (compact, reset, mem-limit, mem-used-max-reset, add, remove, show, get, attach, detach)")
+        }
+    }
+
+    func run() throws {
+        let req = try request()
+        let lines = try ControlClient.send(req, socket: controlSocket)
+        if action == "get" {
+            let key = arguments[0]
+            let fields = lines.map(ControlRecord.parse).flatMap(\.fields)
+            guard let v = fields.first(where: { $0.0 == key })?.1 else {
+                throw DaemonError.invalidValue("unknown key '\(key)' (see: zramnbd ctl \(device) show)")
+            }
+            FileSystem.writeAll(1, v + "\n")
+            return
+        }
+        let text: String
+        switch req {
+        case .show: text = lines.map { ControlRecord.parse($0).fields.map { "\($0.0)=\($0.1)" }.joined(separator: " ") }.joined(separator: "\n")
+        case .add: text = lines.isEmpty ? "" : StatusReport.table(lines.map(ControlRecord.parse)).dropLast().description
+        default: text = lines.joined(separator: "\n")
+        }
+        if !text.isEmpty { FileSystem.writeAll(1, text + "\n") }
+    }
+}

@@ -1,0 +1,163 @@
+// The control socket's line protocol, as values (no I/O here).
+//
+//   request: one line, words separated by blanks:  COMMAND [DEVICE] [ARGS...]\n
+//   reply:   "ok\n" followed by zero or more body lines, or "error MESSAGE\n"; then the server
+//            closes the connection.
+//   Records (status, show) are one line per device of space-separated key=value pairs; values are
+//   %XX-escaped for '%', blanks, '=' and control characters, so `awk`/`cut` can read them.
+
+public enum ControlRequest: Equatable, Sendable {
+    case status([String])
+    case show(String)
+    case compact(String)
+    case reset(String)
+    case memLimit(String, UInt64)
+    case memUsedMaxReset(String)
+    /// zram's hot_add: a new device from config-style key=value settings.
+    case add(String, [(String, String)])
+    /// zram's hot_remove.
+    case remove(String)
+    /// The setup tools report which kernel NBD device serves DEVICE (for MOUNTPOINT), or none.
+    case attach(String, String?)
+
+    public static func == (a: ControlRequest, b: ControlRequest) -> Bool { a.line == b.line }
+
+    /// The request as sent on the wire (without the newline).
+    public var line: String {
+        switch self {
+        case .status(let d): return (["status"] + d).joined(separator: " ")
+        case .show(let d): return "show \(d)"
+        case .compact(let d): return "compact \(d)"
+        case .reset(let d): return "reset \(d)"
+        case .memLimit(let d, let v): return "mem-limit \(d) \(v)"
+        case .memUsedMaxReset(let d): return "mem-used-max-reset \(d)"
+        case .add(let d, let kv): return (["add", d] + kv.map { ControlRecord.escape($0.0) + "=" + ControlRecord.escape($0.1) }).joined(separator: " ")
+        case .remove(let d): return "remove \(d)"
+        case .attach(let d, let nbd): return nbd.map { "attach \(d) \($0)" } ?? "detach \(d)"
+        }
+    }
+
+    public static func parse(_ line: String) throws(DaemonError) -> ControlRequest {
+        let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" }).map(String.init)
+        guard let command = words.first else { throw .invalidValue("empty request") }
+        let args = Array(words.dropFirst())
+        func device(_ count: Int) throws(DaemonError) -> String {
+            guard args.count == count else {
+                throw .invalidValue("'\(command)' takes \(count == 1 ? "a device" : "a device and \(count - 1) argument(s)")")
+            }
+            try DeviceSpec.validateName(args[0])
+            return args[0]
+        }
+        switch command {
+        case "status":
+            for a in args { try DeviceSpec.validateName(a) }
+            return .status(args)
+        case "show": return .show(try device(1))
+        case "compact": return .compact(try device(1))
+        case "reset": return .reset(try device(1))
+        case "mem-limit":
+            let d = try device(2)
+            return .memLimit(d, try ByteSize.parse(args[1]))
+        case "mem-used-max-reset": return .memUsedMaxReset(try device(1))
+        case "add":
+            guard let d = args.first else { throw .invalidValue("'add' needs a device name") }
+            try DeviceSpec.validateName(d)
+            var kv: [(String, String)] = []
+            for a in args.dropFirst() {
+                guard let eq = a.firstIndex(of: "=") else { throw .invalidValue("expected key=value, got '\(a)'") }
+                kv.append((ControlRecord.unescape(String(a[..<eq])), ControlRecord.unescape(String(a[a.index(after: eq)...]))))
+            }
+            return .add(d, kv)
+        case "remove": return .remove(try device(1))
+        case "attach":
+            let d = try device(2)
+            return .attach(d, args[1])
+        case "detach": return .attach(try device(1), nil)
+        default:
+            throw .invalidValue("unknown command '\(command)' (status, show, compact, reset, mem-limit, mem-used-max-reset, add, remove, attach, detach)")
+        }
+    }
+}
+
+/// A reply: success with body lines, or an error message.
+public enum ControlReply: Equatable, Sendable {
+    case ok([String])
+    case error(String)
+
+    public var text: String {
+        switch self {
+        case .ok(let lines): return "ok\n" + lines.map { $0 + "\n" }.joined()
+        case .error(let m): return "error " + m.replacingNewlines() + "\n"
+        }
+    }
+
+    public static func parse(_ text: String) throws(DaemonError) -> ControlReply {
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if lines.last == "" { lines.removeLast() }
+        guard let first = lines.first else { throw .control("the daemon closed the connection without a reply") }
+        if first == "ok" { return .ok(Array(lines.dropFirst())) }
+        if first.hasPrefix("error ") { return .error(String(first.dropFirst(6))) }
+        throw .control("unexpected reply from the daemon: '\(first)'")
+    }
+}
+
+/// An ordered set of key=value pairs describing one device, one line on the wire.
+public struct ControlRecord: Equatable, Sendable {
+    public var fields: [(String, String)]
+
+    public init(_ fields: [(String, String)]) { self.fields = fields }
+
+    public static func == (a: ControlRecord, b: ControlRecord) -> Bool { a.line == b.line }
+
+    public subscript(key: String) -> String? { fields.first { $0.0 == key }?.1 }
+
+    public func uint(_ key: String) -> UInt64 { self[key].flatMap { UInt64($0) } ?? 0 }
+
+    public var line: String { fields.map { ControlRecord.escape($0.0) + "=" + ControlRecord.escape($0.1) }.joined(separator: " ") }
+
+    public static func parse(_ line: String) -> ControlRecord {
+        ControlRecord(line.split(separator: " ").map { pair in
+            guard let eq = pair.firstIndex(of: "=") else { return (unescape(String(pair)), "") }
+            return (unescape(String(pair[..<eq])), unescape(String(pair[pair.index(after: eq)...])))
+        })
+    }
+
+    static func escape(_ s: String) -> String {
+        var bytes: [UInt8] = []
+        for b in s.utf8 {
+            if b <= 0x20 || b == 0x7f || b == UInt8(ascii: "%") || b == UInt8(ascii: "=") {
+                let hex = Array(String(b, radix: 16, uppercase: true).utf8)
+                bytes.append(UInt8(ascii: "%"))
+                if hex.count == 1 { bytes.append(UInt8(ascii: "0")) }
+                bytes += hex
+            } else {
+                bytes.append(b)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func unescape(_ s: String) -> String {
+        guard s.contains("%") else { return s }
+        var bytes: [UInt8] = []
+        let u = Array(s.utf8)
+        var i = 0
+        while i < u.count {
+            if u[i] == UInt8(ascii: "%"), i + 2 < u.count,
+               let v = UInt8(String(decoding: u[(i + 1)...(i + 2)], as: UTF8.self), radix: 16) {
+                bytes.append(v)
+                i += 3
+            } else {
+                bytes.append(u[i])
+                i += 1
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+extension String {
+    func replacingNewlines() -> String {
+        String(map { $0 == "\n" || $0 == "\r" ? " " : $0 })
+    }
+}

@@ -1,0 +1,133 @@
+// One device's state at one moment, in the forms the daemon publishes it.
+
+/// Counters (zram's units: bytes for sizes, pages for page counts) and the device's own renderings
+/// of its sysfs files. Taken once per refresh; every output (stats files, stat.json, Prometheus,
+/// `status`) is computed from the same snapshot, so they agree with each other.
+public struct DeviceSnapshot: Sendable, Equatable {
+    public var name: String
+    public var diskSize: UInt64 = 0
+    public var algorithm: String = "lz4"
+    public var level: Int32 = 0
+    public var streams: Int = 1
+    // mm_stat
+    public var origDataSize: UInt64 = 0
+    public var comprDataSize: UInt64 = 0
+    public var memUsedTotal: UInt64 = 0
+    public var memLimit: UInt64 = 0
+    public var memUsedMax: UInt64 = 0
+    public var samePages: UInt64 = 0
+    public var pagesCompacted: UInt64 = 0
+    public var hugePages: UInt64 = 0
+    public var hugePagesSince: UInt64 = 0
+    // io_stat, debug_stat, bd_stat
+    public var failedReads: UInt64 = 0
+    public var failedWrites: UInt64 = 0
+    public var notifyFree: UInt64 = 0
+    public var missFree: UInt64 = 0
+    public var bdCount: UInt64 = 0
+    public var bdReads: UInt64 = 0
+    public var bdWrites: UInt64 = 0
+    /// Byte-exact sysfs texts as the device module renders them.
+    public var mmStatText = ""
+    public var ioStatText = ""
+    public var debugStatText = ""
+    public var bdStatText = ""
+    public var compAlgorithmText = ""
+    public var classesText = ""
+
+    public init(name: String) { self.name = name }
+
+    public var initialized: Bool { diskSize != 0 }
+
+    /// DATA / COMPR: how well the codec does on the stored pages.
+    public var compressionRatio: Double? { comprDataSize == 0 ? nil : Double(origDataSize) / Double(comprDataSize) }
+    /// DATA / TOTAL: how much RAM the device really saves, allocator overhead included.
+    public var memoryRatio: Double? { memUsedTotal == 0 ? nil : Double(origDataSize) / Double(memUsedTotal) }
+
+    /// The files of a stats directory (laid out like /sys/block/zramN/) and their contents.
+    public var sysfsFiles: [(name: String, text: String)] {
+        [("mm_stat", mmStatText), ("io_stat", ioStatText), ("debug_stat", debugStatText),
+         ("bd_stat", bdStatText), ("disksize", "\(diskSize)\n"), ("comp_algorithm", compAlgorithmText),
+         ("initstate", initialized ? "1\n" : "0\n"), ("mem_limit", "\(memLimit)\n"),
+         ("mem_used_max", "\(memUsedMax)\n"), ("max_comp_streams", "\(streams)\n"),
+         ("classes", classesText)]
+    }
+
+    /// Every counter by its sysfs name, in mm_stat/io_stat/debug_stat/bd_stat order.
+    public var counters: [(name: String, value: UInt64)] {
+        [("orig_data_size", origDataSize), ("compr_data_size", comprDataSize),
+         ("mem_used_total", memUsedTotal), ("mem_limit", memLimit), ("mem_used_max", memUsedMax),
+         ("same_pages", samePages), ("pages_compacted", pagesCompacted), ("huge_pages", hugePages),
+         ("huge_pages_since", hugePagesSince), ("failed_reads", failedReads),
+         ("failed_writes", failedWrites), ("notify_free", notifyFree), ("miss_free", missFree),
+         ("bd_count", bdCount), ("bd_reads", bdReads), ("bd_writes", bdWrites)]
+    }
+
+    /// stat.json: the counters plus identity and the two ratios.
+    public func json(extra: [(String, JSONValue)] = []) -> String {
+        var fields: [(String, JSONValue)] = [
+            ("name", .string(name)), ("disksize", .uint(diskSize)), ("initstate", .uint(initialized ? 1 : 0)),
+            ("algorithm", .string(algorithm)), ("level", .int(Int(level))), ("streams", .int(streams)),
+        ]
+        fields += counters.map { ($0.name, JSONValue.uint($0.value)) }
+        fields.append(("compression_ratio", compressionRatio.map(JSONValue.double) ?? .null))
+        fields.append(("memory_ratio", memoryRatio.map(JSONValue.double) ?? .null))
+        fields += extra
+        return JSONValue.object(fields).text + "\n"
+    }
+}
+
+/// Just enough JSON to write reports (the daemon never parses JSON).
+public enum JSONValue: Sendable, Equatable {
+    case string(String)
+    case int(Int)
+    case uint(UInt64)
+    case double(Double)
+    case bool(Bool)
+    case null
+    case array([JSONValue])
+    case object([(String, JSONValue)])
+
+    public static func == (a: JSONValue, b: JSONValue) -> Bool { a.text == b.text }
+
+    public var text: String {
+        switch self {
+        case .string(let s): return JSONValue.quote(s)
+        case .int(let i): return String(i)
+        case .uint(let u): return String(u)
+        case .double(let d):
+            guard d.isFinite else { return "null" }
+            // Three decimals are plenty for ratios and keep the output stable.
+            let scaled = (d * 1000).rounded()
+            let whole = Int64(scaled / 1000)
+            let frac = Int64(abs(scaled.truncatingRemainder(dividingBy: 1000)))
+            let sign = d < 0 && whole == 0 ? "-" : ""
+            return "\(sign)\(whole).\(frac < 10 ? "00" : frac < 100 ? "0" : "")\(frac)"
+        case .bool(let b): return b ? "true" : "false"
+        case .null: return "null"
+        case .array(let a): return "[" + a.map(\.text).joined(separator: ",") + "]"
+        case .object(let o): return "{" + o.map { JSONValue.quote($0.0) + ":" + $0.1.text }.joined(separator: ",") + "}"
+        }
+    }
+
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 {
+                    let hex = String(u.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out + "\""
+    }
+}

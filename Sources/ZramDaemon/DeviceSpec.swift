@@ -1,0 +1,166 @@
+// What the daemon is asked to run: devices and daemon-wide settings, before anything exists.
+import Codec
+
+/// One device as configured: the zram attributes, how it is exported, where stats go, and how the
+/// setup tools (swap/fs units, scripts/zramnbd-swap) use it.
+public struct DeviceSpec: Sendable, Equatable {
+    /// Export name, stats directory name and the name in every report ("zram0").
+    public var name: String
+    /// Capacity in uncompressed bytes (zram's disksize); rounded up to 4096 by the device.
+    public var diskSize: UInt64
+    /// "lz4" or "zstd".
+    public var algorithm: String = "lz4"
+    /// Compression level (lz4: acceleration); nil = the algorithm's default.
+    public var level: Int32?
+    /// Further compression-algorithm entries (zram's recompression); stored, not applied yet.
+    public var recompression: [String] = []
+    /// zsmalloc pages per zspage, 4...16.
+    public var chainSize: Int = 8
+    /// Pool limit in bytes (zram's mem_limit); 0 = none.
+    public var memLimit: UInt64 = 0
+    /// Unix socket of the NBD export; nil = none.
+    public var socket: String?
+    /// TCP "HOST:PORT" of the NBD export; nil = none.
+    public var listen: String?
+    /// Directory of sysfs-like stats files; nil = none.
+    public var statsDir: String?
+    public var readOnly = false
+    // Used by the swap/fs setup tools, reported by `ctl DEVICE show`.
+    public var swapPriority: Int = 100
+    /// "swap" or a mkfs type; nil = swap, or ext2 with a mount point (zram-generator's rule).
+    public var fsType: String?
+    public var mountPoint: String?
+    /// swapon or mount options.
+    public var options: String = "discard"
+    /// Accepted from zram-generator configs; writeback is not supported.
+    public var writebackDevice: String?
+
+    public init(name: String, diskSize: UInt64) {
+        self.name = name
+        self.diskSize = diskSize
+    }
+
+    /// Defaults under /run/zramnbd: the socket `NAME.sock` and the stats directory `NAME/`.
+    public static func standard(name: String, diskSize: UInt64, runDir: String = DaemonSettings.runDir) -> DeviceSpec {
+        var s = DeviceSpec(name: name, diskSize: diskSize)
+        s.socket = runDir + "/" + name + ".sock"
+        s.statsDir = runDir + "/" + name
+        return s
+    }
+
+    /// What the setup tools format the device as.
+    public var effectiveFsType: String { fsType ?? (mountPoint == nil ? "swap" : "ext2") }
+
+    public static let algorithms = CompressionAlgorithm.allCases.map(\.rawValue)
+    static let chainSizes = 4...16
+
+    /// Device names end up in paths and export names: letters, digits, '.', '_', '-', not
+    /// starting with '.', at most 64 bytes.
+    static func validateName(_ name: String) throws(DaemonError) {
+        guard !name.isEmpty, name.utf8.count <= 64, !name.hasPrefix("."),
+              name.utf8.allSatisfy({ c in
+                  (c >= 0x30 && c <= 0x39) || ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x7a)
+                      || c == UInt8(ascii: ".") || c == UInt8(ascii: "_") || c == UInt8(ascii: "-")
+              }) else {
+            throw .invalidValue("invalid device name '\(name)': use letters, digits, '.', '_' and '-' (at most 64)")
+        }
+    }
+
+    static func validateAlgorithm(_ name: String) throws(DaemonError) {
+        guard algorithms.contains(name) else {
+            throw .invalidValue("unknown compression algorithm '\(name)' (supported: \(algorithms.joined(separator: ", ")))")
+        }
+    }
+
+    static func validateLevel(_ level: Int32, for algorithm: String) throws(DaemonError) {
+        let range = CompressionAlgorithm(rawValue: algorithm)?.levelRange ?? 1...1
+        guard range.contains(level) else {
+            throw .invalidValue("invalid level \(level) for \(algorithm) (\(range.lowerBound)...\(range.upperBound))")
+        }
+    }
+
+    static func validateChainSize(_ n: Int) throws(DaemonError) {
+        guard chainSizes.contains(n) else { throw .invalidValue("invalid chain size \(n) (4...16)") }
+    }
+
+    /// Checks everything a device needs before it is created.
+    public func validate() throws(DaemonError) {
+        try Self.validateName(name)
+        guard diskSize > 0 else { throw .invalidValue("\(name): disk size is 0") }
+        try Self.validateAlgorithm(algorithm)
+        if let level { try Self.validateLevel(level, for: algorithm) }
+        try Self.validateChainSize(chainSize)
+        if let listen { _ = try HostPort.parse(listen) }
+        guard (-1...32767).contains(swapPriority) else {
+            throw .invalidValue("\(name): swap priority \(swapPriority) is outside -1...32767")
+        }
+    }
+}
+
+/// Daemon-wide settings and the devices to serve.
+public struct DaemonSettings: Sendable, Equatable {
+    public static let runDir = "/run/zramnbd"
+    public static let defaultConfigFile = "/etc/zramnbd.conf"
+    public static let defaultControlSocket = runDir + "/control.sock"
+
+    public var devices: [DeviceSpec] = []
+    /// nil = no control socket.
+    public var controlSocket: String? = DaemonSettings.defaultControlSocket
+    /// Seconds between stats refreshes.
+    public var statsInterval: Double = 1
+    /// node_exporter textfile-collector file; nil = none.
+    public var prometheusFile: String?
+    /// "HOST:PORT" for an HTTP /metrics endpoint; nil = none.
+    public var metricsListen: String?
+    /// mlockall + IO_FLUSHER + oom_score_adj (swap safety).
+    public var lockMemory = true
+    /// Compact the pools when the system stalls on memory (PSI), like zsmalloc's shrinker.
+    public var autoCompact = true
+
+    public init() {}
+
+    public func validate() throws(DaemonError) {
+        var names = Set<String>()
+        var sockets = Set<String>()
+        for d in devices {
+            try d.validate()
+            guard names.insert(d.name).inserted else { throw .invalidValue("device '\(d.name)' is configured twice") }
+            if let s = d.socket, !sockets.insert(s).inserted {
+                throw .invalidValue("socket \(s) is used by two devices")
+            }
+        }
+        guard statsInterval > 0, statsInterval <= 86_400 else {
+            throw .invalidValue("invalid stats interval \(statsInterval) (seconds, > 0)")
+        }
+        if let m = metricsListen { _ = try HostPort.parse(m) }
+    }
+}
+
+/// "HOST:PORT", "[v6]:PORT" or ":PORT" (all addresses).
+public struct HostPort: Sendable, Equatable {
+    public var host: String
+    public var port: UInt16
+
+    public static func parse(_ text: String) throws(DaemonError) -> HostPort {
+        var host: Substring
+        var portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { throw .invalidValue("invalid address '\(text)': missing ']'") }
+            host = text[text.index(after: text.startIndex)..<close]
+            let after = text[text.index(after: close)...]
+            guard after.hasPrefix(":") else { throw .invalidValue("invalid address '\(text)': expected HOST:PORT") }
+            portText = after.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else {
+                throw .invalidValue("invalid address '\(text)': expected HOST:PORT")
+            }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard let port = UInt16(portText), port > 0 else {
+            throw .invalidValue("invalid address '\(text)': bad port '\(portText)'")
+        }
+        if host.isEmpty { host = "0.0.0.0" }
+        return HostPort(host: String(host), port: port)
+    }
+}

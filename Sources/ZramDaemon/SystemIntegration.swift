@@ -1,0 +1,166 @@
+// Swap safety and systemd integration, without libsystemd.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// prctl(2) is variadic in C, which Swift cannot call; bind the integer form directly.
+@_silgen_name("prctl")
+private func prctl5(_ option: Int32, _ a2: UInt, _ a3: UInt, _ a4: UInt, _ a5: UInt) -> Int32
+
+// Glibc's Swift module leaves out the _GNU_SOURCE declarations; bind the two we need.
+@_silgen_name("signalfd")
+private func signalfd(_ fd: Int32, _ mask: UnsafePointer<sigset_t>, _ flags: Int32) -> Int32
+private let sfdCloexec: Int32 = 0o2000000    // = O_CLOEXEC
+private let sfdNonblock: Int32 = 0o4000      // = O_NONBLOCK
+private let signalfdInfoSize = 128           // sizeof(struct signalfd_siginfo); ssi_signo is the first u32
+
+private let prSetIOFlusher: Int32 = 57   // <linux/prctl.h>, Linux 5.6+
+private let mclOnFault: Int32 = 4        // <bits/mman-linux.h>, Linux 4.4+
+
+/// What a daemon that the kernel swaps to must do so it never waits on its own swap device.
+public enum SwapSafety {
+    /// Locks present and future pages (on fault: the pool reserves huge virtual ranges that must
+    /// not be populated up front), marks the process as an I/O flusher (its allocations don't
+    /// recurse into block I/O reclaim) and keeps the OOM killer away. Each step is best effort;
+    /// the returned lines say what failed.
+    public static func apply() -> [String] {
+        var problems: [String] = []
+        var limit = rlimit()
+        getrlimit(__rlimit_resource_t(8), &limit)   // RLIMIT_MEMLOCK (a macro Swift does not import)
+        if limit.rlim_cur != rlim_t.max, !hasCapability(14) {   // RLIM_INFINITY; CAP_IPC_LOCK
+            // The pools reserve address space (several times the disk size) that counts against
+            // RLIMIT_MEMLOCK once MCL_FUTURE is on, so a finite limit would fail the devices
+            // themselves: leave memory unlocked and say why.
+            problems.append("memory not locked: RLIMIT_MEMLOCK is \(limit.rlim_cur / 1024) KiB; set LimitMEMLOCK=infinity (or run as root) so swap to this daemon is safe")
+        } else if mlockall(MCL_CURRENT | MCL_FUTURE | mclOnFault) != 0 {
+            let e = errno
+            problems.append("mlockall failed (\(String(cString: strerror(e)))): pages of the daemon may be swapped out; raise LimitMEMLOCK or run as root")
+        }
+        if prctl5(prSetIOFlusher, 1, 0, 0, 0) != 0 {
+            let e = errno
+            problems.append("PR_SET_IO_FLUSHER refused (\(String(cString: strerror(e)))): needs CAP_SYS_RESOURCE; swapping to this daemon may deadlock under memory pressure")
+        }
+        if (try? FileSystem.writeExisting("/proc/self/oom_score_adj", "-1000\n")) == nil {
+            problems.append("cannot set oom_score_adj to -1000 (needs CAP_SYS_RESOURCE)")
+        }
+        return problems
+    }
+}
+
+/// Whether this process has capability `bit` (linux/capability.h numbering) in its effective set.
+func hasCapability(_ bit: Int) -> Bool {
+    guard let status = try? FileSystem.readText("/proc/self/status"),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+          let mask = UInt64(String(line.dropFirst(7)).trimmed(), radix: 16) else { return false }
+    return mask & (1 << UInt64(bit)) != 0
+}
+
+/// sd_notify(3) over $NOTIFY_SOCKET, and the watchdog period from $WATCHDOG_USEC.
+public final class SystemdNotifier {
+    private let fd: Int32
+    private var addr = sockaddr_un()
+    private var addrLength = socklen_t(0)
+    /// Seconds between WATCHDOG=1 pings (half of WatchdogSec), or nil.
+    public let watchdogInterval: Double?
+
+    public init() {
+        var interval: Double?
+        if let w = getenv("WATCHDOG_USEC").map({ String(cString: $0) }), let usec = Double(w), usec > 0 {
+            let pidOK = getenv("WATCHDOG_PID").map { String(cString: $0) == String(getpid()) } ?? true
+            if pidOK { interval = usec / 2e6 }
+        }
+        watchdogInterval = interval
+        guard let raw = getenv("NOTIFY_SOCKET").map({ String(cString: $0) }), !raw.isEmpty else {
+            fd = -1
+            return
+        }
+        addr.sun_family = sa_family_t(AF_UNIX)
+        var bytes = Array(raw.utf8)
+        if bytes[0] == UInt8(ascii: "@") { bytes[0] = 0 }   // abstract namespace
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        guard bytes.count < capacity else { fd = -1; return }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+        addrLength = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + (bytes[0] == 0 ? 0 : 1))
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    public var enabled: Bool { fd >= 0 }
+
+    /// Sends newline-separated assignments, e.g. "READY=1\nSTATUS=serving".
+    public func notify(_ state: String) {
+        guard fd >= 0 else { return }
+        var bytes = Array(state.utf8)
+        _ = bytes.withUnsafeMutableBytes { buf in
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), $0, addrLength)
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM/SIGINT/SIGHUP delivered as readable events on a signalfd, so the control loop's poll()
+/// sees them. Blocked before any thread starts; every thread inherits the mask.
+final class SignalEvents {
+    let fd: Int32
+
+    static let handled = [SIGTERM, SIGINT, SIGHUP]
+
+    init() throws(DaemonError) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in SignalEvents.handled { sigaddset(&set, s) }
+        guard pthread_sigmask(SIG_BLOCK, &set, nil) == 0 else { throw .errno("pthread_sigmask") }
+        fd = signalfd(-1, &set, sfdCloexec | sfdNonblock)
+        guard fd >= 0 else { throw .errno("signalfd") }
+        // A closed NBD or control peer must surface as EPIPE, not kill the daemon.
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// The signals that arrived since the last call.
+    func drain() -> [Int32] {
+        var out: [Int32] = []
+        var info = [UInt8](repeating: 0, count: signalfdInfoSize)
+        while info.withUnsafeMutableBytes({ read(fd, $0.baseAddress, signalfdInfoSize) }) == signalfdInfoSize {
+            out.append(Int32(bitPattern: info.withUnsafeBytes { $0.load(as: UInt32.self) }))
+        }
+        return out
+    }
+
+    deinit { close(fd) }
+}
+
+extension FileSystem {
+    /// Writes into an existing file in place (procfs attributes cannot be replaced by rename).
+    static func writeExisting(_ path: String, _ text: String) throws(DaemonError) {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .errno("open \(path)") }
+        defer { close(fd) }
+        guard writeAll(fd, text) else { throw .errno("write \(path)") }
+    }
+}
+
+/// Memory pressure events from a PSI trigger (/proc/pressure/memory): POLLPRI when tasks stalled
+/// on memory for `stallMicroseconds` within a `windowMicroseconds` window. This is when the
+/// kernel's zram compacts on its own (zsmalloc's shrinker runs under reclaim). The window is a
+/// multiple of 2 s, the only kind the kernel allows without CAP_SYS_RESOURCE.
+final class MemoryPressure {
+    let fd: Int32
+
+    init?(stallMicroseconds: Int = 150_000, windowMicroseconds: Int = 2_000_000) {
+        let f = open("/proc/pressure/memory", O_RDWR | O_NONBLOCK | O_CLOEXEC)
+        guard f >= 0 else { return nil }
+        var trigger = Array("some \(stallMicroseconds) \(windowMicroseconds)".utf8CString)
+        let n = trigger.withUnsafeMutableBytes { write(f, $0.baseAddress, $0.count) }
+        guard n > 0 else {
+            close(f)
+            return nil
+        }
+        fd = f
+    }
+
+    deinit { close(fd) }
+}

@@ -1,0 +1,164 @@
+// The one file that wires ZramDevice (the page store) to the NBD server: one NBD export per
+// device, named after it, and the one map from page-store errors to NBD errors.
+import NBD
+import ZramDevice
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension ZramStore: BlockBackend {
+    // zram keeps no volatile cache (flush/FUA cost nothing), zeroing frees or stores same-filled
+    // pages (always cheaper than writing data), and every connection shares one store (multi-conn).
+    var capabilities: BackendCapabilities { [.flush, .fua, .trim, .zero, .fastZero, .cache, .multiConn, .extents] }
+
+    /// The one errno map: what a client sees for each page-store error.
+    static func nbdError(_ e: ZramError) -> NBDError {
+        switch e {
+        case .noSpace: return .request(.enospc, message: describe(e))
+        case .outOfRange: return .request(.einval, message: describe(e))
+        case .ioError: return .request(.eio, message: describe(e))
+        default: return .request(.einval, message: describe(e))
+        }
+    }
+
+    func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int) throws(NBDError) {
+        do { try device.read(into: buffer, offset: Int(offset), length: length) } catch { throw Self.nbdError(error) }
+    }
+
+    func write(from buffer: UnsafeRawPointer, offset: UInt64, length: Int, fua: Bool) throws(NBDError) {
+        do { try device.write(from: buffer, offset: Int(offset), length: length) } catch { throw Self.nbdError(error) }
+    }
+
+    func trim(offset: UInt64, length: UInt64) throws(NBDError) {
+        do { try device.discard(offset: Int(offset), length: Int(length)) } catch { throw Self.nbdError(error) }
+    }
+
+    func zero(offset: UInt64, length: UInt64, mayTrim: Bool, fast: Bool) throws(NBDError) {
+        do { try device.writeZeroes(offset: Int(offset), length: Int(length), mayTrim: mayTrim) } catch {
+            throw Self.nbdError(error)
+        }
+    }
+
+    func flush() throws(NBDError) {
+        do { try device.flush() } catch { throw Self.nbdError(error) }
+    }
+
+    func cache(offset: UInt64, length: UInt64) throws(NBDError) {}
+
+    func blockStatus(offset: UInt64, length: UInt64,
+                     _ body: (_ length: UInt64, _ flags: ExtentFlags) -> Bool) throws(NBDError) {
+        do {
+            try device.pageStates(offset: Int(offset), length: Int(length)) { n, state in
+                switch state {
+                case .unallocated: return body(UInt64(n), [.hole, .zero])
+                case .zero: return body(UInt64(n), .zero)
+                case .data: return body(UInt64(n), .data)
+                }
+            }
+        } catch {
+            throw Self.nbdError(error)
+        }
+    }
+}
+
+/// A running NBDServer: one device's, or every device's (stdio, unclaimed activated sockets).
+final class NBDExport: ExportHandle {
+    let server: NBDServer
+    init(server: NBDServer) { self.server = server }
+    var activeConnections: Int { server.connectionCount }
+    func stop() { server.stop() }
+}
+
+public final class ZramBackend: DeviceBackend {
+    let log: Log
+    /// Sockets systemd passed us (socket activation) with their unix paths: a device whose
+    /// `socket` matches serves on it; the rest serve every device.
+    private var activated: [(fd: Int32, path: String?)]
+
+    public init(log: Log) {
+        self.log = log
+        activated = Endpoint.systemdSockets().compactMap {
+            guard case .listeningSocket(let fd) = $0 else { return nil }
+            return (fd, Sockets.unixPath(of: fd))
+        }
+    }
+
+    func configuration(_ catalog: ExportCatalog) -> NBDServer.Configuration {
+        var c = NBDServer.Configuration(catalog: catalog)
+        let log = self.log
+        // Errors always; per-connection chatter only with -vv.
+        c.logger = NBDLogger(level: log.level >= .debug ? .debug : .error) { level, message in
+            if level == .error { log.error("nbd: " + message) } else { log.debug("nbd: " + message) }
+        }
+        return c
+    }
+
+    static func export(_ store: ZramStore, _ spec: DeviceSpec) -> Export {
+        Export(name: spec.name, description: "zramnbd \(spec.algorithm) \(ByteSize.human(spec.diskSize))",
+               backend: store, readOnly: spec.readOnly)
+    }
+
+    public func makeStore(_ spec: DeviceSpec) throws(DaemonError) -> any PageStore { try ZramStore(spec) }
+
+    public func export(_ store: any PageStore, spec: DeviceSpec) throws(DaemonError) -> any ExportHandle {
+        guard let zram = store as? ZramStore else { throw .device("\(spec.name): not a zram store") }
+        var endpoints: [Endpoint] = []
+        if let path = spec.socket {
+            if let i = activated.firstIndex(where: { $0.path == path }) {
+                endpoints.append(.listeningSocket(fd: activated[i].fd))
+                activated.remove(at: i)
+            } else {
+                if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+                    try FileSystem.makeDirectories(String(path[..<slash]))
+                }
+                endpoints.append(.unix(path: path, mode: 0o600))
+            }
+        }
+        if let l = spec.listen {
+            let hp = try HostPort.parse(l)
+            endpoints.append(.tcp(host: hp.host, port: hp.port))
+        }
+        do {
+            let catalog = try ExportCatalog([ZramBackend.export(zram, spec)], defaultExport: spec.name)
+            let server = try NBDServer(configuration(catalog))
+            if !endpoints.isEmpty { try server.listen(on: endpoints) }
+            return NBDExport(server: server)
+        } catch {
+            throw .device("\(spec.name): \(error)")
+        }
+    }
+
+    public func exportUnclaimed(_ devices: [(DeviceSpec, any PageStore)]) throws(DaemonError) -> (any ExportHandle)? {
+        guard !activated.isEmpty, let first = devices.first else { return nil }
+        let server = try allDevicesServer(devices, defaultName: first.0.name)
+        do { try server.listen(on: activated.map { .listeningSocket(fd: $0.fd) }) } catch { throw .device("\(error)") }
+        log.info("socket activation: \(activated.count) socket(s) serve every device, \(first.0.name) by default")
+        activated = []
+        return NBDExport(server: server)
+    }
+
+    func allDevicesServer(_ devices: [(DeviceSpec, any PageStore)], defaultName: String?) throws(DaemonError) -> NBDServer {
+        do {
+            let exports = devices.compactMap { d in (d.1 as? ZramStore).map { ZramBackend.export($0, d.0) } }
+            return try NBDServer(configuration(try ExportCatalog(exports, defaultExport: defaultName)))
+        } catch {
+            throw .device("\(error)")
+        }
+    }
+
+    /// Serves one NBD connection with every device as an export ("" = the first): the first
+    /// connection on a socket passed by socket activation (what `nbdinfo -- [ CMD ]` and
+    /// `nbdcopy -- [ CMD ]` do), else stdin/stdout (libnbd's connect_command).
+    public func serveStdio(_ specs: [DeviceSpec]) throws(DaemonError) {
+        var devices: [(DeviceSpec, any PageStore)] = []
+        for s in specs { devices.append((s, try makeStore(s))) }
+        let server = try allDevicesServer(devices, defaultName: specs.first?.name)
+        if let listening = activated.first {
+            guard let fd = Sockets.acceptConnection(listening.fd) else { throw .errno("accept") }
+            server.serve(input: fd, output: fd, closeWhenDone: true)
+        } else {
+            server.serve(input: 0, output: 1)
+        }
+        server.stop()
+    }
+}

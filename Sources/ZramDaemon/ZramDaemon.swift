@@ -1,1 +1,0 @@
-// ZramDaemon: placeholder until the module lands.

@@ -1,0 +1,80 @@
+// A ZramDevice as the daemon's PageStore (its NBD side is in ZramBackend.swift).
+import Codec
+import ZramDevice
+
+final class ZramStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevice is thread-safe
+    let device: ZramDevice
+    let size: UInt64
+    /// zram's max_comp_streams: one stream per online CPU.
+    let streams = SystemInfo.onlineCPUs()
+
+    init(_ spec: DeviceSpec) throws(DaemonError) {
+        do {
+            let algorithm = try CompressionAlgorithm(name: spec.algorithm)
+            device = try ZramDevice(ZramConfig(name: spec.name, diskSize: Int(spec.diskSize), algorithm: algorithm,
+                                               level: spec.level, chainSize: spec.chainSize, memLimit: Int(spec.memLimit)))
+        } catch let e as ZramError {
+            throw .device("\(spec.name): \(ZramStore.describe(e))")
+        } catch {
+            throw .device("\(spec.name): \(error)")
+        }
+        size = UInt64(device.diskSize)
+    }
+
+    static func describe(_ e: ZramError) -> String {
+        switch e {
+        case .outOfRange: return "range outside the device"
+        case .noSpace: return "out of memory: mem_limit reached or the pool is full"
+        case .ioError: return "a page failed to compress or decompress"
+        case .notInitialized: return "device not initialised"
+        case .busy: return "device busy"
+        case .invalidArgument(let m): return m
+        }
+    }
+
+    func snapshot(classes: Bool) -> DeviceSnapshot {
+        let st = device.stats()
+        var s = DeviceSnapshot(name: device.name)
+        s.diskSize = st.diskSize
+        s.algorithm = device.algorithm.rawValue
+        s.level = device.level
+        s.streams = streams
+        s.origDataSize = st.origDataSize
+        s.comprDataSize = st.comprDataSize
+        s.memUsedTotal = st.memUsedTotal
+        s.memLimit = st.memLimit
+        s.memUsedMax = st.memUsedMax
+        s.samePages = st.samePages
+        s.pagesCompacted = st.pagesCompacted
+        s.hugePages = st.hugePages
+        s.hugePagesSince = st.hugePagesSince
+        s.failedReads = st.failedReads
+        s.failedWrites = st.failedWrites
+        s.notifyFree = st.notifyFree
+        s.missFree = st.missFree
+        s.bdCount = st.bdCount
+        s.bdReads = st.bdReads
+        s.bdWrites = st.bdWrites
+        s.mmStatText = st.mmStatText
+        s.ioStatText = st.ioStatText
+        s.debugStatText = st.debugStatText
+        s.bdStatText = st.bdStatText
+        s.compAlgorithmText = device.compAlgorithmText
+        if classes { s.classesText = device.classesText }
+        return s
+    }
+
+    func compact() throws(DaemonError) -> UInt64 {
+        do { return UInt64(try device.compact()) } catch { throw .device("\(device.name): \(ZramStore.describe(error))") }
+    }
+
+    func reset() throws(DaemonError) { device.reset() }
+
+    func setMemLimit(_ bytes: UInt64) throws(DaemonError) {
+        do { try device.setMemLimit(Int(bytes)) } catch { throw .device("\(device.name): \(ZramStore.describe(error))") }
+    }
+
+    func resetMemUsedMax() throws(DaemonError) { device.resetMemUsedMax() }
+
+    var compactablePages: Int { device.compactablePages }
+}

@@ -1,0 +1,263 @@
+import Testing
+@testable import ZramDaemon
+
+@Suite("Sizes and size expressions")
+struct SizeTests {
+    @Test("memparse accepts K/M/G/T suffixes, hex and the iB/B spellings")
+    func memparse() throws {
+        #expect(try ByteSize.parse("4096") == 4096)
+        #expect(try ByteSize.parse("4G") == 4 << 30)
+        #expect(try ByteSize.parse("512m") == 512 << 20)
+        #expect(try ByteSize.parse("1K") == 1024)
+        #expect(try ByteSize.parse("2T") == 2 << 40)
+        #expect(try ByteSize.parse("0x1000") == 4096)
+        #expect(try ByteSize.parse("4GiB") == 4 << 30)
+        #expect(try ByteSize.parse("4GB") == 4 << 30)
+        #expect(try ByteSize.parse(" 64M\n") == 64 << 20)
+    }
+
+    @Test("bad sizes are one clear message", arguments: ["4X", "", "G", "-1", "1.5G", "99999999999E"])
+    func badSizes(_ text: String) {
+        #expect(throws: DaemonError.self) { try ByteSize.parse(text) }
+        do { _ = try ByteSize.parse(text) } catch {
+            #expect(error.description.hasPrefix("invalid size '\(text)'"))
+            #expect(!error.description.contains("\n"))
+        }
+    }
+
+    @Test("human sizes read like zramctl's")
+    func human() {
+        #expect(ByteSize.human(0) == "0B")
+        #expect(ByteSize.human(74) == "74B")
+        #expect(ByteSize.human(1023) == "1023B")
+        #expect(ByteSize.human(4096) == "4K")
+        #expect(ByteSize.human(1536) == "1.5K")
+        #expect(ByteSize.human(4 << 30) == "4G")
+        #expect(ByteSize.human(4_080_218_931) == "3.8G")
+        #expect(ByteSize.human(223_629_312) == "213.3M")
+        #expect(ByteSize.human((1 << 20) - 1) == "1024K")
+    }
+
+    @Test("zram-generator expressions in MiB of ram")
+    func expressions() throws {
+        func mib(_ e: String, ram: Double) throws -> Double { try SizeExpression(e).evaluate(["ram": ram]) }
+        #expect(try mib("min(ram / 2, 4096)", ram: 24105) == 4096)
+        #expect(try mib("min(ram / 2, 4096)", ram: 2000) == 1000)
+        #expect(try mib("min(min(ram, 4096) + max(ram - 4096, 0) / 2, 32 * 1024)", ram: 12288) == 8192)
+        #expect(try mib("ram * 0.25", ram: 8000) == 2000)
+        #expect(try mib("(1 + 2) * 3", ram: 0) == 9)
+        #expect(try mib("2 ^ 10", ram: 0) == 1024)
+        #expect(try mib("-3 + 5", ram: 0) == 2)
+        #expect(try mib("10 % 4", ram: 0) == 2)
+        #expect(try mib("max(1, 7, 3)", ram: 0) == 7)
+        #expect(try mib("floor(ram / 3)", ram: 100) == 33)
+        #expect(try SizeExpression("min(ram / 2, 4096)").bytes(ramMiB: 1000) == 500 * 1_048_576)
+    }
+
+    @Test("bad expressions name the problem", arguments: [
+        ("ram /", "unexpected end"), ("foo", "unknown name 'foo'"), ("min(1", "missing ')'"),
+        ("1 / 0", "division by zero"), ("ram ram", "unexpected 'ram'"), ("sqrt(4)", "unknown function 'sqrt'"),
+    ])
+    func badExpressions(_ text: String, _ problem: String) {
+        do {
+            _ = try SizeExpression(text).evaluate(["ram": 1000])
+            Issue.record("'\(text)' evaluated")
+        } catch {
+            #expect(error.description.contains(problem), "\(error)")
+        }
+    }
+}
+
+@Suite("Configuration files")
+struct ConfigTests {
+    @Test("zram-generator keys, ours, and defaults")
+    func fullExample() throws {
+        let text = """
+            # comment
+            [zramnbd]
+            control-socket = /tmp/x/control.sock
+            stats-interval = 0.5
+            prometheus-file = /tmp/x/zram.prom
+
+            [zram0]
+            zram-size = min(ram / 2, 4096)
+            compression-algorithm = zstd(level=5)
+            zram-resident-limit = 512
+            swap-priority = 50
+            options = discard,pages
+
+            [zram1]
+            zram-size = 2G
+            mount-point = /var/tmp
+            socket = /tmp/x/one.sock
+            stats-dir = none
+            chain-size = 16
+            listen = 127.0.0.1:10809
+            """
+        let c = try ConfigFile.parse([("main.conf", text)], ramMiB: 16000)
+        #expect(c.warnings.isEmpty, "\(c.warnings)")
+        let s = c.settings
+        #expect(s.controlSocket == "/tmp/x/control.sock")
+        #expect(s.statsInterval == 0.5)
+        #expect(s.prometheusFile == "/tmp/x/zram.prom")
+        #expect(s.devices.map(\.name) == ["zram0", "zram1"])
+        let z0 = s.devices[0], z1 = s.devices[1]
+        #expect(z0.diskSize == 4096 << 20)
+        #expect(z0.algorithm == "zstd" && z0.level == 5)
+        #expect(z0.memLimit == 512 << 20)
+        #expect(z0.swapPriority == 50 && z0.options == "discard,pages")
+        #expect(z0.socket == "/run/zramnbd/zram0.sock" && z0.statsDir == "/run/zramnbd/zram0")
+        #expect(z0.effectiveFsType == "swap")
+        #expect(z1.diskSize == 2 << 30)
+        #expect(z1.effectiveFsType == "ext2" && z1.mountPoint == "/var/tmp")
+        #expect(z1.socket == "/tmp/x/one.sock" && z1.statsDir == nil)
+        #expect(z1.chainSize == 16 && z1.listen == "127.0.0.1:10809")
+    }
+
+    @Test("drop-ins override the main file in file-name order")
+    func dropInOrder() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        dir.write("zramnbd.conf", "[zram0]\nzram-size = 100\ncompression-algorithm = zstd\n")
+        dir.write("zramnbd.conf.d/20-late.conf", "[zram0]\nzram-size = 300\n")
+        dir.write("zramnbd.conf.d/10-early.conf", "[zram0]\nzram-size = 200\nswap-priority = 7\n[zram1]\nzram-size = 1\n")
+        dir.write("zramnbd.conf.d/30-ignored.txt", "[zram0]\nzram-size = 999\n")
+        let c = try #require(try ConfigFile.load(path: dir.file("zramnbd.conf"), ramMiB: 1000))
+        #expect(c.files == [dir.file("zramnbd.conf"), dir.file("zramnbd.conf.d/10-early.conf"),
+                            dir.file("zramnbd.conf.d/20-late.conf")])
+        let z0 = c.settings.devices[0]
+        #expect(z0.diskSize == 300 << 20)           // 20-late wins
+        #expect(z0.swapPriority == 7)               // only 10-early sets it
+        #expect(z0.algorithm == "zstd")             // only the main file sets it
+        #expect(c.settings.devices.map(\.name) == ["zram0", "zram1"])
+    }
+
+    @Test("no file at all means no configuration")
+    func missing() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        #expect(try ConfigFile.load(path: dir.file("nothing.conf"), ramMiB: 1000) == nil)
+    }
+
+    @Test("unknown keys and sections are warnings naming file and line")
+    func unknownKeys() throws {
+        let c = try ConfigFile.parse([("a.conf", "[zram0]\nzram-size = 64\nfrobnicate = yes\n[swap]\nx = 1\n")], ramMiB: 1000)
+        #expect(c.warnings.contains("a.conf:3: unknown key 'frobnicate' in [zram0], ignored"))
+        #expect(c.warnings.contains { $0.hasPrefix("a.conf:4: ignoring section [swap]") })
+        #expect(c.settings.devices.count == 1)
+    }
+
+    @Test("bad values are errors at file:line", arguments: [
+        ("[zram0]\nzram-size = ram +\n", "b.conf:2: zram-size: invalid expression 'ram +': unexpected end"),
+        ("[zram0]\n\nchain-size = 20\n", "b.conf:3: chain-size: invalid chain size 20 (4...16)"),
+        ("[zram0]\nswap-priority = high\n", "b.conf:2: swap-priority: expected -1...32767, got 'high'"),
+        ("[zram0]\nlisten = nowhere\n", "b.conf:2: listen: invalid address 'nowhere': expected HOST:PORT"),
+        ("[zram0]\ncompression-algorithm = zstd(level\n", "b.conf:2: compression-algorithm: missing ')' in 'zstd(level'"),
+        ("[zram0]\ncompression-algorithm = zstd(level=99)\n", "b.conf:1: compression-algorithm: invalid level 99 for zstd (-131072...22)"),
+        ("[zram/0]\n", "b.conf:1: invalid device name 'zram/0'"),
+        ("[zramnbd]\nstats-interval = 0\n", "b.conf:2: stats-interval: expected seconds > 0, got '0'"),
+    ])
+    func badValues(_ text: String, _ message: String) {
+        do {
+            _ = try ConfigFile.parse([("b.conf", text)], ramMiB: 1000)
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.description.hasPrefix(message), "\(error)")
+            #expect(error.exitStatus == 2)
+        }
+    }
+
+    @Test("compression-algorithm: first entry is used, recompression and unknown algorithms warn")
+    func algorithms() throws {
+        let c = try ConfigFile.parse([("c.conf", """
+            [zram0]
+            compression-algorithm = zstd(level=3) lz4 (type=idle)
+            [zram1]
+            compression-algorithm = lzo-rle
+            [zram2]
+            compression-algorithm = lz4(level=4, dict=/x)
+            """)], ramMiB: 1000)
+        let d = c.settings.devices
+        #expect(d[0].algorithm == "zstd" && d[0].level == 3 && d[0].recompression == ["lz4", "(type=idle)"])
+        #expect(c.warnings.contains("c.conf:2: recompression not supported yet; ignoring 'lz4 (type=idle)'"))
+        #expect(d[1].algorithm == "lz4")
+        #expect(c.warnings.contains { $0.hasPrefix("c.conf:4: compression algorithm 'lzo-rle' is not available") })
+        #expect(d[2].level == 4)
+        #expect(c.warnings.contains("c.conf:6: algorithm parameter 'dict' is not supported, ignored"))
+    }
+
+    @Test("size 0 and host-memory-limit drop a device, like zram-generator")
+    func droppedDevices() throws {
+        let c = try ConfigFile.parse([("d.conf", """
+            [zram0]
+            zram-size = 0
+            [zram1]
+            host-memory-limit = 2048
+            [zram2]
+            zram-fraction = 0.25
+            max-zram-size = 100
+            [zram3]
+            writeback-device = /dev/sdb
+            """)], ramMiB: 4000)
+        #expect(c.settings.devices.map(\.name) == ["zram2", "zram3"])
+        #expect(c.settings.devices[0].diskSize == 100 << 20)
+        #expect(c.settings.devices[1].writebackDevice == "/dev/sdb")
+        #expect(c.warnings.contains("d.conf:1: [zram0] skipped: zram-size is 0"))
+        #expect(c.warnings.contains { $0.hasPrefix("d.conf:3: [zram1] skipped: host-memory-limit") })
+        #expect(c.warnings.contains("d.conf:9: writeback-device is not supported, ignored"))
+    }
+
+    @Test("two devices on one socket is an error")
+    func sharedSocket() {
+        #expect(throws: DaemonError.self) {
+            try ConfigFile.parse([("e.conf", "[zram0]\nsocket=/tmp/s\n[zram1]\nsocket=/tmp/s\n")], ramMiB: 1000)
+        }
+    }
+
+    @Test("runtime add takes config keys and the command-line spellings")
+    func addSettings() throws {
+        let s = try ConfigFile.deviceSpec(name: "zram7", settings: [("size", "1G"), ("algorithm", "zstd"), ("level", "2"),
+                                                                   ("mem-limit", "64M"), ("stats-dir", "none")], ramMiB: 1000)
+        #expect(s.diskSize == 1 << 30 && s.algorithm == "zstd" && s.level == 2 && s.memLimit == 64 << 20 && s.statsDir == nil)
+        #expect(throws: DaemonError.self) { try ConfigFile.deviceSpec(name: "zram7", settings: [("colour", "red")], ramMiB: 1000) }
+    }
+}
+
+@Suite("serve options")
+struct ServeOptionTests {
+    @Test("single-device flags")
+    func flags() throws {
+        let cmd = try Serve.parse(["--device", "zram5", "--size", "1G", "--algorithm", "zstd", "--level", "7",
+                                   "--chain-size", "4", "--mem-limit", "256M", "--socket", "/tmp/z5.sock",
+                                   "--listen", ":10809", "--stats-dir", "/tmp/z5", "--read-only",
+                                   "--control-socket", "none", "--no-mlock", "--stats-interval", "2"])
+        let s = try cmd.settings(ramMiB: 8000).settings
+        let d = try #require(s.devices.first)
+        #expect(s.devices.count == 1)
+        #expect(d.name == "zram5" && d.diskSize == 1 << 30 && d.algorithm == "zstd" && d.level == 7)
+        #expect(d.chainSize == 4 && d.memLimit == 256 << 20 && d.socket == "/tmp/z5.sock" && d.listen == ":10809")
+        #expect(d.statsDir == "/tmp/z5" && d.readOnly)
+        #expect(s.controlSocket == nil && !s.lockMemory && s.statsInterval == 2)
+    }
+
+    @Test("the default device: zram0, lz4, min(RAM/2, 4 GiB), sockets under /run/zramnbd")
+    func defaults() throws {
+        let d = try Serve.parse(["--algorithm", "lz4"]).settings(ramMiB: 2000).settings.devices[0]
+        #expect(d.name == "zram0" && d.diskSize == 1000 << 20 && d.algorithm == "lz4")
+        #expect(d.socket == "/run/zramnbd/zram0.sock" && d.statsDir == "/run/zramnbd/zram0")
+        let big = try Serve.parse(["--device", "zram0"]).settings(ramMiB: 24105).settings.devices[0]
+        #expect(big.diskSize == 4 << 30)
+    }
+
+    @Test("--stdio keeps to stdin/stdout unless told otherwise")
+    func stdio() throws {
+        let s = try Serve.parse(["--stdio", "--size", "64M"]).settings(ramMiB: 1000).settings
+        #expect(s.controlSocket == nil && !s.lockMemory)
+        #expect(s.devices[0].socket == nil && s.devices[0].statsDir == nil)
+    }
+
+    @Test("--config and device flags don't mix")
+    func configAndFlags() throws {
+        #expect(throws: DaemonError.self) { try Serve.parse(["--config", "/x", "--size", "1G"]).settings(ramMiB: 1000) }
+    }
+}

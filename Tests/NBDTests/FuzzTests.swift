@@ -1,0 +1,16 @@
+import Testing
+import TestSupport
+
+/// The libFuzzer target for the handshake and request parsers runs for a bounded time on every test
+/// run (scripts/fuzz.sh); a crash, hang or leak it finds fails the suite with the reproducer's path.
+@Suite struct FuzzTests {
+    @Test(.timeLimit(.minutes(4)))
+    func wireParsersSurviveThirtySecondsOfFuzzing() throws {
+        let packageRoot = "/" + "\(#filePath)".split(separator: "/").dropLast(3).joined(separator: "/")
+        let dir = TempDir()
+        let result = try Subprocess.run(["/bin/bash", packageRoot + "/scripts/fuzz.sh", "30"],
+                                        outputPrefix: dir.path + "/fuzz", timeout: .seconds(200))
+        print(result.stderr.split(separator: "\n").suffix(4).joined(separator: "\n"))
+        #expect(result.succeeded, "fuzz.sh: \(result.termination)\n\(result.stderr.suffix(3000))")
+    }
+}
