@@ -7,7 +7,8 @@
 #
 #   scripts/bench.sh [--quick] [--only WORKLOAD] [--out DIR] [--targets LIST] [--bin PATH] [--no-build]
 #     --quick          small corpora, sub-second fio runs: under a minute (the test suite runs it)
-#     --only W         seq | rand | latency | memory | scaling (seq and memory share one pass)
+#     --only W         seq | rand | latency | memory | scaling | pool (seq and memory share one
+#                      pass; pool = the zsmalloc port's own micro-benchmark, zspool-bench, full runs only)
 #     --out DIR        where report.txt, results.tsv and raw fio output go
 #                      (default /tmp/zramnbd-bench-<date>)
 #     --targets LIST   comma list out of kzram,nbdkit-zstd,nbdkit-sparse,zramnbd-lz4,zramnbd-zstd
@@ -25,7 +26,7 @@ PY=/usr/bin/python3     # not the pyenv shim: the system python
 CACHE=/var/tmp/zramnbd-bench
 
 QUICK=0 ONLY=all OUT="" TARGET_LIST="" BIN="" BUILD=1
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
 	case $1 in
 	--quick) QUICK=1 ;;
@@ -39,7 +40,7 @@ while (($#)); do
 	esac
 	shift
 done
-case $ONLY in all|seq|rand|latency|memory|scaling) ;; *) echo "bench.sh: unknown workload $ONLY" >&2; exit 2 ;; esac
+case $ONLY in all|seq|rand|latency|memory|scaling|pool) ;; *) echo "bench.sh: unknown workload $ONLY" >&2; exit 2 ;; esac
 want() { [[ $ONLY == all || $ONLY == "$1" ]]; }
 
 # Quick mode keeps every code path but the 2-job and split-CPU repeats, with sub-second fio runs
@@ -111,10 +112,7 @@ rss_bytes() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"; }
 
 # ---------------------------------------------------------------- setup
 [[ $(id -u) == 0 ]] || { echo "bench.sh: needs root (kernel zram, /proc/PID/mem)" >&2; exit 1; }
-# The tools this script runs; install-deps.sh (which may run apt-get update) only if one is missing.
-for tool in fio nbdkit nbdcopy nbdinfo taskset mkfs.ext4 cmp dd; do
-	command -v "$tool" >/dev/null || { "$ROOT/scripts/install-deps.sh"; break; }
-done
+"$ROOT/scripts/install-deps.sh"   # fio, nbdkit, libnbd-bin, e2fsprogs, util-linux (idempotent)
 
 ALL_TARGETS=(kzram nbdkit-zstd nbdkit-sparse zramnbd-lz4 zramnbd-zstd)
 TARGETS=()
@@ -129,6 +127,9 @@ if [[ -z $BIN ]]; then
 	if ((BUILD && !QUICK)); then
 		log "building zramnbd (release)"
 		(cd "$ROOT" && swift build -c release --product zramnbd >&2) || broke "swift build -c release failed"
+		if want pool; then
+			(cd "$ROOT" && swift build -c release --product zspool-bench >&2) || broke "swift build zspool-bench failed"
+		fi
 		BIN=$ROOT/.build/release/zramnbd
 	else   # quick mode runs inside the test suite: use what is built, the newest binary
 		BIN=$(ls -t "$ROOT"/.build/{release,debug}/zramnbd 2>/dev/null | head -1 || true)
@@ -373,6 +374,18 @@ for t in "${TARGETS[@]}"; do
 	if active "$t" && { want rand || want latency || want scaling; }; then rand_pass "$t"; fi
 	if active "$t" && want scaling; then scaling_pass "$t"; fi
 done
+# 6. The pool alone (no compression, no NBD): the zsmalloc port's own numbers. Release build
+# only, so full runs only.
+if ((!QUICK)) && want pool; then
+	if [[ -x $ROOT/.build/release/zspool-bench ]]; then
+		log "zspool-bench"
+		run "$ROOT/.build/release/zspool-bench" >"$OUT/raw/zspool-bench.txt" 2>&1 || broke "zspool-bench failed"
+		n=0
+		while IFS= read -r line; do put - "pool.$((n++))" "$line"; done <"$OUT/raw/zspool-bench.txt"
+	else
+		note - "zspool-bench is not built (swift build -c release --product zspool-bench): pool numbers left out"
+	fi
+fi
 put - info.duration "$(awk -v s="$(elapsed "$START" "$(now)")" 'BEGIN { printf "%.0f s", s }') for the workloads"
 
 "$PY" "$HELPERS/report.py" table "$OUT/results.tsv" "$ONLY" | tee "$OUT/report.txt"

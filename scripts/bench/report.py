@@ -241,6 +241,13 @@ def table(path, only):
                       fmt_iops)
         t.render(out)
 
+    # 6. the pool alone
+    pool = sorted(((int(k.split(".")[1]), v) for (t, k), v in r.v.items() if k.startswith("pool.")))
+    if want("pool") and pool:
+        out.append("6. zsmalloc port alone (zspool-bench, release; no compression, no NBD)")
+        out.extend(f"  {line}" for _, line in pool)
+        out.append("")
+
     verdicts(r, corpora).render(out)
     if r.notes:
         out.append("Notes")
