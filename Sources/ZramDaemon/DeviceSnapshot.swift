@@ -1,32 +1,18 @@
+import ZramDevice
+
 // One device's state at one moment, in the forms the daemon publishes it.
 
 /// Counters (zram's units: bytes for sizes, pages for page counts) and the device's own renderings
 /// of its sysfs files. Taken once per refresh; every output (stats files, stat.json, Prometheus,
 /// `status`) is computed from the same snapshot, so they agree with each other.
+@dynamicMemberLookup
 public struct DeviceSnapshot: Sendable, Equatable {
     public var name: String
-    public var diskSize: UInt64 = 0
     public var algorithm: String = "lz4"
     public var level: Int32 = 0
     public var streams: Int = 1
-    // mm_stat
-    public var origDataSize: UInt64 = 0
-    public var comprDataSize: UInt64 = 0
-    public var memUsedTotal: UInt64 = 0
-    public var memLimit: UInt64 = 0
-    public var memUsedMax: UInt64 = 0
-    public var samePages: UInt64 = 0
-    public var pagesCompacted: UInt64 = 0
-    public var hugePages: UInt64 = 0
-    public var hugePagesSince: UInt64 = 0
-    // io_stat, debug_stat, bd_stat
-    public var failedReads: UInt64 = 0
-    public var failedWrites: UInt64 = 0
-    public var notifyFree: UInt64 = 0
-    public var missFree: UInt64 = 0
-    public var bdCount: UInt64 = 0
-    public var bdReads: UInt64 = 0
-    public var bdWrites: UInt64 = 0
+    /// The device's counters; read and written through the snapshot by name (`snapshot.origDataSize`).
+    public var stats = ZramStats()
     /// Byte-exact sysfs texts as the device module renders them.
     public var mmStatText = ""
     public var ioStatText = ""
@@ -37,36 +23,41 @@ public struct DeviceSnapshot: Sendable, Equatable {
 
     public init(name: String) { self.name = name }
 
-    public var initialized: Bool { diskSize != 0 }
+    public subscript<T>(dynamicMember counter: WritableKeyPath<ZramStats, T>) -> T {
+        get { stats[keyPath: counter] }
+        set { stats[keyPath: counter] = newValue }
+    }
+
+    public var initialized: Bool { self.diskSize != 0 }
 
     /// DATA / COMPR: how well the codec does on the stored pages.
-    public var compressionRatio: Double? { comprDataSize == 0 ? nil : Double(origDataSize) / Double(comprDataSize) }
+    public var compressionRatio: Double? { self.comprDataSize == 0 ? nil : Double(self.origDataSize) / Double(self.comprDataSize) }
     /// DATA / TOTAL: how much RAM the device really saves, allocator overhead included.
-    public var memoryRatio: Double? { memUsedTotal == 0 ? nil : Double(origDataSize) / Double(memUsedTotal) }
+    public var memoryRatio: Double? { self.memUsedTotal == 0 ? nil : Double(self.origDataSize) / Double(self.memUsedTotal) }
 
     /// The files of a stats directory (laid out like /sys/block/zramN/) and their contents.
     public var sysfsFiles: [(name: String, text: String)] {
         [("mm_stat", mmStatText), ("io_stat", ioStatText), ("debug_stat", debugStatText),
-         ("bd_stat", bdStatText), ("disksize", "\(diskSize)\n"), ("comp_algorithm", compAlgorithmText),
-         ("initstate", initialized ? "1\n" : "0\n"), ("mem_limit", "\(memLimit)\n"),
-         ("mem_used_max", "\(memUsedMax)\n"), ("max_comp_streams", "\(streams)\n"),
+         ("bd_stat", bdStatText), ("disksize", "\(self.diskSize)\n"), ("comp_algorithm", compAlgorithmText),
+         ("initstate", initialized ? "1\n" : "0\n"), ("mem_limit", "\(self.memLimit)\n"),
+         ("mem_used_max", "\(self.memUsedMax)\n"), ("max_comp_streams", "\(streams)\n"),
          ("classes", classesText)]
     }
 
     /// Every counter by its sysfs name, in mm_stat/io_stat/debug_stat/bd_stat order.
     public var counters: [(name: String, value: UInt64)] {
-        [("orig_data_size", origDataSize), ("compr_data_size", comprDataSize),
-         ("mem_used_total", memUsedTotal), ("mem_limit", memLimit), ("mem_used_max", memUsedMax),
-         ("same_pages", samePages), ("pages_compacted", pagesCompacted), ("huge_pages", hugePages),
-         ("huge_pages_since", hugePagesSince), ("failed_reads", failedReads),
-         ("failed_writes", failedWrites), ("notify_free", notifyFree), ("miss_free", missFree),
-         ("bd_count", bdCount), ("bd_reads", bdReads), ("bd_writes", bdWrites)]
+        [("orig_data_size", self.origDataSize), ("compr_data_size", self.comprDataSize),
+         ("mem_used_total", self.memUsedTotal), ("mem_limit", self.memLimit), ("mem_used_max", self.memUsedMax),
+         ("same_pages", self.samePages), ("pages_compacted", self.pagesCompacted), ("huge_pages", self.hugePages),
+         ("huge_pages_since", self.hugePagesSince), ("failed_reads", self.failedReads),
+         ("failed_writes", self.failedWrites), ("notify_free", self.notifyFree), ("miss_free", self.missFree),
+         ("bd_count", self.bdCount), ("bd_reads", self.bdReads), ("bd_writes", self.bdWrites)]
     }
 
     /// stat.json: the counters plus identity and the two ratios.
     public func json(extra: [(String, JSONValue)] = []) -> String {
         var fields: [(String, JSONValue)] = [
-            ("name", .string(name)), ("disksize", .uint(diskSize)), ("initstate", .uint(initialized ? 1 : 0)),
+            ("name", .string(name)), ("disksize", .uint(self.diskSize)), ("initstate", .uint(initialized ? 1 : 0)),
             ("algorithm", .string(algorithm)), ("level", .int(Int(level))), ("streams", .int(streams)),
         ]
         fields += counters.map { ($0.name, JSONValue.uint($0.value)) }

@@ -35,26 +35,10 @@ final class ZramStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevi
     func snapshot(classes: Bool) -> DeviceSnapshot {
         let st = device.stats()
         var s = DeviceSnapshot(name: device.name)
-        s.diskSize = st.diskSize
+        s.stats = st
         s.algorithm = device.algorithm.rawValue
         s.level = device.level
         s.streams = streams
-        s.origDataSize = st.origDataSize
-        s.comprDataSize = st.comprDataSize
-        s.memUsedTotal = st.memUsedTotal
-        s.memLimit = st.memLimit
-        s.memUsedMax = st.memUsedMax
-        s.samePages = st.samePages
-        s.pagesCompacted = st.pagesCompacted
-        s.hugePages = st.hugePages
-        s.hugePagesSince = st.hugePagesSince
-        s.failedReads = st.failedReads
-        s.failedWrites = st.failedWrites
-        s.notifyFree = st.notifyFree
-        s.missFree = st.missFree
-        s.bdCount = st.bdCount
-        s.bdReads = st.bdReads
-        s.bdWrites = st.bdWrites
         s.mmStatText = st.mmStatText
         s.ioStatText = st.ioStatText
         s.debugStatText = st.debugStatText
