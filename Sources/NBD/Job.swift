@@ -51,7 +51,7 @@ final class Job: @unchecked Sendable {  // @unchecked: owned by one thread at a 
         head.deallocate()
         iov.deallocate()
         runs.deallocate()
-        data?.deallocate()
+        if let data { DataBuffers.give(data, dataCapacity) }
     }
 
     /// Ready for the next request.

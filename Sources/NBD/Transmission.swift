@@ -363,7 +363,7 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
     /// Makes `job.data` hold at least `count` bytes (contents not kept).
     private func ensureData(_ job: Job, _ count: Int) {
         guard job.dataCapacity < count else { return }
-        job.data?.deallocate()
+        if let old = job.data { DataBuffers.give(old, job.dataCapacity) }
         job.data = nil
         job.dataCapacity = 0
         if count > Job.retainedDataCapacity {
@@ -377,9 +377,7 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
             state.unlock()
             if job.data != nil { return }
         }
-        let capacity = max(count, 4096)
-        job.data = .allocate(byteCount: capacity, alignment: 4096)
-        job.dataCapacity = capacity
+        (job.data, job.dataCapacity) = DataBuffers.take(count)
     }
 
     // MARK: - Execution
@@ -541,12 +539,12 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
     }
 
     private func growPreserving(_ job: Job, _ capacity: Int) {
-        let bigger = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 4096)
+        let (bigger, biggerCapacity) = DataBuffers.take(capacity)
         if let old = job.data {
             bigger.copyMemory(from: old, byteCount: job.dataCapacity)
-            old.deallocate()
+            DataBuffers.give(old, job.dataCapacity)
         }
         job.data = bigger
-        job.dataCapacity = capacity
+        job.dataCapacity = biggerCapacity
     }
 }
