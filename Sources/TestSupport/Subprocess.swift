@@ -10,6 +10,19 @@ import Glibc
 #endif
 
 /// How a child process ended.
+/// Makes a child spawned with `attr` start with an empty signal mask and default dispositions.
+/// Swift Testing's threads block most signals and a child inherits the mask, so a daemon spawned
+/// from a test would otherwise never see SIGTERM (shared/docs/swift.md §5).
+public func resetSignals(in attr: inout posix_spawnattr_t) {
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    var all = sigset_t()
+    sigfillset(&all)
+    posix_spawnattr_setsigmask(&attr, &empty)
+    posix_spawnattr_setsigdefault(&attr, &all)
+    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+}
+
 public enum Termination: Equatable, Sendable, CustomStringConvertible {
     case exited(Int32)
     case signaled(Int32)
@@ -56,13 +69,7 @@ public final class Subprocess: @unchecked Sendable {  // @unchecked: `status` is
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        resetSignals(in: &attr)
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
