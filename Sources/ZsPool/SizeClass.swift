@@ -396,7 +396,7 @@ final class SizeClass: @unchecked Sendable {
         }
     }
 
-    /// Visits every live handle (for tests and consistency checks); lock held by the caller via `stats`-like use.
+    /// Visits every live handle (for tests and consistency checks); takes the class lock itself.
     func forEachLiveObject(_ body: (ZsHandle) -> Void) {
         lock.withLock {
             for g in 0..<zsFullnessGroups {
