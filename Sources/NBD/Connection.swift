@@ -37,6 +37,7 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
                 // stop() came while we negotiated: end after this GO like any other connection.
                 if stopRequested { _ = shutdown(inFD, Int32(SHUT_RD)) }
             }
+            IO.enlargeUnixSendBuffer(outFD)
             let transmission = Transmission(inFD: inFD, outFD: outFD, session: session,
                                             model: server.configuration.execution, pool: server.pool,
                                             maxInFlight: server.configuration.maxInFlight, log: log)

@@ -35,11 +35,18 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
     private let structured: Bool
     private let sparseReads: Bool
 
-    // Reader-only state.
-    private static let inputCapacity = 256 << 10
+    // Reader-only state. The input buffer holds several of the usual big requests (nbdcopy's
+    // 256 KiB writes, the kernel client's 128 KiB), so their payloads are used where read() put
+    // them: unparsed bytes move to the front only when the request in progress would not fit
+    // behind them (a 256 KiB buffer copied ~3/4 of every such payload once more).
+    private static let inputCapacity = 2 << 20
+    /// Fewest free bytes a read() gets: the front is reclaimed below this.
+    private static let minimumRead = 64 << 10
     private let input = UnsafeMutableRawPointer.allocate(byteCount: Transmission.inputCapacity, alignment: 64)
     private var start = 0
     private var end = 0
+    /// Bytes from `start` that the request being parsed needs in the buffer.
+    private var needed = Wire.requestSize
     private var batch: [Job] = []
 
     // Shared state, guarded by `state`.
@@ -95,6 +102,7 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
         var reason = "client closed the connection"
         reading: while true {
             beginBatch()
+            needed = Wire.requestSize
             parsing: while end - start >= Wire.requestSize {
                 guard let header = RequestHeader.parse(input + start) else {
                     reason = "bad request magic"
@@ -122,6 +130,7 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
                 case .success(let command):
                     let buffered = end - start - Wire.requestSize
                     if payloadLength > buffered && Wire.requestSize + payloadLength <= Transmission.inputCapacity {
+                        needed = Wire.requestSize + payloadLength
                         break parsing  // the rest of the payload is still on its way
                     }
                     let job = acquireJob()
@@ -158,10 +167,14 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
         return reason
     }
 
-    /// Moves unparsed bytes to the front and reads more; false on EOF or error.
+    /// Reads more after the unparsed bytes (moved to the front first if the request in progress
+    /// would not fit); false on EOF or error.
     private func readMore() -> Bool {
-        if start > 0 {
-            if end > start { memmove(input, input + start, end - start) }
+        if start == end {
+            start = 0
+            end = 0
+        } else if start + max(needed, Transmission.minimumRead) > Transmission.inputCapacity {
+            memmove(input, input + start, end - start)
             end -= start
             start = 0
         }
