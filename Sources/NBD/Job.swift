@@ -9,9 +9,10 @@ final class Job: @unchecked Sendable {  // @unchecked: owned by one thread at a 
     static let maxReadChunks = 16
     static let headCapacity = max(Job.maxReadChunks * StructuredReply.offsetHoleSize, StructuredReply.maxErrorSize)
     static let iovCapacity = 2 * Job.maxReadChunks + 1
-    /// Data buffers up to this size stay with the job; bigger ones go back to the connection.
-    /// 256 KiB covers nbdcopy's requests and the kernel client's (128 KiB by default): allocating
-    /// such a buffer per request cost page faults and munmap TLB shootdowns, ~20% of a read-back.
+    /// Data buffers up to this size are reused through DataBuffers; bigger ones are the
+    /// connection's spare. 256 KiB covers nbdcopy's requests and the kernel client's (128 KiB by
+    /// default): allocating such a buffer per request cost page faults and munmap TLB
+    /// shootdowns, ~20% of a read-back.
     static let retainedDataCapacity = 256 << 10
 
     /// The connection outlives its jobs: it waits for every job in flight before it goes away.
