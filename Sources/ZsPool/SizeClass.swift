@@ -42,9 +42,9 @@ final class SizeClass: @unchecked Sendable {
 
     // fullness lists and statistics (class_stat_*)
     @exclusivity(unchecked) private var listHead = [UInt32](repeating: noZspage, count: zsFullnessGroups)
-    private(set) var zspagesInGroup = [Int](repeating: 0, count: zsFullnessGroups)
-    private(set) var objsAllocated = 0
-    private(set) var objsInuse = 0
+    @exclusivity(unchecked) private(set) var zspagesInGroup = [Int](repeating: 0, count: zsFullnessGroups)
+    @exclusivity(unchecked) private(set) var objsAllocated = 0
+    @exclusivity(unchecked) private(set) var objsInuse = 0
 
     init(info: ZsClassInfo, slot: Int, provider: PageProvider) {
         self.info = info
