@@ -14,6 +14,9 @@ final class Job: @unchecked Sendable {  // @unchecked: owned by one thread at a 
     /// default): allocating such a buffer per request cost page faults and munmap TLB
     /// shootdowns, ~20% of a read-back.
     static let retainedDataCapacity = 256 << 10
+    /// Buffers from this size on return to DataBuffers as soon as the reply is sent (smaller ones
+    /// stay with the job: 4 KiB requests then take no shared lock).
+    static let sharedDataCapacity = 64 << 10
 
     /// The connection outlives its jobs: it waits for every job in flight before it goes away.
     unowned(unsafe) let transmission: Transmission

@@ -377,12 +377,13 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
         return IO.writeFully(outFD, iovs, n) ? 0 : errno
     }
 
-    /// Caller holds `state`. Returns a job to the free list and its buffer to the shared cache,
-    /// where the next request takes the most recently used one: a stream of READs keeps filling
-    /// the same cache-hot buffer. Bigger buffers stay as the connection's one spare (at most the
-    /// advertised maximum request size).
+    /// Caller holds `state`. Returns a job to the free list. Small buffers stay with the job;
+    /// big ones go back to the shared cache, where the next request takes the most recently used
+    /// one: a stream of big READs keeps filling the same cache-hot buffer. Buffers over the
+    /// cache's largest stay as the connection's one spare (at most the advertised maximum
+    /// request size).
     private func recycle(_ job: Job) {
-        if let data = job.data {
+        if let data = job.data, job.dataCapacity >= Job.sharedDataCapacity {
             if job.dataCapacity <= Job.retainedDataCapacity {
                 DataBuffers.give(data, job.dataCapacity)
             } else if job.dataCapacity > spareCapacity && job.dataCapacity <= Int(BlockSize.maximumPayload) {
