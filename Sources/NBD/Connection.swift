@@ -40,7 +40,8 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
             IO.enlargeUnixSendBuffer(outFD)
             let transmission = Transmission(inFD: inFD, outFD: outFD, session: session,
                                             model: server.configuration.execution, pool: server.pool,
-                                            maxInFlight: server.configuration.maxInFlight, log: log)
+                                            maxInFlight: server.configuration.maxInFlight,
+                                            busyPoll: server.configuration.busyPoll, log: log)
             reason = transmission.run()
         } else {
             reason = "negotiation ended"

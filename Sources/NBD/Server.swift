@@ -18,6 +18,12 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
         public var limits = NegotiationLimits()
         /// How long stop() waits for clients before cutting them off.
         public var stopGrace: Duration = .seconds(5)
+        /// How long a connection that is streaming requests keeps polling its socket after the
+        /// last one before it sleeps in read() (zero: never polls). Saves the wake-up of the
+        /// next request (~30-50 µs across CPUs on a VM) at the price of CPU spent polling, given
+        /// back with sched_yield to anything else runnable. Only after a short wait: a
+        /// connection that was idle for over a millisecond sleeps at once.
+        public var busyPoll: Duration = .zero
         public var logger: NBDLogger = .disabled
 
         public init(catalog: ExportCatalog) {

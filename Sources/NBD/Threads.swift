@@ -55,6 +55,14 @@ enum Clock {
         return timespec(tv_sec: Int(whole), tv_nsec: Int((total - whole) * 1e9))
     }
 
+    /// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call).
+    @inline(__always)
+    static func monotonicNanoseconds() -> Int {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return now.tv_sec &* 1_000_000_000 &+ now.tv_nsec
+    }
+
     /// Milliseconds until `deadline` (0 if it passed), for poll().
     static func millisecondsUntil(_ deadline: timespec) -> Int32 {
         var now = timespec()

@@ -49,6 +49,12 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
     private var end = 0
     /// Bytes from `start` that the request being parsed needs in the buffer.
     private var needed = Wire.requestSize
+    /// Busy polling (Configuration.busyPoll); 0 when off or the input is not a socket.
+    private var busyPollNanoseconds: Int
+    /// The last wait for requests was short: the client is streaming, poll before sleeping.
+    private var streaming = false
+    /// A wait longer than this means the client went quiet.
+    private static let quietNanoseconds = 1_000_000
     private var batch: [Job] = []
 
     // Shared state, guarded by `state`.
@@ -70,7 +76,7 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
     private let iovsCapacity: Int
 
     init(inFD: Int32, outFD: Int32, session: Session, model: ExecutionModel, pool: WorkerPool?,
-         maxInFlight: Int, log: NBDLogger) {
+         maxInFlight: Int, busyPoll: Duration = .zero, log: NBDLogger) {
         self.inFD = inFD
         self.outFD = outFD
         self.session = session
@@ -79,6 +85,8 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
         self.model = pool == nil ? .inline : model
         self.pool = pool
         self.maxInFlight = max(1, maxInFlight)
+        let (seconds, attoseconds) = busyPoll.components
+        busyPollNanoseconds = max(0, Int(clamping: seconds) &* 1_000_000_000 &+ Int(attoseconds / 1_000_000_000))
         self.log = log
         structured = session.structuredReplies
         sparseReads = session.capabilities.contains(.extents)
@@ -180,6 +188,16 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
             end -= start
             start = 0
         }
+        if busyPollNanoseconds > 0 {
+            if streaming, let more = pollSocket(for: busyPollNanoseconds) { return more }
+            let before = Clock.monotonicNanoseconds()
+            defer { streaming = Clock.monotonicNanoseconds() - before < Transmission.quietNanoseconds }
+            return readBlocking()
+        }
+        return readBlocking()
+    }
+
+    private func readBlocking() -> Bool {
         while true {
             let n = read(inFD, input + end, Transmission.inputCapacity - end)
             if n > 0 {
@@ -188,6 +206,27 @@ final class Transmission: @unchecked Sendable {  // @unchecked: shared fields ar
             }
             if n < 0 && errno == EINTR { continue }
             return false
+        }
+    }
+
+    /// Polls the socket for up to `nanoseconds`: true/false when data/EOF came, nil when it
+    /// stayed empty (or is no socket: then polling is off for good).
+    private func pollSocket(for nanoseconds: Int) -> Bool? {
+        let deadline = Clock.monotonicNanoseconds() + nanoseconds
+        while true {
+            let n = recv(inFD, input + end, Transmission.inputCapacity - end, Int32(MSG_DONTWAIT))
+            if n > 0 {
+                end += n
+                return true
+            }
+            if n == 0 { return false }
+            if errno == ENOTSOCK {
+                busyPollNanoseconds = 0
+                return nil
+            }
+            if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR { return nil }  // read() reports it
+            if Clock.monotonicNanoseconds() >= deadline { return nil }
+            sched_yield()
         }
     }
 

@@ -100,6 +100,8 @@ struct Serve: ParsableCommand {
     var noMlock = false
     @Flag(help: "Do not compact the pools automatically under memory pressure.")
     var noAutoCompact = false
+    @Option(help: ArgumentHelp("Microseconds a busy connection polls for its next request before sleeping (default 50, 0 = off).", valueName: "us"))
+    var busyPollUs: Int?
     @Flag(help: "Serve one NBD connection, then exit: on a socket-activation socket (nbdinfo/nbdcopy '[ CMD ]') or stdin/stdout.")
     var stdio = false
     @Flag(help: "Check the configuration, print the devices and exit.")
@@ -149,6 +151,7 @@ struct Serve: ParsableCommand {
         if let v = metricsListen { s.metricsListen = ConfigFile.optionalPath(v) }
         if noMlock { s.lockMemory = false }
         if noAutoCompact { s.autoCompact = false }
+        if let us = busyPollUs { s.busyPollMicroseconds = us }
         try s.validate()
         loaded.settings = s
         return loaded
@@ -198,7 +201,7 @@ struct Serve: ParsableCommand {
             FileSystem.writeAll(1, out)
             return
         }
-        let backend = ZramBackend(log: log)
+        let backend = ZramBackend(log: log, busyPoll: .microseconds(loaded.settings.busyPollMicroseconds))
         if stdio {
             try backend.serveStdio(loaded.settings.devices)
             return

@@ -209,6 +209,11 @@ public enum ConfigFile {
                 do { settings.lockMemory = try parseBool(v) } catch { throw fail(error.description) }
             case "auto-compact":
                 do { settings.autoCompact = try parseBool(v) } catch { throw fail(error.description) }
+            case "busy-poll-us":
+                guard let n = Int(v), DaemonSettings.busyPollRange.contains(n) else {
+                    throw fail("expected microseconds 0...10000, got '\(v)'")
+                }
+                settings.busyPollMicroseconds = n
             default:
                 warnings.append("\(e.file):\(e.line): unknown key '\(key)' in [zramnbd], ignored")
             }

@@ -116,6 +116,10 @@ public struct DaemonSettings: Sendable, Equatable {
     public var lockMemory = true
     /// Compact the pools when the system stalls on memory (PSI), like zsmalloc's shrinker.
     public var autoCompact = true
+    /// Microseconds a streaming NBD connection polls for its next request before sleeping
+    /// (NBDServer.Configuration.busyPoll; 0 = off). Halves QD1 latency across CPUs.
+    public var busyPollMicroseconds = 50
+    public static let busyPollRange = 0...10_000
 
     public init() {}
 
@@ -133,6 +137,9 @@ public struct DaemonSettings: Sendable, Equatable {
             throw .invalidValue("invalid stats interval \(statsInterval) (seconds, > 0)")
         }
         if let m = metricsListen { _ = try HostPort.parse(m) }
+        guard DaemonSettings.busyPollRange.contains(busyPollMicroseconds) else {
+            throw .invalidValue("invalid busy poll \(busyPollMicroseconds) µs (0...10000)")
+        }
     }
 }
 

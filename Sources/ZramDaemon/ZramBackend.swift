@@ -75,8 +75,11 @@ public final class ZramBackend: DeviceBackend {
     /// `socket` matches serves on it; the rest serve every device.
     private var activated: [(fd: Int32, path: String?)]
 
-    public init(log: Log) {
+    let busyPoll: Duration
+
+    public init(log: Log, busyPoll: Duration = .zero) {
         self.log = log
+        self.busyPoll = busyPoll
         activated = Endpoint.systemdSockets().compactMap {
             guard case .listeningSocket(let fd) = $0 else { return nil }
             return (fd, Sockets.unixPath(of: fd))
@@ -85,6 +88,7 @@ public final class ZramBackend: DeviceBackend {
 
     func configuration(_ catalog: ExportCatalog) -> NBDServer.Configuration {
         var c = NBDServer.Configuration(catalog: catalog)
+        c.busyPoll = busyPoll
         let log = self.log
         // Errors always; per-connection chatter only with -vv.
         c.logger = NBDLogger(level: log.level >= .debug ? .debug : .error) { level, message in

@@ -78,6 +78,7 @@ struct ConfigTests {
             control-socket = /tmp/x/control.sock
             stats-interval = 0.5
             prometheus-file = /tmp/x/zram.prom
+            busy-poll-us = 0
 
             [zram0]
             zram-size = min(ram / 2, 4096)
@@ -100,6 +101,7 @@ struct ConfigTests {
         #expect(s.controlSocket == "/tmp/x/control.sock")
         #expect(s.statsInterval == 0.5)
         #expect(s.prometheusFile == "/tmp/x/zram.prom")
+        #expect(s.busyPollMicroseconds == 0)
         #expect(s.devices.map(\.name) == ["zram0", "zram1"])
         let z0 = s.devices[0], z1 = s.devices[1]
         #expect(z0.diskSize == 4096 << 20)
@@ -156,6 +158,7 @@ struct ConfigTests {
         ("[zram0]\ncompression-algorithm = zstd(level=99)\n", "b.conf:1: compression-algorithm: invalid level 99 for zstd (-131072...22)"),
         ("[zram/0]\n", "b.conf:1: invalid device name 'zram/0'"),
         ("[zramnbd]\nstats-interval = 0\n", "b.conf:2: stats-interval: expected seconds > 0, got '0'"),
+        ("[zramnbd]\nbusy-poll-us = 20000\n", "b.conf:2: busy-poll-us: expected microseconds 0...10000, got '20000'"),
     ])
     func badValues(_ text: String, _ message: String) {
         do {
@@ -230,14 +233,15 @@ struct ServeOptionTests {
         let cmd = try Serve.parse(["--device", "zram5", "--size", "1G", "--algorithm", "zstd", "--level", "7",
                                    "--chain-size", "4", "--mem-limit", "256M", "--socket", "/tmp/z5.sock",
                                    "--listen", ":10809", "--stats-dir", "/tmp/z5", "--read-only",
-                                   "--control-socket", "none", "--no-mlock", "--stats-interval", "2"])
+                                   "--control-socket", "none", "--no-mlock", "--stats-interval", "2",
+                                   "--busy-poll-us", "200"])
         let s = try cmd.settings(ramMiB: 8000).settings
         let d = try #require(s.devices.first)
         #expect(s.devices.count == 1)
         #expect(d.name == "zram5" && d.diskSize == 1 << 30 && d.algorithm == "zstd" && d.level == 7)
         #expect(d.chainSize == 4 && d.memLimit == 256 << 20 && d.socket == "/tmp/z5.sock" && d.listen == ":10809")
         #expect(d.statsDir == "/tmp/z5" && d.readOnly)
-        #expect(s.controlSocket == nil && !s.lockMemory && s.statsInterval == 2)
+        #expect(s.controlSocket == nil && !s.lockMemory && s.statsInterval == 2 && s.busyPollMicroseconds == 200)
     }
 
     @Test("the default device: zram0, lz4, min(RAM/2, 4 GiB), sockets under /run/zramnbd")

@@ -133,6 +133,7 @@ final class TestServer: @unchecked Sendable {
     init(size: UInt64 = 16 << 20, exports extra: [Export] = [], readOnly: Bool = false,
          execution: ExecutionModel = .inline, workers: Int = 2, maxInFlight: Int = 64,
          limits: NegotiationLimits = NegotiationLimits(), grace: Duration = .seconds(5),
+         busyPoll: Duration = .zero,
          logLevel: NBDLogger.Level = .off, backend customBackend: (any BlockBackend)? = nil) throws {
         backend = try MemoryBackend(size: size)
         let main = Export(name: "disk", description: "test disk", backend: customBackend ?? backend, readOnly: readOnly)
@@ -142,6 +143,7 @@ final class TestServer: @unchecked Sendable {
         config.maxInFlight = maxInFlight
         config.limits = limits
         config.stopGrace = grace
+        config.busyPoll = busyPoll
         config.logger = NBDLogger(level: logLevel)
         server = try NBDServer(config)
         socketPath = dir.file("nbd.sock")

@@ -52,6 +52,38 @@ func pattern(_ count: Int, seed: UInt8) -> [UInt8] {
         #expect(c.closedByServer())
     }
 
+    /// Busy polling takes over from read() while a client streams: every byte it brings in
+    /// must count like read()'s, a quiet spell must end in a sleeping read that still wakes up,
+    /// and a bad request or a disconnect seen while polling ends the connection as usual.
+    @Test(arguments: [false, true])
+    func busyPollingConnectionServesStreamsQuietSpellsAndEndings(endWithGarbage: Bool) throws {
+        let s = try TestServer(busyPoll: .milliseconds(20))
+        let c = try RawClient(unixPath: s.socketPath)
+        try c.negotiate(structured: false)
+        // A stream: each request follows the previous reply at once, inside the poll window;
+        // lengths vary so requests straddle what one recv() returns.
+        for i in 0..<300 {
+            let length = 4096 * (1 + i % 3)
+            try c.request(.write, cookie: UInt64(i), offset: UInt64(i % 16) * 12288, length: UInt32(length),
+                          payload: pattern(length, seed: UInt8(truncatingIfNeeded: i)))
+            #expect(try c.simpleReply() == (0, UInt64(i)))
+        }
+        // Longer than the poll window: the server has gone back to sleeping in read().
+        usleep(50_000)
+        try c.request(.read, cookie: 1000, offset: 0, length: 4096)
+        #expect(try c.simpleReply() == (0, 1000))
+        #expect(try c.receive(4096) == pattern(4096, seed: UInt8(truncatingIfNeeded: 288)))  // the last write at 0
+        // Streaming again, then the end arrives while the server polls.
+        try c.request(.flush, cookie: 1001)
+        #expect(try c.simpleReply() == (0, 1001))
+        if endWithGarbage {
+            try c.send([UInt8](repeating: 0x58, count: 28))
+        } else {
+            try c.request(.disconnect, cookie: 1002)
+        }
+        #expect(c.closedByServer())
+    }
+
     @Test func structuredReadSendsHolesAndData() throws {
         let s = try TestServer()
         let c = try RawClient(unixPath: s.socketPath)
