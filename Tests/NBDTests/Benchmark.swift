@@ -34,14 +34,13 @@ private func restoreAffinity(_ mask: [UInt64]) {
 
 /// A RAM disk that also burns CPU like a compressor would: `writeCost` µs of thread CPU time per
 /// written 4 KiB page and a quarter of it per read page (lz4: ~8 µs to compress, ~2 to decompress).
-final class CostlyBackend: BlockBackend, @unchecked Sendable {
+final class CostlyBackend: WrappingBackend, @unchecked Sendable {
     let inner: MemoryBackend
     let writeCostNS: Int
     init(inner: MemoryBackend, writeCostMicroseconds: Int) {
         self.inner = inner
         writeCostNS = writeCostMicroseconds * 1000
     }
-    var size: UInt64 { inner.size }
     private func burn(_ ns: Int) {
         guard ns > 0 else { return }
         var t = timespec()
@@ -56,13 +55,6 @@ final class CostlyBackend: BlockBackend, @unchecked Sendable {
     func write(from buffer: UnsafeRawPointer, offset: UInt64, length: Int, fua: Bool) throws(NBDError) {
         burn(writeCostNS * max(1, length / 4096))
         try inner.write(from: buffer, offset: offset, length: length, fua: fua)
-    }
-    func trim(offset: UInt64, length: UInt64) throws(NBDError) { try inner.trim(offset: offset, length: length) }
-    func zero(offset: UInt64, length: UInt64, mayTrim: Bool, fast: Bool) throws(NBDError) {
-        try inner.zero(offset: offset, length: length, mayTrim: mayTrim, fast: fast)
-    }
-    func blockStatus(offset: UInt64, length: UInt64, _ body: (UInt64, ExtentFlags) -> Bool) throws(NBDError) {
-        try inner.blockStatus(offset: offset, length: length, body)
     }
 }
 

@@ -2,10 +2,33 @@ import Dispatch
 import NBD
 import Synchronization
 
+/// A test backend that adds behaviour around a MemoryBackend: everything it does not define
+/// itself goes straight to `inner` (flush and cache keep BlockBackend's defaults).
+protocol WrappingBackend: BlockBackend {
+    var inner: MemoryBackend { get }
+}
+
+extension WrappingBackend {
+    var size: UInt64 { inner.size }
+    func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int) throws(NBDError) {
+        try inner.read(into: buffer, offset: offset, length: length)
+    }
+    func write(from buffer: UnsafeRawPointer, offset: UInt64, length: Int, fua: Bool) throws(NBDError) {
+        try inner.write(from: buffer, offset: offset, length: length, fua: fua)
+    }
+    func trim(offset: UInt64, length: UInt64) throws(NBDError) { try inner.trim(offset: offset, length: length) }
+    func zero(offset: UInt64, length: UInt64, mayTrim: Bool, fast: Bool) throws(NBDError) {
+        try inner.zero(offset: offset, length: length, mayTrim: mayTrim, fast: fast)
+    }
+    func blockStatus(offset: UInt64, length: UInt64, _ body: (UInt64, ExtentFlags) -> Bool) throws(NBDError) {
+        try inner.blockStatus(offset: offset, length: length, body)
+    }
+}
+
 /// Wraps a MemoryBackend; a read at `heldOffset` waits inside the backend until the test calls
 /// `releaseHeld()`, which forces replies out of order when requests run concurrently. It also
 /// counts reads, and can be told to wait on `gate` inside every read (to keep requests in flight).
-final class GatedBackend: BlockBackend, @unchecked Sendable {
+final class GatedBackend: WrappingBackend, @unchecked Sendable {
     let inner: MemoryBackend
     let heldOffset: UInt64?
     private let release = DispatchSemaphore(value: 0)
@@ -22,8 +45,6 @@ final class GatedBackend: BlockBackend, @unchecked Sendable {
 
     func releaseHeld() { release.signal() }
 
-    var size: UInt64 { inner.size }
-
     func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int) throws(NBDError) {
         readsStarted.add(1, ordering: .sequentiallyConsistent)
         if let gate, gate.wait(timeout: .now() + 20) == .timedOut {
@@ -35,17 +56,6 @@ final class GatedBackend: BlockBackend, @unchecked Sendable {
             }
         }
         try inner.read(into: buffer, offset: offset, length: length)
-    }
-
-    func write(from buffer: UnsafeRawPointer, offset: UInt64, length: Int, fua: Bool) throws(NBDError) {
-        try inner.write(from: buffer, offset: offset, length: length, fua: fua)
-    }
-    func trim(offset: UInt64, length: UInt64) throws(NBDError) { try inner.trim(offset: offset, length: length) }
-    func zero(offset: UInt64, length: UInt64, mayTrim: Bool, fast: Bool) throws(NBDError) {
-        try inner.zero(offset: offset, length: length, mayTrim: mayTrim, fast: fast)
-    }
-    func blockStatus(offset: UInt64, length: UInt64, _ body: (UInt64, ExtentFlags) -> Bool) throws(NBDError) {
-        try inner.blockStatus(offset: offset, length: length, body)
     }
 }
 
