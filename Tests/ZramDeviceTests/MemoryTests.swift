@@ -16,13 +16,13 @@ struct MemoryTests {
         _ = try Corpus.prepare()       // built here, not inside the measurement
         var template = Array("/tmp/zramnbd-memtest-XXXXXX".utf8CString)
         let dir = try #require(template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }.map { String(cString: $0) })
-        defer { unlink(dir + "/probe.txt"); unlink(dir + "/output.txt"); rmdir(dir) }
+        defer { unlink(dir + "/probe.txt"); unlink(dir + "/output.stdout"); unlink(dir + "/output.stderr"); rmdir(dir) }
 
-        let status = try spawnSelf(filter: "MemoryProbe", environment: ["ZRAMNBD_MEMORY_PROBE=" + dir + "/probe.txt"],
-                                   output: dir + "/output.txt")
-        let report = readFile(dir + "/probe.txt")
-        if status != 0 || report.isEmpty { print(readFile(dir + "/output.txt")) }
-        #expect(status == 0)
+        let probe = try runSelf(filter: "MemoryProbe", environment: ["ZRAMNBD_MEMORY_PROBE": dir + "/probe.txt"],
+                                outputPrefix: dir + "/output")
+        let report = Subprocess.readFile(dir + "/probe.txt")
+        if !probe.succeeded || report.isEmpty { print(probe.stdout + probe.stderr) }
+        #expect(probe.succeeded, "\(probe.termination)")
         var v: [String: Int] = [:]
         for line in report.split(separator: "\n") {
             let kv = line.split(separator: "=")
@@ -90,49 +90,13 @@ private func now() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
-func readFile(_ path: String) -> String {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return "" }
-    defer { close(fd) }
-    var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-        if n <= 0 { break }
-        out += buf[..<n]
-    }
-    return String(decoding: out, as: UTF8.self)
-}
-
-/// Runs this test binary again with Swift Testing filtered to `filter`, output to a file; returns
-/// the exit status. posix_spawn resets the signal mask (swift.md §5).
-func spawnSelf(filter: String, environment extra: [String], output: String) throws -> Int32 {
+/// Runs this test binary again with Swift Testing filtered to `filter` (Subprocess resets the
+/// signal mask, swift.md §5).
+func runSelf(filter: String, environment: [String: String], outputPrefix: String) throws -> CommandResult {
     var exe = [CChar](repeating: 0, count: 4096)
     let n = readlink("/proc/self/exe", &exe, exe.count - 1)
     try #require(n > 0)
     let path = String(decoding: exe[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    let argv = [path, "--testing-library", "swift-testing", "--filter", filter]
-    var env: [String] = []
-    var e = environ
-    while let p = e.pointee { env.append(String(cString: p)); e += 1 }
-    env += extra
-
-    var attr = posix_spawnattr_t()
-    posix_spawnattr_init(&attr)
-    defer { posix_spawnattr_destroy(&attr) }
-    resetSignals(in: &attr)
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    let cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
-    let cenv: [UnsafeMutablePointer<CChar>?] = env.map { strdup($0) } + [nil]
-    defer { cargs.forEach { free($0) }; cenv.forEach { free($0) } }
-    var pid: pid_t = 0
-    let rc = posix_spawn(&pid, path, &actions, &attr, cargs, cenv)
-    try #require(rc == 0, "posix_spawn: \(rc)")
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    return try Subprocess.run([path, "--testing-library", "swift-testing", "--filter", filter],
+                              outputPrefix: outputPrefix, environment: environment, timeout: .seconds(600))
 }
