@@ -37,16 +37,7 @@ enum Sockets {
         }
         let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? ""
         if !dir.isEmpty { try FileSystem.makeDirectories(dir) }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .errno("socket") }
-        let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard ok == 0 else {
-            let e = errno
-            close(fd)
-            throw .system("bind \(path)", errno: e)
-        }
+        let fd = try unixSocket(&addr, "bind \(path)", bind)
         // Tighten before listen(): nobody can connect until the socket listens.
         guard chmod(path, mode) == 0, listen(fd, 64) == 0 else {
             let e = errno
@@ -59,15 +50,22 @@ enum Sockets {
 
     static func connectUnix(_ path: String) throws(DaemonError) -> Int32 {
         var addr = try unixAddress(path)
+        return try unixSocket(&addr, "connect \(path)", connect)
+    }
+
+    /// A new unix stream socket on which `call` (bind or connect) was made with `addr`; on
+    /// failure it is closed and the error names `what`.
+    private static func unixSocket(_ addr: inout sockaddr_un, _ what: String,
+                                   _ call: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) throws(DaemonError) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .errno("socket") }
         let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard ok == 0 else {
             let e = errno
             close(fd)
-            throw .system("connect \(path)", errno: e)
+            throw .system(what, errno: e)
         }
         return fd
     }
