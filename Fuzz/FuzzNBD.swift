@@ -1,8 +1,14 @@
-// libFuzzer entry for the NBD wire parsers: the handshake (client flags, option headers and
-// payloads through the Negotiation state machine) and transmission requests (header parsing and
-// validation). Built by scripts/fuzz.sh together with Sources/NBD/*.swift into one module, so it
-// sees internal API too. Every reply the state machine produces is checked for framing, and every
-// accepted request against the export bounds; a violation traps, which libFuzzer reports.
+// libFuzzer entry for the NBD module: the handshake (client flags, option headers and payloads
+// through the Negotiation state machine), transmission requests (header parsing and validation),
+// and the shipped connection engine itself, fed the input as a client's byte stream over a pipe
+// against a RAM disk. Built by scripts/fuzz.sh together with Sources/NBD/*.swift into one module,
+// so it sees internal API too. Every reply the state machine produces is checked for framing, every
+// accepted request against the export bounds, and every reply the engine sends for framing and
+// cookies; a violation traps, which libFuzzer reports.
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // Exports the fuzzer negotiates against, made once.
 nonisolated(unsafe) private var catalog: ExportCatalog?
@@ -87,10 +93,13 @@ private func fuzzRequests(_ input: ArraySlice<UInt8>) {
             at += Wire.requestSize
             guard let h = RequestHeader.parse(p) else { continue }
             switch rules.validate(h) {
-            case .failure(let r):
-                precondition(r.errno != .enotsup, "ENOTSUP outside FAST_ZERO")
-                if r.disconnect { precondition(h.type == CommandType.write.rawValue) }
-            case .success(let c):
+            case .refuse(let errno, _):
+                precondition(errno != .enotsup, "ENOTSUP outside FAST_ZERO")
+            case .hangUp:
+                precondition(h.type == CommandType.write.rawValue)
+            case .disconnect:
+                precondition(h.type == CommandType.disconnect.rawValue)
+            case .serve(let c):
                 switch c {
                 case .read(let o, let l, _), .write(let o, let l, _):
                     precondition(l > 0 && l <= Int(rules.maxPayload))
@@ -102,7 +111,7 @@ private func fuzzRequests(_ input: ArraySlice<UInt8>) {
                 case .cache(let o, let l), .blockStatus(let o, let l, _):
                     precondition(l > 0 && o <= size && l <= size - o)
                     if case .blockStatus = c { precondition(structured && rules.metaContextID != nil) }
-                case .flush, .disconnect:
+                case .flush:
                     break
                 }
             }
@@ -117,14 +126,91 @@ private func fuzzRequests(_ input: ArraySlice<UInt8>) {
     }
 }
 
+/// The bytes as one client's request stream into the engine that ships; checks that what comes
+/// back is a sequence of well-framed replies. The stream ends at EOF, DISC or a protocol error.
+private func fuzzEngine(_ input: ArraySlice<UInt8>) {
+    guard let mode = input.first else { return }
+    let export = makeCatalog().exports[Int(mode & 1)]
+    let session = Session(export: export, structuredReplies: mode & 2 != 0,
+                          metaContextID: mode & 6 == 6 ? MetaContext.baseAllocationID : nil)
+    var toEngine: [Int32] = [0, 0], fromEngine: [Int32] = [0, 0]
+    guard pipe(&toEngine) == 0 else { return }
+    guard pipe(&fromEngine) == 0 else { close(toEngine[0]); close(toEngine[1]); return }
+    defer { close(fromEngine[0]) }
+    // Fuzz inputs are small: the whole stream fits the pipe, so writing cannot block.
+    let stream = Array(input.dropFirst().prefix(60_000))
+    let written = stream.withUnsafeBytes { write(toEngine[1], $0.baseAddress, $0.count) }
+    precondition(stream.isEmpty || written == stream.count)
+    close(toEngine[1])
+    // Replies go through a pipe drained by the fuzzer thread after the engine stops; to never
+    // block the engine, the read end is emptied on a second thread meanwhile.
+    let drained = UnsafeMutablePointer<[UInt8]>.allocate(capacity: 1)
+    drained.initialize(to: [])
+    defer { drained.deinitialize(count: 1); drained.deallocate() }
+    let reader = fromEngine[0]
+    var thread = pthread_t()
+    let box = Unmanaged.passRetained(DrainJob(fd: reader, out: drained)).toOpaque()
+    precondition(pthread_create(&thread, nil, { raw in
+        let job = Unmanaged<DrainJob>.fromOpaque(raw!).takeRetainedValue()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(job.fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            job.out.pointee += chunk[0..<n]
+        }
+        return nil
+    }, box) == 0)
+    let engine = ConnectionEngine(inFD: toEngine[0], outFD: fromEngine[1], session: session, maxInFlight: 8, log: .disabled)
+    _ = engine.run()
+    close(toEngine[0])
+    close(fromEngine[1])
+    pthread_join(thread, nil)
+    checkTransmissionReplies(drained.pointee, structured: session.structuredReplies)
+}
+
+private final class DrainJob {
+    let fd: Int32
+    let out: UnsafeMutablePointer<[UInt8]>
+    init(fd: Int32, out: UnsafeMutablePointer<[UInt8]>) {
+        self.fd = fd
+        self.out = out
+    }
+}
+
+/// Without structured replies a READ's data follows its simple reply and cannot be told apart
+/// without the requests, so only the first reply is checked. With them, READ data only travels
+/// in chunks, so the stream is walked reply by reply: 16-byte simple replies and chunks.
+private func checkTransmissionReplies(_ bytes: [UInt8], structured: Bool) {
+    func be32(_ i: Int) -> UInt32 { bytes[i..<(i + 4)].reduce(UInt32(0)) { $0 << 8 | UInt32($1) } }
+    guard !bytes.isEmpty else { return }
+    precondition(bytes.count >= Wire.simpleReplySize, "truncated reply")
+    guard structured else {
+        precondition(be32(0) == Wire.simpleReplyMagic, "bad simple reply magic")
+        return
+    }
+    var i = 0
+    while i < bytes.count {
+        precondition(bytes.count - i >= Wire.simpleReplySize, "truncated reply")
+        if be32(i) == Wire.simpleReplyMagic {
+            i += Wire.simpleReplySize
+            continue
+        }
+        precondition(be32(i) == Wire.structuredReplyMagic, "bad reply magic")
+        precondition(bytes.count - i >= Wire.chunkHeaderSize, "truncated chunk header")
+        let length = Int(be32(i + 16))
+        precondition(bytes.count - i - Wire.chunkHeaderSize >= length, "chunk length overruns")
+        i += Wire.chunkHeaderSize + length
+    }
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     guard size > 0 else { return 0 }
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
-    if bytes[0] & 1 == 0 {
-        fuzzNegotiation(bytes.dropFirst())
-    } else {
-        fuzzRequests(bytes.dropFirst())
+    switch bytes[0] % 3 {
+    case 0: fuzzNegotiation(bytes.dropFirst())
+    case 1: fuzzRequests(bytes.dropFirst())
+    default: fuzzEngine(bytes.dropFirst())
     }
     return 0
 }

@@ -21,8 +21,8 @@ public struct BackendCapabilities: OptionSet, Sendable, Hashable {
 }
 
 /// A block device the server exports. Implementations must be thread-safe: the server calls
-/// them concurrently from several threads (requests of one connection run in parallel, and
-/// many connections share a backend). Offsets and lengths are validated against `size` before
+/// them concurrently from several threads (each connection runs on its own thread, and many
+/// connections share a backend). Offsets and lengths are validated against `size` before
 /// any call. Errors are `NBDError.request(errno, message:)`; the message reaches clients that
 /// negotiated structured replies.
 public protocol BlockBackend: AnyObject, Sendable {
@@ -32,6 +32,12 @@ public protocol BlockBackend: AnyObject, Sendable {
 
     /// Fills `length` bytes at `buffer` with the contents at `offset`.
     func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int) throws(NBDError)
+    /// `read`, except that ranges the backend knows read as zeros may be left unfilled and
+    /// reported instead: `zero(start, length)`, `start` relative to `buffer`, in ascending order,
+    /// not overlapping. Structured READs send those ranges as OFFSET_HOLE chunks, so a backend
+    /// with `.extents` answers them in the same pass that reads the data.
+    func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int,
+              reportingZeroes zero: (_ start: Int, _ length: Int) -> Void) throws(NBDError)
     /// Stores `length` bytes from `buffer` at `offset`; with `fua` it is durable before returning.
     func write(from buffer: UnsafeRawPointer, offset: UInt64, length: Int, fua: Bool) throws(NBDError)
     /// The range is no longer needed; it may read back as anything until rewritten (we free it).
@@ -53,6 +59,10 @@ public protocol BlockBackend: AnyObject, Sendable {
 
 extension BlockBackend {
     public var capabilities: BackendCapabilities { .all }
+    public func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int,
+                     reportingZeroes zero: (_ start: Int, _ length: Int) -> Void) throws(NBDError) {
+        try read(into: buffer, offset: offset, length: length)
+    }
     public func flush() throws(NBDError) {}
     public func cache(offset: UInt64, length: UInt64) throws(NBDError) {}
     public func blockStatus(offset: UInt64, length: UInt64,

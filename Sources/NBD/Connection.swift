@@ -1,5 +1,6 @@
-// One client from hello to close: carries out the Negotiation's steps on the socket, then hands
-// the socket to a Transmission.
+// One client from hello to close, on its own thread: drives the Negotiation on the socket (the
+// machine decides, this file does the I/O and the logging), then hands the socket to a
+// ConnectionEngine.
 
 #if canImport(Glibc)
 import Glibc
@@ -38,11 +39,10 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
                 if stopRequested { _ = shutdown(inFD, Int32(SHUT_RD)) }
             }
             IO.enlargeUnixSendBuffer(outFD)
-            let transmission = Transmission(inFD: inFD, outFD: outFD, session: session,
-                                            model: server.configuration.execution, pool: server.pool,
-                                            maxInFlight: server.configuration.maxInFlight,
-                                            busyPoll: server.configuration.busyPoll, log: log)
-            reason = transmission.run()
+            let engine = ConnectionEngine(inFD: inFD, outFD: outFD, session: session,
+                                          maxInFlight: server.configuration.maxInFlight,
+                                          busyPoll: server.configuration.busyPoll, log: log)
+            reason = engine.run()
         } else {
             reason = "negotiation ended"
         }
@@ -78,27 +78,24 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
 
     private func negotiate() -> Session? {
         guard IO.writeFully(outFD, Negotiation.hello) else { return nil }
-        var negotiation = Negotiation(catalog: server.configuration.catalog, limits: server.configuration.limits,
-                                      logger: log)
+        var negotiation = Negotiation(catalog: server.configuration.catalog, limits: server.configuration.limits)
+        var stopping = false
         var graceDeadline: timespec?
         var next = Negotiation.Next.readClientFlags
         while true {
-            let step: Negotiation.Step
             switch next {
-            case .readClientFlags:
-                guard let b = receive(4, &negotiation, &graceDeadline) else { return nil }
-                step = negotiation.receiveClientFlags(b.withUnsafeBytes { UnsafeRawPointer($0.baseAddress!).loadBE(UInt32.self, at: 0) })
-            case .readOptionHeader:
-                guard let b = receive(Wire.optionHeaderSize, &negotiation, &graceDeadline) else { return nil }
-                step = negotiation.receiveOptionHeader(b[...])
-            case .readOptionPayload(let n):
-                guard let b = receive(n, &negotiation, &graceDeadline) else { return nil }
-                step = negotiation.receiveOptionPayload(b[...])
             case .transmission(let session):
                 return session
-            case .close:
+            case .close(let reason):
+                log.info("\(label): closing during negotiation: \(reason)")
                 return nil
+            case .readClientFlags, .readOptionHeader, .readOptionPayload:
+                break
             }
+            guard let count = next.byteCount,
+                  let bytes = receive(count, &negotiation, &stopping, &graceDeadline) else { return nil }
+            let step = negotiation.receive(bytes[...])
+            for line in step.log { log.debug(line) }
             if !step.reply.isEmpty && !IO.writeFully(outFD, step.reply) {
                 log.info("\(label): client went away during negotiation")
                 return nil
@@ -109,13 +106,14 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
 
     /// Reads exactly `count` bytes while watching for a server stop; nil on EOF, error, or when
     /// the grace period after a stop runs out.
-    private func receive(_ count: Int, _ negotiation: inout Negotiation, _ graceDeadline: inout timespec?) -> [UInt8]? {
+    private func receive(_ count: Int, _ negotiation: inout Negotiation, _ stopping: inout Bool,
+                         _ graceDeadline: inout timespec?) -> [UInt8]? {
         var bytes = [UInt8](repeating: 0, count: count)
         var got = 0
         while got < count {
             var fds = [pollfd(fd: inFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: server.stopSignalFD, events: Int16(POLLIN), revents: 0)]
-            let watched: nfds_t = negotiation.shuttingDown ? 1 : 2
+            let watched: nfds_t = stopping ? 1 : 2
             let timeout = graceDeadline.map { Clock.millisecondsUntil($0) } ?? -1
             let r = poll(&fds, watched, timeout)
             if r < 0 {
@@ -127,7 +125,8 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
                 return nil
             }
             if watched == 2 && fds[1].revents != 0 {
-                negotiation.beginShutdown()
+                stopping = true
+                for line in negotiation.beginShutdown().log { log.debug(line) }
                 graceDeadline = Clock.deadline(after: server.configuration.stopGrace.seconds)
                 continue
             }

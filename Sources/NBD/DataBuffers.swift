@@ -3,13 +3,13 @@ import Glibc
 #endif
 import Synchronization
 
-/// Request data buffers of 4 KiB...256 KiB (powers of two), shared by every connection. Jobs live
+/// Request data buffers of 4 KiB...256 KiB (powers of two), shared by every connection. Reply buffers live
 /// as long as their connection, and clients such as nbdcopy open four fresh connections per run:
 /// without sharing, every request of a short-lived connection would fault in new pages (and free
 /// them with munmap and TLB shootdowns) — a third of a read-back's time.
 enum DataBuffers {
     static let smallest = 4096
-    static let largest = Job.retainedDataCapacity
+    static let largest = ReplyBuffer.retainedDataCapacity
     /// Idle buffers kept for reuse, in bytes; beyond it they go back to malloc.
     static let cacheLimit = 32 << 20
 

@@ -8,7 +8,7 @@ import Glibc
 /// Concurrent overlapping writes race on the bytes, as NBD allows; nothing else is shared.
 public final class MemoryBackend: BlockBackend, @unchecked Sendable {
     public static let pageSize = 4096
-    private enum PageState: UInt8 {
+    private enum Allocation: UInt8 {
         case hole = 0  // never written, or trimmed
         case zero = 1  // zeroed with NO_HOLE
         case data = 2
@@ -36,7 +36,7 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
         base = p
         pageCount = Int(rounded / pageSize)
         pages = .allocate(capacity: pageCount)
-        pages.initialize(repeating: PageState.hole.rawValue, count: pageCount)
+        pages.initialize(repeating: Allocation.hole.rawValue, count: pageCount)
     }
 
     deinit {
@@ -46,6 +46,23 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
 
     public func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int) throws(NBDError) {
         buffer.copyMemory(from: base + Int(offset), byteCount: length)
+    }
+
+    /// Pages never written, trimmed or zeroed are reported instead of copied.
+    public func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int,
+                     reportingZeroes zero: (_ start: Int, _ length: Int) -> Void) throws(NBDError) {
+        let o = Int(offset)
+        var position = 0
+        while position < length {
+            let page = (o + position) / MemoryBackend.pageSize
+            let n = min(MemoryBackend.pageSize - (o + position) % MemoryBackend.pageSize, length - position)
+            if pages[page] == Allocation.data.rawValue {
+                (buffer + position).copyMemory(from: base + o + position, byteCount: n)
+            } else {
+                zero(position, n)
+            }
+            position += n
+        }
     }
 
     public func write(from buffer: UnsafeRawPointer, offset: UInt64, length: Int, fua: Bool) throws(NBDError) {
@@ -83,7 +100,7 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
             var next = page + 1
             while next < pageCount && pages[next] == state && UInt64(next * MemoryBackend.pageSize) < end { next += 1 }
             let runEnd = min(UInt64(next * MemoryBackend.pageSize), end)
-            let flags = switch PageState(rawValue: state) {
+            let flags = switch Allocation(rawValue: state) {
             case .hole: ExtentFlags.unallocated
             case .zero: ExtentFlags.zero
             case .data, nil: ExtentFlags.data
@@ -101,13 +118,13 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
         return (first, max(first, last))
     }
 
-    private func release(_ first: Int, _ last: Int, as state: PageState) {
+    private func release(_ first: Int, _ last: Int, as state: Allocation) {
         guard first < last else { return }
         _ = madvise(base + first * MemoryBackend.pageSize, (last - first) * MemoryBackend.pageSize, MADV_DONTNEED)
         mark(state, from: first, to: last)
     }
 
-    private func mark(_ state: PageState, from first: Int, to last: Int) {
+    private func mark(_ state: Allocation, from first: Int, to last: Int) {
         (pages + first).update(repeating: state.rawValue, count: last - first)
     }
 }

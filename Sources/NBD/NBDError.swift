@@ -30,23 +30,25 @@ public struct NBDErrno: RawRepresentable, Hashable, Sendable, CustomStringConver
         }
     }
 
-    /// The one errno map (nbdkit's nbd_errno()): a host errno to the NBD error a client sees.
-    /// ENOTSUP is only legal as an answer to FAST_ZERO and EOVERFLOW only to DF reads; everywhere
-    /// else they, and anything unknown, become EINVAL.
+    /// The one errno map (nbdkit's nbd_errno()): a host errno to the NBD error a client sees,
+    /// restricted to what the request may legally receive.
     public static func fromHost(_ error: Int32, flags: CommandFlags = []) -> NBDErrno {
+        let e: NBDErrno
         switch error {
-        case EROFS, EPERM: return .eperm
-        case EIO: return .eio
-        case ENOMEM: return .enomem
-        case EDQUOT, EFBIG, ENOSPC: return .enospc
-        case ESHUTDOWN: return .eshutdown
-        case ENOTSUP: return flags.contains(.fastZero) ? .enotsup : .einval
-        case EOVERFLOW: return flags.contains(.dontFragment) ? .eoverflow : .einval
-        default: return .einval
+        case EROFS, EPERM: e = .eperm
+        case EIO: e = .eio
+        case ENOMEM: e = .enomem
+        case EDQUOT, EFBIG, ENOSPC: e = .enospc
+        case ESHUTDOWN: e = .eshutdown
+        case ENOTSUP: e = .enotsup
+        case EOVERFLOW: e = .eoverflow
+        default: e = .einval
         }
+        return e.legal(for: flags)
     }
 
-    /// Restricts an error a backend threw to the ones the request may legally receive.
+    /// The one legality rule: ENOTSUP only answers FAST_ZERO and EOVERFLOW only DF reads;
+    /// everywhere else they, and anything unknown, become EINVAL.
     func legal(for flags: CommandFlags) -> NBDErrno {
         switch self {
         case .enotsup: return flags.contains(.fastZero) ? .enotsup : .einval

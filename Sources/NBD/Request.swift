@@ -46,7 +46,6 @@ public struct RequestHeader: Sendable, Equatable {
 public enum Command: Sendable, Equatable {
     case read(offset: UInt64, length: Int, dontFragment: Bool)
     case write(offset: UInt64, length: Int, fua: Bool)
-    case disconnect
     case flush
     case trim(offset: UInt64, length: UInt64, fua: Bool)
     case cache(offset: UInt64, length: UInt64)
@@ -54,18 +53,16 @@ public enum Command: Sendable, Equatable {
     case blockStatus(offset: UInt64, length: UInt64, reqOne: Bool)
 }
 
-/// Why a request is refused, and what that costs the connection.
-public struct Rejection: Sendable, Equatable, Error {
-    public var errno: NBDErrno
-    public var message: String
-    /// Drop the connection instead of replying (bad magic, a payload too big to skip).
-    public var disconnect: Bool
-
-    public init(_ errno: NBDErrno, _ message: String, disconnect: Bool = false) {
-        self.errno = errno
-        self.message = message
-        self.disconnect = disconnect
-    }
+/// What the connection does with a request header (nbdkit's validate_request and its callers).
+public enum RequestVerdict: Sendable, Equatable {
+    /// Serve it.
+    case serve(Command)
+    /// Answer with this error (and message, with structured replies); the connection stays.
+    case refuse(NBDErrno, String)
+    /// NBD_CMD_DISC: answer what is in flight, then close.
+    case disconnect
+    /// Close without replying: a WRITE whose payload is too big to read and throw away.
+    case hangUp(String)
 }
 
 /// Everything validation needs to know about the connection.
@@ -76,7 +73,7 @@ public struct RequestRules: Sendable {
     public var metaContextID: UInt32?
     /// Largest READ/WRITE served (above the advertised maximum, for clients that did not ask).
     public var maxPayload: UInt32 = BlockSize.acceptedPayload
-    /// A rejected WRITE's payload up to this size is read and thrown away; a bigger one drops the
+    /// A refused WRITE's payload up to this size is read and thrown away; a bigger one drops the
     /// connection (nbdkit: twice the maximum request).
     public var maxDiscard: UInt64
 
@@ -99,94 +96,94 @@ public struct RequestRules: Sendable {
 
     /// Checks `h` against the protocol and the export; the order follows nbdkit so that errno
     /// values match it (read-only first, then range, then flags, then capabilities).
-    public func validate(_ h: RequestHeader) -> Result<Command, Rejection> {
+    public func validate(_ h: RequestHeader) -> RequestVerdict {
         // Hot path: nothing here may allocate unless the request is refused.
         var name: String { CommandType.name(h.type) }
         let type = CommandType(rawValue: h.type)
 
         // A WRITE whose payload we refuse to skip costs the connection, whatever else is wrong.
         if type == .write && UInt64(h.length) > maxDiscard {
-            return .failure(Rejection(.einval, "\(name) of \(h.length) bytes is too large to accept", disconnect: true))
+            return .hangUp("\(name) of \(h.length) bytes is too large to accept")
         }
-        guard let type else { return .failure(Rejection(.einval, "unknown \(name)")) }
-        if type == .disconnect { return .success(.disconnect) }
+        guard let type else { return .refuse(.einval, "unknown \(name)") }
+        if type == .disconnect { return .disconnect }
 
         if flags.contains(.readOnly) && (type == .write || type == .trim || type == .writeZeroes) {
-            return .failure(Rejection(.eperm, "\(name) on a read-only export"))
+            return .refuse(.eperm, "\(name) on a read-only export")
         }
 
         switch type {
         case .read, .write, .trim, .cache, .writeZeroes, .blockStatus:
             if h.length == 0 {
-                return .failure(Rejection(.einval, "\(name) with length 0"))
+                return .refuse(.einval, "\(name) with length 0")
             }
             // offset + length may overflow u64, so compare without adding.
             if h.offset > size || UInt64(h.length) > size - h.offset {
                 let errno: NBDErrno = (type == .write || type == .writeZeroes) ? .enospc : .einval
-                return .failure(Rejection(errno, "\(name) out of range: offset \(h.offset) + length \(h.length) > size \(size)"))
+                return .refuse(errno, "\(name) out of range: offset \(h.offset) + length \(h.length) > size \(size)")
             }
         case .flush:
             if h.offset != 0 || h.length != 0 {
-                return .failure(Rejection(.einval, "\(name) needs offset and length 0"))
+                return .refuse(.einval, "\(name) needs offset and length 0")
             }
         case .disconnect:
             break
         }
 
         if !h.flags.subtracting(RequestRules.knownFlags).isEmpty {
-            return .failure(Rejection(.einval, "\(name): unknown flags 0x\(String(h.flags.rawValue, radix: 16))"))
+            return .refuse(.einval, "\(name): unknown flags 0x\(String(h.flags.rawValue, radix: 16))")
         }
         if h.flags.contains(.noHole) && type != .writeZeroes {
-            return .failure(Rejection(.einval, "\(name): NO_HOLE needs NBD_CMD_WRITE_ZEROES"))
+            return .refuse(.einval, "\(name): NO_HOLE needs NBD_CMD_WRITE_ZEROES")
         }
         if h.flags.contains(.fastZero) && type != .writeZeroes {
-            return .failure(Rejection(.einval, "\(name): FAST_ZERO needs NBD_CMD_WRITE_ZEROES"))
+            return .refuse(.einval, "\(name): FAST_ZERO needs NBD_CMD_WRITE_ZEROES")
         }
         if h.flags.contains(.dontFragment) && (type != .read || !structuredReplies) {
-            return .failure(Rejection(.einval, "\(name): DF needs NBD_CMD_READ with structured replies"))
+            return .refuse(.einval, "\(name): DF needs NBD_CMD_READ with structured replies")
         }
         if h.flags.contains(.reqOne) && type != .blockStatus {
-            return .failure(Rejection(.einval, "\(name): REQ_ONE needs NBD_CMD_BLOCK_STATUS"))
+            return .refuse(.einval, "\(name): REQ_ONE needs NBD_CMD_BLOCK_STATUS")
         }
         if h.flags.contains(.fua) && !flags.contains(.sendFUA) {
-            return .failure(Rejection(.einval, "\(name): FUA was not offered"))
+            return .refuse(.einval, "\(name): FUA was not offered")
         }
         if h.flags.contains(.fastZero) && !flags.contains(.sendFastZero) {
-            return .failure(Rejection(.einval, "\(name): FAST_ZERO was not offered"))
+            return .refuse(.einval, "\(name): FAST_ZERO was not offered")
         }
         if (type == .read || type == .write) && h.length > maxPayload {
-            return .failure(Rejection(.einval, "\(name) of \(h.length) bytes exceeds the maximum payload \(maxPayload)"))
+            return .refuse(.einval, "\(name) of \(h.length) bytes exceeds the maximum payload \(maxPayload)")
         }
 
         let fua = h.flags.contains(.fua)
         switch type {
         case .read:
-            return .success(.read(offset: h.offset, length: Int(h.length), dontFragment: h.flags.contains(.dontFragment)))
+            return .serve(.read(offset: h.offset, length: Int(h.length), dontFragment: h.flags.contains(.dontFragment)))
         case .write:
-            return .success(.write(offset: h.offset, length: Int(h.length), fua: fua))
+            return .serve(.write(offset: h.offset, length: Int(h.length), fua: fua))
         case .disconnect:
-            return .success(.disconnect)
+            return .disconnect
         case .flush:
-            guard flags.contains(.sendFlush) else { return .failure(Rejection(.einval, "\(name) was not offered")) }
-            return .success(.flush)
+            guard flags.contains(.sendFlush) else { return .refuse(.einval, "\(name) was not offered") }
+            return .serve(.flush)
         case .trim:
-            guard flags.contains(.sendTrim) else { return .failure(Rejection(.einval, "\(name) was not offered")) }
-            return .success(.trim(offset: h.offset, length: UInt64(h.length), fua: fua))
+            guard flags.contains(.sendTrim) else { return .refuse(.einval, "\(name) was not offered") }
+            return .serve(.trim(offset: h.offset, length: UInt64(h.length), fua: fua))
         case .cache:
             // Some clients send CACHE without checking the flag; it is only a hint, so accept it.
-            return .success(.cache(offset: h.offset, length: UInt64(h.length)))
+            return .serve(.cache(offset: h.offset, length: UInt64(h.length)))
         case .writeZeroes:
-            guard flags.contains(.sendWriteZeroes) else { return .failure(Rejection(.einval, "\(name) was not offered")) }
-            return .success(.writeZeroes(offset: h.offset, length: UInt64(h.length), fua: fua,
+            guard flags.contains(.sendWriteZeroes) else { return .refuse(.einval, "\(name) was not offered") }
+            return .serve(.writeZeroes(offset: h.offset, length: UInt64(h.length), fua: fua,
                                          mayTrim: !h.flags.contains(.noHole), fast: h.flags.contains(.fastZero)))
         case .blockStatus:
             guard structuredReplies else {
-                return .failure(Rejection(.einval, "\(name) needs structured replies"))
+                return .refuse(.einval, "\(name) needs structured replies")
             }
             guard metaContextID != nil else {
-                return .failure(Rejection(.einval, "\(name) needs a meta context (NBD_OPT_SET_META_CONTEXT base:allocation)"))
+                return .refuse(.einval, "\(name) needs a meta context (NBD_OPT_SET_META_CONTEXT base:allocation)")
             }
-            return .success(.blockStatus(offset: h.offset, length: UInt64(h.length), reqOne: h.flags.contains(.reqOne)))
+            return .serve(.blockStatus(offset: h.offset, length: UInt64(h.length), reqOne: h.flags.contains(.reqOne)))
         }
     }
 }

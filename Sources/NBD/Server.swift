@@ -1,4 +1,13 @@
 // The NBD server: listens, accepts, runs one thread per connection, stops gracefully.
+//
+// The module's words: a *backend* (BlockBackend) is what an *export* serves; a *connection* is one
+// client from hello to close; *negotiation* is the handshake (Negotiation, a state machine); a
+// *request* is a 28-byte header plus payload, validated into a *command* (RequestRules); the
+// *handler* serves a command against the backend and encodes its *reply* (RequestHandler,
+// ReplyBuffer); the *engine* is a connection's data path after the handshake (ConnectionEngine).
+// A WRITE from the socket: ConnectionEngine.serve() reads a batch into its input buffer →
+// RequestHeader.parse → RequestRules.validate → RequestHandler.handle → BlockBackend.write; the
+// reply goes out with the batch's one writev in ConnectionEngine.send().
 
 #if canImport(Glibc)
 import Glibc
@@ -7,11 +16,7 @@ import Glibc
 public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable state is guarded by `registry`
     public struct Configuration: Sendable {
         public var catalog: ExportCatalog
-        /// Where requests run; see ExecutionModel and DESIGN.md.
-        public var execution: ExecutionModel = .inline
-        /// Threads of the shared worker pool (`.workers` / `.hybrid` only).
-        public var workerThreads: Int = Threads.onlineCPUs
-        /// Requests one connection may have in flight before the server stops reading from it.
+        /// Replies one connection batches before it sends them (and reads no further until then).
         public var maxInFlight: Int = 64
         /// Connections served at once; more are closed right after accept.
         public var maxConnections: Int = 256
@@ -32,7 +37,6 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
     }
 
     public let configuration: Configuration
-    let pool: WorkerPool?
     /// Becomes readable (EOF) when stop() begins; negotiating connections poll it.
     let stopSignalFD: Int32
     private var stopSignalWriteFD: Int32
@@ -52,17 +56,6 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
         stopSignalWriteFD = fds[1]
         // A client that vanishes must cost an EPIPE, not the process.
         signal(SIGPIPE, SIG_IGN)
-        if configuration.execution != .inline {
-            do {
-                pool = try WorkerPool(threads: max(1, configuration.workerThreads))
-            } catch {
-                close(fds[0])
-                close(fds[1])
-                throw error
-            }
-        } else {
-            pool = nil
-        }
     }
 
     deinit {
@@ -142,7 +135,6 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
         while !connections.isEmpty || acceptorRunning { registry.wait() }
         registry.unlock()
 
-        pool?.stop()
         registry.lock()
         stopped = true
         registry.broadcast()

@@ -1,5 +1,5 @@
 // The one file that wires ZramDevice (the page store) to the NBD server: one NBD export per
-// device, named after it, and the one map from page-store errors to NBD errors.
+// device, named after it, and page-store errors as the errno a block device returns.
 import NBD
 import ZramDevice
 #if canImport(Glibc)
@@ -11,14 +11,16 @@ extension ZramStore: BlockBackend {
     // pages (always cheaper than writing data), and every connection shares one store (multi-conn).
     var capabilities: BackendCapabilities { [.flush, .fua, .trim, .zero, .fastZero, .cache, .multiConn, .extents] }
 
-    /// The one errno map: what a client sees for each page-store error.
+    /// A page-store error as the host errno a block device would fail the request with; the
+    /// NBD module's errno map turns that into what the client sees.
     static func nbdError(_ e: ZramError) -> NBDError {
+        let hostErrno: Int32
         switch e {
-        case .noSpace: return .request(.enospc, message: describe(e))
-        case .outOfRange: return .request(.einval, message: describe(e))
-        case .ioError: return .request(.eio, message: describe(e))
-        default: return .request(.einval, message: describe(e))
+        case .noSpace: hostErrno = ENOSPC
+        case .ioError: hostErrno = EIO
+        case .outOfRange, .notInitialized, .busy, .invalidArgument: hostErrno = EINVAL
         }
+        return .request(NBDErrno.fromHost(hostErrno), message: describe(e))
     }
 
     func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int) throws(NBDError) {

@@ -11,8 +11,8 @@ import Testing
         let good: RawClient
         let data: [UInt8]
 
-        init(size: UInt64 = 16 << 20, execution: ExecutionModel = .hybrid, readOnly: Bool = false) throws {
-            server = try TestServer(size: size, readOnly: readOnly, execution: execution)
+        init(size: UInt64 = 16 << 20, readOnly: Bool = false) throws {
+            server = try TestServer(size: size, readOnly: readOnly)
             good = try RawClient(unixPath: server.socketPath)
             try good.negotiate(structured: false)
             data = readOnly ? [UInt8](repeating: 0, count: 4096) : pattern(4096, seed: 42)

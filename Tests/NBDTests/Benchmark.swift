@@ -4,11 +4,12 @@ import NBD
 import TestSupport
 import Testing
 
-// The execution-model benchmark behind Sources/NBD/DESIGN.md. Off by default (speed belongs in
+// The transport benchmark behind Sources/NBD/DESIGN.md: the shipped connection engine over a RAM
+// disk that burns compressor-like CPU, optionally beside nbdkit. Off by default (speed belongs in
 // benchmarks, not in the test suite). Run it on a release build, with nothing else busy:
 //   NBD_BENCH=1 swift test -c release --filter NBDBenchmark
 // Knobs: NBD_BENCH_SECONDS (per run, default 5), NBD_BENCH_SERVER_CPUS (default "1"),
-// NBD_BENCH_CLIENT_CPU (default "0"), NBD_BENCH_MODELS, NBD_BENCH_COSTS ("0,8" µs per written page),
+// NBD_BENCH_CLIENT_CPU (default "0"), NBD_BENCH_COSTS ("0,8" µs per written page),
 // NBD_BENCH_JOBS (fio jobs = connections, default 1), NBD_BENCH_REPEAT (interleaved runs, default 1),
 // NBD_BENCH_LOADS ("randread:1,randwrite:32", ...), NBD_BENCH_OUT (also write the table to this file),
 // NBD_BENCH_NBDKIT=1 to add nbdkit's memory plugin as the reference peer.
@@ -64,9 +65,6 @@ struct NBDBenchmark {
     var seconds: Int { Int(env["NBD_BENCH_SECONDS"] ?? "") ?? 5 }
     var serverCPUs: [Int] { (env["NBD_BENCH_SERVER_CPUS"] ?? "1").split(separator: ",").compactMap { Int($0) } }
     var clientCPU: String { env["NBD_BENCH_CLIENT_CPU"] ?? "0" }
-    var models: [ExecutionModel] {
-        (env["NBD_BENCH_MODELS"] ?? "inline,workers,hybrid").split(separator: ",").compactMap { ExecutionModel(rawValue: String($0)) }
-    }
     var costs: [Int] { (env["NBD_BENCH_COSTS"] ?? "0,8").split(separator: ",").compactMap { Int($0) } }
     /// NBD_BENCH_LOADS, e.g. "randread:1,randwrite:32"; default QD1/16/32 random reads and writes.
     var loads: [(rw: String, depth: Int)] {
@@ -123,9 +121,9 @@ struct NBDBenchmark {
         "| \(name) | " + results.map { String(format: "%.1fk (%.1f)", $0.0 / 1000, $0.1) }.joined(separator: " | ") + " |"
     }
 
-    /// One server per (model, cost) plus, optionally, nbdkit; every load is run on each of them in
-    /// turn, `repeats` times, so that noise from a shared machine hits all designs alike.
-    @Test func executionModels() throws {
+    /// One server per cost plus, optionally, nbdkit; every load is run on each of them in turn,
+    /// `repeats` times, so that noise from a shared machine hits all of them alike.
+    @Test func transport() throws {
         struct Target {
             let name: String
             let uri: String
@@ -142,20 +140,16 @@ struct NBDBenchmark {
             peer?.stop()
         }
         for cost in costs {
-            for model in models {
-                let backend = CostlyBackend(inner: try MemoryBackend(size: 256 << 20), writeCostMicroseconds: cost)
-                var config = NBDServer.Configuration(catalog: try ExportCatalog([Export(name: "b", backend: backend)], defaultExport: "b"))
-                config.execution = model
-                config.workerThreads = max(2, serverCPUs.count)
-                let old = pinCurrentThread(to: serverCPUs)
-                let server = try NBDServer(config)
-                let path = dir.file("\(model.rawValue)-\(cost).sock")
-                try server.listen(on: [.unix(path: path)])
-                restoreAffinity(old)
-                servers.append(server)
-                targets.append(Target(name: "\(model.rawValue), cost \(cost) µs", uri: "nbd+unix:///?socket=\(path)",
-                                      pid: nil, results: []))
-            }
+            let backend = CostlyBackend(inner: try MemoryBackend(size: 256 << 20), writeCostMicroseconds: cost)
+            let config = NBDServer.Configuration(catalog: try ExportCatalog([Export(name: "b", backend: backend)], defaultExport: "b"))
+            let old = pinCurrentThread(to: serverCPUs)
+            let server = try NBDServer(config)
+            let path = dir.file("engine-\(cost).sock")
+            try server.listen(on: [.unix(path: path)])
+            restoreAffinity(old)
+            servers.append(server)
+            targets.append(Target(name: "zramnbd engine, cost \(cost) µs", uri: "nbd+unix:///?socket=\(path)",
+                                  pid: nil, results: []))
         }
         if env["NBD_BENCH_NBDKIT"] != nil {
             let sock = dir.file("nbdkit.sock")

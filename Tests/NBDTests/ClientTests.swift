@@ -143,12 +143,10 @@ func run(_ argv: [String], in dir: TempDir, _ name: String) throws -> CommandRes
         #expect(compare.stdout.contains("Images are identical"))
     }
 
-    /// 16 writes then 16 reads in flight at once; the first read is held inside the backend until
-    /// the other 15 have been answered, so completion order must differ from submission order.
-    @Test func libnbdAioBurstQD16CompletesOutOfOrder() throws {
-        let inner = try MemoryBackend(size: 1 << 20)
-        let gated = GatedBackend(inner: inner, heldOffset: 0)
-        let s = try TestServer(execution: .workers, backend: gated)
+    /// 16 writes then 16 reads in flight at once through libnbd's asynchronous API: the engine
+    /// takes them as batches, answers every one, and the data reads back.
+    @Test func libnbdAioBurstQD16AllComplete() throws {
+        let s = try TestServer()
         let c = try LibNBD()
         try c.check(nbd_connect_unix(c.h, s.socketPath))
 
@@ -178,16 +176,9 @@ func run(_ argv: [String], in dir: TempDir, _ name: String) throws -> CommandRes
         var order: [Int64] = []
         try c.poll(until: {
             order += (try? c.retireCompleted()) ?? []
-            return order.count == 15
-        })
-        #expect(!order.contains(reads[0]))
-        gated.releaseHeld()
-        try c.poll(until: {
-            order += (try? c.retireCompleted()) ?? []
             return order.count == 16
         })
-        #expect(order.last == reads[0])
-        #expect(order != reads)
+        #expect(Set(order) == Set(reads))
         for i in 0..<16 {
             #expect(Array(UnsafeRawBufferPointer(start: buffers + i * 4096, count: 4096)) == blocks[i])
         }

@@ -131,15 +131,13 @@ final class TestServer: @unchecked Sendable {
     func uri(export: String) -> String { "nbd+unix:///\(export)?socket=\(socketPath)" }
 
     init(size: UInt64 = 16 << 20, exports extra: [Export] = [], readOnly: Bool = false,
-         execution: ExecutionModel = .inline, workers: Int = 2, maxInFlight: Int = 64,
+         maxInFlight: Int = 64,
          limits: NegotiationLimits = NegotiationLimits(), grace: Duration = .seconds(5),
          busyPoll: Duration = .zero,
          logLevel: NBDLogger.Level = .off, backend customBackend: (any BlockBackend)? = nil) throws {
         backend = try MemoryBackend(size: size)
         let main = Export(name: "disk", description: "test disk", backend: customBackend ?? backend, readOnly: readOnly)
         var config = NBDServer.Configuration(catalog: try ExportCatalog([main] + extra, defaultExport: "disk"))
-        config.execution = execution
-        config.workerThreads = workers
         config.maxInFlight = maxInFlight
         config.limits = limits
         config.stopGrace = grace

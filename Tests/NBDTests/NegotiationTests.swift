@@ -1,5 +1,4 @@
 import NBD
-import Synchronization
 import Testing
 
 /// The handshake state machine, fed bytes directly (no sockets).
@@ -284,29 +283,47 @@ import Testing
 
     @Test func shutdownRefusesOptionsButAbort() {
         var n = started()
-        n.beginShutdown()
+        _ = n.beginShutdown()
         #expect(parseOptionReplies(send(&n, .go, infoPayload("")).reply).map(\.type) == [OptionReplyType.errShutdown.rawValue])
         #expect(isClose(send(&n, .exportName, []).next))
         var m = started()
-        m.beginShutdown()
+        _ = m.beginShutdown()
         #expect(parseOptionReplies(send(&m, .abort).reply).map(\.type) == [1])
     }
 
+    /// The machine logs nothing itself: every step carries its decisions as sentences, which
+    /// the driver logs.
     @Test func everyDecisionIsLoggedAsASentence() {
-        let lines = Mutex<[String]>([])
-        let logger = NBDLogger(level: .debug) { _, line in lines.withLock { $0.append(line) } }
-        var n = Negotiation(catalog: catalog, logger: logger)
-        _ = n.receiveClientFlags(3)
-        _ = send(&n, .structuredReply)
-        _ = send(&n, 99)
-        _ = send(&n, .go, infoPayload("", [3]))
-        let log = lines.withLock { $0 }
+        var log: [String] = []
+        var n = Negotiation(catalog: catalog)
+        log += n.receive([0, 0, 0, 3]).log
+        log += send(&n, .structuredReply).log
+        log += send(&n, 99).log
+        log += send(&n, .go, infoPayload("", [3])).log
         #expect(log.contains("client flags: 0x3"))
         #expect(log.contains("replying to NBD_OPT_STRUCTURED_REPLY with NBD_REP_ACK: structured replies on"))
         #expect(log.contains("replying to option 99 with NBD_REP_ERR_UNSUP: option 99 is not supported"))
         #expect(log.contains { $0.hasPrefix("replying to NBD_OPT_GO with NBD_REP_INFO (size 1048576, flags 0xded)") })
-        var quiet = Negotiation(catalog: catalog, logger: NBDLogger(level: .off) { _, _ in Issue.record("logged while off") })
-        _ = quiet.receiveClientFlags(3)
+    }
+
+    /// The driver reads what `next.byteCount` says and feeds it to `receive`; nothing else.
+    @Test func theDriverOnlyCountsBytes() {
+        var n = Negotiation(catalog: catalog)
+        var next = Negotiation.Next.readClientFlags
+        var input: [UInt8] = [0, 0, 0, 3] + optionHeader(OptionCode.go.rawValue, length: infoPayload("zram0").count)
+            + infoPayload("zram0")
+        while let count = next.byteCount {
+            #expect(count <= input.count)
+            next = n.receive(input.prefix(count)).next
+            input.removeFirst(count)
+        }
+        guard case .transmission(let s) = next else {
+            Issue.record("expected transmission, got \(next)")
+            return
+        }
+        #expect(s.export.name == "zram0")
+        #expect(input.isEmpty)
+        #expect(n.receive([0]).next.byteCount == nil)  // nothing more after the end
     }
 
     @Test func catalogRejectsDuplicatesAndUnknownDefault() throws {

@@ -26,7 +26,7 @@ extension WrappingBackend {
 }
 
 /// Wraps a MemoryBackend; a read at `heldOffset` waits inside the backend until the test calls
-/// `releaseHeld()`, which forces replies out of order when requests run concurrently. It also
+/// `releaseHeld()`, which keeps a request in flight for as long as the test needs. It also
 /// counts reads, and can be told to wait on `gate` inside every read (to keep requests in flight).
 final class GatedBackend: WrappingBackend, @unchecked Sendable {
     let inner: MemoryBackend
