@@ -3,10 +3,10 @@ import Glibc
 #endif
 import Synchronization
 
-/// Request data buffers of 4 KiB...256 KiB (powers of two), shared by every connection. Reply buffers live
-/// as long as their connection, and clients such as nbdcopy open four fresh connections per run:
-/// without sharing, every request of a short-lived connection would fault in new pages (and free
-/// them with munmap and TLB shootdowns) — a third of a read-back's time.
+/// Request data buffers of 4 KiB...256 KiB (powers of two), shared by every connection. Reply
+/// buffers live as long as their connection, and clients such as nbdcopy open four fresh
+/// connections per run: without sharing, every request of a short-lived connection would fault in
+/// new pages (and free them with munmap and TLB shootdowns) — a third of a read-back's time.
 enum DataBuffers {
     static let smallest = 4096
     static let largest = ReplyBuffer.retainedDataCapacity
