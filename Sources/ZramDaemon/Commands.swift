@@ -75,7 +75,7 @@ struct Serve: ParsableCommand {
     var algorithm: String?
     @Option(help: ArgumentHelp("Compression level (zstd: level; lz4: acceleration).", valueName: "n"))
     var level: String?
-    @Option(help: ArgumentHelp("zsmalloc pages per zspage, 4...16 (default 8, like the kernel).", valueName: "n"))
+    @Option(help: ArgumentHelp("zsmalloc pages per zspage, \(DeviceSpec.chainSizes) (default 8, like the kernel).", valueName: "n"))
     var chainSize: String?
     @Option(help: ArgumentHelp("Limit on the memory the pool may use (zram's mem_limit; default none).", valueName: "size"))
     var memLimit: String?
@@ -176,7 +176,7 @@ struct Serve: ParsableCommand {
             spec.level = v
         }
         if let c = chainSize {
-            guard let v = Int(c) else { throw .invalidValue("invalid chain size '\(c)': expected 4...16") }
+            guard let v = Int(c) else { throw .invalidValue("invalid chain size '\(c)': expected \(DeviceSpec.chainSizes)") }
             try DeviceSpec.validateChainSize(v)
             spec.chainSize = v
         }
