@@ -75,7 +75,7 @@ struct Serve: ParsableCommand {
     var algorithm: String?
     @Option(help: ArgumentHelp("Compression level (zstd: level; lz4: acceleration).", valueName: "n"))
     var level: String?
-    @Option(help: ArgumentHelp("zsmalloc pages per zspage, 4...16 (default 8, like the kernel).", valueName: "n"))
+    @Option(help: ArgumentHelp("zsmalloc pages per zspage, \(DeviceSpec.chainSizes) (default 8, like the kernel).", valueName: "n"))
     var chainSize: String?
     @Option(help: ArgumentHelp("Limit on the memory the pool may use (zram's mem_limit; default none).", valueName: "size"))
     var memLimit: String?
@@ -176,7 +176,7 @@ struct Serve: ParsableCommand {
             spec.level = v
         }
         if let c = chainSize {
-            guard let v = Int(c) else { throw .invalidValue("invalid chain size '\(c)': expected 4...16") }
+            guard let v = Int(c) else { throw .invalidValue("invalid chain size '\(c)': expected \(DeviceSpec.chainSizes)") }
             try DeviceSpec.validateChainSize(v)
             spec.chainSize = v
         }
@@ -259,19 +259,7 @@ struct Status: ParsableCommand {
 struct Ctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Control a device of the running daemon.",
-        discussion: """
-            Actions (zram's sysfs controls):
-              compact                 compact the pool now (zram's compact)
-              reset                   drop all data and counters (refused while a client is connected)
-              mem-limit SIZE          limit the pool's memory, 0 = none (zram's mem_limit)
-              mem-used-max-reset      restart the mem_used_max peak from the current usage
-              add [KEY=VALUE...]      create the device (zram's hot_add); keys as in the config file,
-                                      plus size=, mem-limit=, algorithm=, level=
-              remove                  stop and drop the device (zram's hot_remove)
-              show                    print every setting and counter as key=value lines
-              get KEY                 print one of them
-              attach NBDDEV | detach  tell the daemon which kernel NBD device serves it (setup tools)
-            """)
+        discussion: "Actions (zram's sysfs controls):\n" + ControlAction.helpText)
 
     @Option(help: ArgumentHelp("Control socket of the daemon.", valueName: "path"))
     var controlSocket: String = DaemonSettings.defaultControlSocket
@@ -282,37 +270,9 @@ struct Ctl: ParsableCommand {
     @Argument(help: "Arguments of the action.")
     var arguments: [String] = []
 
+    /// The request: the words `ACTION DEVICE ARGS...`, as the control socket would read them.
     func request() throws(DaemonError) -> ControlRequest {
-        try DeviceSpec.validateName(device)
-        func noArguments() throws(DaemonError) {
-            guard arguments.isEmpty else { throw .invalidValue("'\(action)' takes no arguments") }
-        }
-        switch action {
-        case "compact": try noArguments(); return .compact(device)
-        case "reset": try noArguments(); return .reset(device)
-        case "mem-limit":
-            guard arguments.count == 1 else { throw .invalidValue("usage: zramnbd ctl DEVICE mem-limit SIZE") }
-            return .memLimit(device, try ByteSize.parse(arguments[0]))
-        case "mem-used-max-reset": try noArguments(); return .memUsedMaxReset(device)
-        case "add":
-            var kv: [(String, String)] = []
-            for a in arguments {
-                guard let eq = a.firstIndex(of: "="), eq != a.startIndex else { throw .invalidValue("expected KEY=VALUE, got '\(a)'") }
-                kv.append((String(a[..<eq]), String(a[a.index(after: eq)...])))
-            }
-            return .add(device, kv)
-        case "remove": try noArguments(); return .remove(device)
-        case "show": try noArguments(); return .show(device)
-        case "get":
-            guard arguments.count == 1 else { throw .invalidValue("usage: zramnbd ctl DEVICE get KEY") }
-            return .show(device)
-        case "attach":
-            guard arguments.count == 1 else { throw .invalidValue("usage: zramnbd ctl DEVICE attach /dev/nbdN") }
-            return .attach(device, arguments[0])
-        case "detach": try noArguments(); return .attach(device, nil)
-        default:
-            throw .invalidValue("unknown action '\(action)' (compact, reset, mem-limit, mem-used-max-reset, add, remove, show, get, attach, detach)")
-        }
+        try ControlAction.request([action, device] + arguments, from: .ctl)
     }
 
     func run() throws {

@@ -155,7 +155,7 @@ public enum ConfigFile {
                 if let l = spec.listen { _ = try check { () throws(DaemonError) in try HostPort.parse(l) } }
             case "stats-dir": spec.statsDir = optionalPath(v)
             case "chain-size":
-                guard let n = Int(v) else { throw fail("expected 4...16, got '\(v)'") }
+                guard let n = Int(v) else { throw fail("expected \(DeviceSpec.chainSizes), got '\(v)'") }
                 try check { () throws(DaemonError) in try DeviceSpec.validateChainSize(n) }
                 spec.chainSize = n
             case "read-only":

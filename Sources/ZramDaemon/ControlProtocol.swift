@@ -1,6 +1,9 @@
 // The control socket's line protocol, as values (no I/O here).
 //
 //   request: one line, words separated by blanks:  COMMAND [DEVICE] [ARGS...]\n
+//            Each word is %XX-escaped like record values (add's KEY=VALUE words: the key and the
+//            value each, around a plain '='). The commands: `status [DEVICE...]` and
+//            the device actions of ControlActions.swift.
 //   reply:   "ok\n" followed by zero or more body lines, or "error MESSAGE\n"; then the server
 //            closes the connection.
 //   Records (status, show) are one line per device of space-separated key=value pairs; values are
@@ -33,49 +36,21 @@ public enum ControlRequest: Equatable, Sendable {
         case .memUsedMaxReset(let d): return "mem-used-max-reset \(d)"
         case .add(let d, let kv): return (["add", d] + kv.map { ControlRecord.escape($0.0) + "=" + ControlRecord.escape($0.1) }).joined(separator: " ")
         case .remove(let d): return "remove \(d)"
-        case .attach(let d, let nbd): return nbd.map { "attach \(d) \($0)" } ?? "detach \(d)"
+        case .attach(let d, let nbd): return nbd.map { "attach \(d) \(ControlRecord.escape($0))" } ?? "detach \(d)"
         }
     }
 
+    /// A request line: `status [DEVICE...]`, or a device action of `ControlAction.all` (the words
+    /// `zramnbd ctl DEVICE ACTION ARGS...` sends as `ACTION DEVICE ARGS...`).
     public static func parse(_ line: String) throws(DaemonError) -> ControlRequest {
-        let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" }).map(String.init)
-        guard let command = words.first else { throw .invalidValue("empty request") }
-        let args = Array(words.dropFirst())
-        func device(_ count: Int) throws(DaemonError) -> String {
-            guard args.count == count else {
-                throw .invalidValue("'\(command)' takes \(count == 1 ? "a device" : "a device and \(count - 1) argument(s)")")
-            }
-            try DeviceSpec.validateName(args[0])
-            return args[0]
+        let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" })
+            .map { ControlRecord.unescape(String($0)) }
+        if words.first == "status" {
+            let devices = Array(words.dropFirst())
+            for d in devices { try DeviceSpec.validateName(d) }
+            return .status(devices)
         }
-        switch command {
-        case "status":
-            for a in args { try DeviceSpec.validateName(a) }
-            return .status(args)
-        case "show": return .show(try device(1))
-        case "compact": return .compact(try device(1))
-        case "reset": return .reset(try device(1))
-        case "mem-limit":
-            let d = try device(2)
-            return .memLimit(d, try ByteSize.parse(args[1]))
-        case "mem-used-max-reset": return .memUsedMaxReset(try device(1))
-        case "add":
-            guard let d = args.first else { throw .invalidValue("'add' needs a device name") }
-            try DeviceSpec.validateName(d)
-            var kv: [(String, String)] = []
-            for a in args.dropFirst() {
-                guard let eq = a.firstIndex(of: "=") else { throw .invalidValue("expected key=value, got '\(a)'") }
-                kv.append((ControlRecord.unescape(String(a[..<eq])), ControlRecord.unescape(String(a[a.index(after: eq)...]))))
-            }
-            return .add(d, kv)
-        case "remove": return .remove(try device(1))
-        case "attach":
-            let d = try device(2)
-            return .attach(d, args[1])
-        case "detach": return .attach(try device(1), nil)
-        default:
-            throw .invalidValue("unknown command '\(command)' (status, show, compact, reset, mem-limit, mem-used-max-reset, add, remove, attach, detach)")
-        }
+        return try ControlAction.request(words, from: .wire)
     }
 }
 

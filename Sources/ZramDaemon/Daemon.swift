@@ -1,5 +1,17 @@
 // `zramnbd serve`: start the devices, then one control thread polls signals, the control socket,
 // the metrics socket and the stats timer. The NBD server threads run on their own.
+//
+// The daemon's words:
+//   device          one zram device, named like the kernel's ("zram0"); its name is also its export name
+//   spec            how a device is configured (DeviceSpec), from the config file, options or `ctl add`
+//   settings        the specs plus the daemon-wide options (DaemonSettings)
+//   page store      the compressed pages of a device (PageStore; ZramStore over ZramDevice)
+//   export          the NBD side of a device (ExportHandle), made by the backend (DeviceBackend)
+//   host            the running devices, driven from the control thread (DeviceHost)
+//   control request a line on the control socket (ControlRequest; device actions in ControlActions.swift),
+//                   answered by a control reply; status and show bodies are control records
+//   snapshot        one device's counters at one moment (DeviceSnapshot), rendered to its stats
+//                   directory (a sysfs-like /run/zramnbd/NAME/), Prometheus text and `status`
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,6 @@
 // What the daemon is asked to run: devices and daemon-wide settings, before anything exists.
 import Codec
+import ZramDevice
 
 /// One device as configured: the zram attributes, how it is exported, where stats go, and how the
 /// setup tools (swap/fs units, scripts/zramnbd-swap) use it.
@@ -14,7 +15,7 @@ public struct DeviceSpec: Sendable, Equatable {
     public var level: Int32?
     /// Further compression-algorithm entries (zram's recompression); stored, not applied yet.
     public var recompression: [String] = []
-    /// zsmalloc pages per zspage, 4...16.
+    /// zsmalloc pages per zspage, in `chainSizes` (4...16).
     public var chainSize: Int = 8
     /// Pool limit in bytes (zram's mem_limit); 0 = none.
     public var memLimit: UInt64 = 0
@@ -52,7 +53,8 @@ public struct DeviceSpec: Sendable, Equatable {
     public var effectiveFsType: String { fsType ?? (mountPoint == nil ? "swap" : "ext2") }
 
     public static let algorithms = CompressionAlgorithm.allCases.map(\.rawValue)
-    static let chainSizes = 4...16
+    /// zsmalloc's chain sizes, as the device checks them.
+    static let chainSizes = ZramConfig.chainSizes
 
     /// Device names end up in paths and export names: letters, digits, '.', '_', '-', not
     /// starting with '.', at most 64 bytes.
@@ -80,7 +82,7 @@ public struct DeviceSpec: Sendable, Equatable {
     }
 
     static func validateChainSize(_ n: Int) throws(DaemonError) {
-        guard chainSizes.contains(n) else { throw .invalidValue("invalid chain size \(n) (4...16)") }
+        guard chainSizes.contains(n) else { throw .invalidValue("invalid chain size \(n) (\(chainSizes))") }
     }
 
     /// Checks everything a device needs before it is created.

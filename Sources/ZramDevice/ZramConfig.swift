@@ -1,4 +1,5 @@
 import Codec
+import ZsPool
 
 /// How a device is created. Mirrors the zram attributes written before `disksize`.
 public struct ZramConfig: Sendable, Equatable {
@@ -11,6 +12,8 @@ public struct ZramConfig: Sendable, Equatable {
     public var level: Int32?
     /// zsmalloc's pages per zspage chain, 4...16 (the kernel's CONFIG_ZSMALLOC_CHAIN_SIZE, default 8).
     public var chainSize: Int
+    /// The chain sizes a device accepts: zsmalloc's (ZsGeometry.chainSizes). Check before creating.
+    public static let chainSizes = ZsGeometry.chainSizes
     /// Pool memory limit in bytes, rounded up to pages; 0 = none.
     public var memLimit: Int
 

@@ -80,8 +80,8 @@ public final class ZramDevice: @unchecked Sendable {
     private let memLimitPages = Atomic<Int>(0)
 
     public init(_ config: ZramConfig) throws(ZramError) {
-        guard (4...16).contains(config.chainSize) else {
-            throw .invalidArgument("chain size \(config.chainSize) is not in 4...16")
+        guard ZramConfig.chainSizes.contains(config.chainSize) else {
+            throw .invalidArgument("chain size \(config.chainSize) is not in \(ZramConfig.chainSizes)")
         }
         guard config.diskSize >= 0, config.diskSize <= Int.max - pageSize else {
             throw .invalidArgument("disk size \(config.diskSize)")

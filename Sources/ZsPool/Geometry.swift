@@ -42,7 +42,7 @@ public struct ZsGeometry: Sendable {
     public static let chainSizes = 4...16
 
     public init(chainSize: Int) {
-        precondition(ZsGeometry.chainSizes.contains(chainSize), "zspage chain size must be 4...16")
+        precondition(ZsGeometry.chainSizes.contains(chainSize), "zspage chain size must be in \(ZsGeometry.chainSizes)")
         self.chainSize = chainSize
         var built: [ZsClassInfo] = []       // descending while building
         var slotDescending = [Int](repeating: -1, count: zsNominalClassCount)

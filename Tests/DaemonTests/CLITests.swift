@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 @testable import ZramDaemon
 
 /// The built binary: exit statuses and messages a user sees.

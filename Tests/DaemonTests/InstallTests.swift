@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 @testable import ZramDaemon
 
 @Suite("install.sh and the systemd units")

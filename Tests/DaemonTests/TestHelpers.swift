@@ -5,39 +5,6 @@ import Glibc
 import TestSupport
 @testable import ZramDaemon
 
-/// A fresh directory under /tmp for one test; removed by `remove()`.
-struct TempDir {
-    let path: String
-
-    init(_ tag: String = "zramnbd-daemon") {
-        var template = Array("/tmp/\(tag).XXXXXX".utf8CString)
-        let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        path = String(cString: p!)
-    }
-
-    func file(_ name: String) -> String { path + "/" + name }
-
-    func write(_ name: String, _ text: String) {
-        let full = file(name)
-        if let slash = full.lastIndex(of: "/") { try? FileSystem.makeDirectories(String(full[..<slash])) }
-        try! FileSystem.writeAtomically(full, text)
-    }
-
-    func read(_ name: String) -> String? { try? FileSystem.readText(file(name)) }
-
-    func remove() {
-        func rm(_ p: String) {
-            if FileSystem.isDirectory(p) {
-                for n in FileSystem.listDirectory(p) { rm(p + "/" + n) }
-                rmdir(p)
-            } else {
-                unlink(p)
-            }
-        }
-        rm(path)
-    }
-}
-
 /// An in-memory stand-in for ZramDevice: counts pages like zram does (orig = pages × 4096,
 /// compressed = half) so host/control/stats logic can be tested without the real store.
 final class FakeStore: PageStore, @unchecked Sendable {   // @unchecked: guarded by `lock`

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import NBD
 import Testing
+import TestSupport
 
 // MARK: - Byte building and parsing for tests
 
@@ -89,30 +90,6 @@ func requestBytes(type: CommandType, flags: CommandFlags = [], cookie: UInt64, o
             .encode(into: $0.baseAddress!)
     }
     return bytes
-}
-
-// MARK: - Temporary directories
-
-final class TempDir: Sendable {
-    let path: String
-    init() {
-        var template = Array("/tmp/nbdtest.XXXXXX".utf8CString)
-        let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        precondition(p != nil, "mkdtemp failed")
-        path = String(cString: p!)
-    }
-    deinit {
-        // Best effort; only files we created live here.
-        if let d = opendir(path) {
-            while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-                if name != "." && name != ".." { unlink(path + "/" + name) }
-            }
-            closedir(d)
-        }
-        rmdir(path)
-    }
-    func file(_ name: String) -> String { path + "/" + name }
 }
 
 // MARK: - A server on a temp unix socket

@@ -14,13 +14,12 @@ struct MemoryTests {
     @Test("RSS after writing the corpus <= mem_used_total + slot table + 8 MiB over the baseline")
     func residentSetSize() throws {
         _ = try Corpus.prepare()       // built here, not inside the measurement
-        var template = Array("/tmp/zramnbd-memtest-XXXXXX".utf8CString)
-        let dir = try #require(template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }.map { String(cString: $0) })
-        defer { unlink(dir + "/probe.txt"); unlink(dir + "/output.stdout"); unlink(dir + "/output.stderr"); rmdir(dir) }
+        let dir = TempDir("zramnbd-memtest")
+        defer { dir.remove() }
 
-        let probe = try runSelf(filter: "MemoryProbe", environment: ["ZRAMNBD_MEMORY_PROBE": dir + "/probe.txt"],
-                                outputPrefix: dir + "/output")
-        let report = Subprocess.readFile(dir + "/probe.txt")
+        let probe = try runSelf(filter: "MemoryProbe", environment: ["ZRAMNBD_MEMORY_PROBE": dir.file("probe.txt")],
+                                outputPrefix: dir.file("output"))
+        let report = Subprocess.readFile(dir.file("probe.txt"))
         if !probe.succeeded || report.isEmpty { print(probe.stdout + probe.stderr) }
         #expect(probe.succeeded, "\(probe.termination)")
         var v: [String: Int] = [:]
