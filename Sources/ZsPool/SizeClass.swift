@@ -2,8 +2,9 @@
 import Glibc
 #endif
 
-// One size class: its zspages, fullness lists, handle slots and statistics, all guarded by `lock`
-// (the kernel's class->lock). Every method named `locked...` or documented "lock held" expects it held.
+// One size class: its zspages, fullness lists, handle entries and statistics, all guarded by `lock`
+// (the kernel's class->lock). `malloc`, `free`, `write`, `read`, `compact`, `stats` and
+// `forEachLiveObject` take it themselves; every other method expects it held.
 //
 // Layout (mm/zsmalloc.c): a zspage is `pagesPerZspage` 4 KiB pages, not contiguous, read as one range;
 // object k sits at offset k*size and may straddle two pages. An allocated non-huge object's first
@@ -15,7 +16,7 @@ let endOfFreelist = UInt64(UInt32.max)
 
 final class SizeClass: @unchecked Sendable {
     let info: ZsClassInfo
-    let slot: Int                 // position in the pool's class table; the handle's high bits
+    let position: Int             // the class position: index in the pool's class table, a handle's high bits
     let size: Int
     let pagesPerZspage: Int
     let objsPerZspage: Int
@@ -35,10 +36,11 @@ final class SizeClass: @unchecked Sendable {
     @exclusivity(unchecked) private var zspageIdsUsed = 0
     @exclusivity(unchecked) private var freeZspageId = noZspage
 
-    // handle slots: local handle -> location (zspage id << 32 | object index), or a free-slot link
-    @exclusivity(unchecked) private var handles: RawVector<UInt64>
-    @exclusivity(unchecked) private var handleSlotsUsed = 0
-    @exclusivity(unchecked) private var freeHandle = UInt64.max
+    // handle entries: entry index (a handle's low bits) -> ObjectLocation's raw value while the
+    // handle lives, or the index of the next free entry
+    @exclusivity(unchecked) private var handleEntries: RawVector<UInt64>
+    @exclusivity(unchecked) private var handleEntriesUsed = 0
+    @exclusivity(unchecked) private var freeHandleEntry = UInt64.max
 
     // fullness lists and statistics (class_stat_*)
     @exclusivity(unchecked) private var listHead = [UInt32](repeating: noZspage, count: zsFullnessGroups)
@@ -46,9 +48,9 @@ final class SizeClass: @unchecked Sendable {
     @exclusivity(unchecked) private(set) var objsAllocated = 0
     @exclusivity(unchecked) private(set) var objsInuse = 0
 
-    init(info: ZsClassInfo, slot: Int, provider: PageProvider) {
+    init(info: ZsClassInfo, position: Int, provider: PageProvider) {
         self.info = info
-        self.slot = slot
+        self.position = position
         size = info.size
         pagesPerZspage = info.pagesPerZspage
         objsPerZspage = info.objsPerZspage
@@ -61,44 +63,42 @@ final class SizeClass: @unchecked Sendable {
         prev = RawVector(capacity: 16, fill: noZspage)
         next = RawVector(capacity: 16, fill: noZspage)
         hugeHandle = RawVector(capacity: info.isHuge ? 16 : 1, fill: 0)
-        handles = RawVector(capacity: 64, fill: 0)
+        handleEntries = RawVector(capacity: 64, fill: 0)
     }
 
     deinit {
         // The pool is going away and unmaps its whole arena at once: returning each zspage's pages
         // one madvise at a time would make tearing down a full device take seconds.
         pages.release(); freeObj.release(); inuse.release(); fullness.release()
-        prev.release(); next.release(); hugeHandle.release(); handles.release()
+        prev.release(); next.release(); hugeHandle.release(); handleEntries.release()
     }
 
-    // MARK: handles
+    // MARK: handle entries
 
-    @inline(__always) func handle(forLocal local: UInt64) -> ZsHandle {
-        (UInt64(slot) << 40) | (local + 1)
-    }
-
-    @inline(__always) static func local(of handle: ZsHandle) -> Int {
-        Int((handle & ((1 << 40) - 1)) - 1)
-    }
-
-    @inline(__always) static func location(zspage: UInt32, object: Int) -> UInt64 {
-        UInt64(zspage) << 32 | UInt64(object)
-    }
-
-    private func allocHandleSlot() -> UInt64 {
-        if freeHandle != UInt64.max {
-            let local = freeHandle
-            freeHandle = handles[Int(local)]
-            return local
+    /// Takes a free handle entry (reusing freed ones first) and returns its index.
+    private func allocHandleEntry() -> UInt64 {
+        if freeHandleEntry != UInt64.max {
+            let entry = freeHandleEntry
+            freeHandleEntry = handleEntries[Int(entry)]
+            return entry
         }
-        handles.reserve(handleSlotsUsed + 1, fill: 0)
-        defer { handleSlotsUsed += 1 }
-        return UInt64(handleSlotsUsed)
+        handleEntries.reserve(handleEntriesUsed + 1, fill: 0)
+        defer { handleEntriesUsed += 1 }
+        return UInt64(handleEntriesUsed)
     }
 
-    private func freeHandleSlot(_ local: Int) {
-        handles[local] = freeHandle
-        freeHandle = UInt64(local)
+    private func freeHandleEntry(_ entry: Int) {
+        handleEntries[entry] = freeHandleEntry
+        freeHandleEntry = UInt64(entry)
+    }
+
+    /// Where the object of a live handle is.
+    @inline(__always) private func location(of handle: ZsHandle) -> ObjectLocation {
+        ObjectLocation(rawValue: handleEntries[ZsHandleCoding.entry(of: handle)])
+    }
+
+    @inline(__always) private func setLocation(_ location: ObjectLocation, entry: Int) {
+        handleEntries[entry] = location.rawValue
     }
 
     // MARK: object addressing
@@ -252,37 +252,36 @@ final class SizeClass: @unchecked Sendable {
             if listHead[g] != noZspage { id = listHead[g]; break }
             g -= 1
         }
-        let local = allocHandleSlot()
-        let handle = self.handle(forLocal: local)
+        let entry = allocHandleEntry()
+        let handle = ZsHandleCoding.encode(classPosition: position, entry: entry)
         if id != noZspage {
             let k = objMalloc(id, handle: handle)
             fixFullness(id)
             objsInuse += 1
-            handles[Int(local)] = SizeClass.location(zspage: id, object: k)
+            setLocation(ObjectLocation(zspage: id, object: k), entry: Int(entry))
             return handle
         }
         guard let newID = allocZspage() else {
-            freeHandleSlot(Int(local))
+            freeHandleEntry(Int(entry))
             return nil
         }
         let k = objMalloc(newID, handle: handle)
         insert(newID, group: fullnessGroup(inuse: Int(inuse[Int(newID)])))
         objsAllocated += objsPerZspage
         objsInuse += 1
-        handles[Int(local)] = SizeClass.location(zspage: newID, object: k)
+        setLocation(ObjectLocation(zspage: newID, object: k), entry: Int(entry))
         return handle
     }
 
     func free(_ handle: ZsHandle) {
         lock.lock()
         defer { lock.unlock() }
-        let local = SizeClass.local(of: handle)
-        let loc = handles[local]
-        let id = UInt32(truncatingIfNeeded: loc >> 32)
+        let entry = ZsHandleCoding.entry(of: handle)
+        let loc = ObjectLocation(rawValue: handleEntries[entry])
         objsInuse -= 1
-        objFree(id, object: Int(loc & 0xffff_ffff))
-        if fixFullness(id) == zsInuseRatio0 { freeZspage(id) }
-        freeHandleSlot(local)
+        objFree(loc.zspage, object: loc.object)
+        if fixFullness(loc.zspage) == zsInuseRatio0 { freeZspage(loc.zspage) }
+        freeHandleEntry(entry)
     }
 
     /// Payload offset of an object inside its zspage (after the header unless huge).
@@ -293,17 +292,16 @@ final class SizeClass: @unchecked Sendable {
     func write(_ handle: ZsHandle, from src: UnsafeRawPointer, count: Int) {
         lock.lock()
         defer { lock.unlock() }
-        let loc = handles[SizeClass.local(of: handle)]
-        copy(zspage: UInt32(truncatingIfNeeded: loc >> 32), offset: payloadOffset(object: Int(loc & 0xffff_ffff)),
+        let loc = location(of: handle)
+        copy(zspage: loc.zspage, offset: payloadOffset(object: loc.object),
              count: count, buffer: UnsafeMutableRawPointer(mutating: src), toZspage: true)
     }
 
     func read(_ handle: ZsHandle, into dst: UnsafeMutableRawPointer, count: Int) {
         lock.lock()
         defer { lock.unlock() }
-        let loc = handles[SizeClass.local(of: handle)]
-        copy(zspage: UInt32(truncatingIfNeeded: loc >> 32), offset: payloadOffset(object: Int(loc & 0xffff_ffff)),
-             count: count, buffer: dst, toZspage: false)
+        let loc = location(of: handle)
+        copy(zspage: loc.zspage, offset: payloadOffset(object: loc.object), count: count, buffer: dst, toZspage: false)
     }
 
     // MARK: compaction (zs_can_compact / __zs_compact / migrate_zspage)
@@ -356,14 +354,14 @@ final class SizeClass: @unchecked Sendable {
         for k in 0..<objsPerZspage {
             guard let handle = isAllocated(src, object: k) else { continue }
             let d = objMalloc(dst, handle: handle)
-            // zs_object_copy: the whole slot; the header was already written by objMalloc.
+            // zs_object_copy: the whole object; the header was already written by objMalloc.
             if isHuge {
                 copyObject(from: (src, 0), to: (dst, 0), count: zsPageSize)
             } else {
                 copyObject(from: (src, k * size + zsHandleSize), to: (dst, d * size + zsHandleSize),
                            count: size - zsHandleSize)
             }
-            handles[SizeClass.local(of: handle)] = SizeClass.location(zspage: dst, object: d)
+            setLocation(ObjectLocation(zspage: dst, object: d), entry: ZsHandleCoding.entry(of: handle))
             objFree(src, object: k)
             if Int(inuse[Int(dst)]) == objsPerZspage || inuse[Int(src)] == 0 { break }
         }
