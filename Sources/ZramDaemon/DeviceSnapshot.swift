@@ -3,7 +3,7 @@ import ZramDevice
 // One device's state at one moment, in the forms the daemon publishes it.
 
 /// Counters (zram's units: bytes for sizes, pages for page counts) and the device's own renderings
-/// of its sysfs files. Taken once per refresh; every output (stats files, stat.json, Prometheus,
+/// of its sysfs files (from `stats`, the two the counters cannot make as texts). Taken once per refresh; every output (stats files, stat.json, Prometheus,
 /// `status`) is computed from the same snapshot, so they agree with each other.
 @dynamicMemberLookup
 public struct DeviceSnapshot: Sendable, Equatable {
@@ -13,13 +13,15 @@ public struct DeviceSnapshot: Sendable, Equatable {
     public var streams: Int = 1
     /// The device's counters; read and written through the snapshot by name (`snapshot.origDataSize`).
     public var stats = ZramStats()
-    /// Byte-exact sysfs texts as the device module renders them.
-    public var mmStatText = ""
-    public var ioStatText = ""
-    public var debugStatText = ""
-    public var bdStatText = ""
+    /// Byte-exact sysfs texts the device renders from more than its counters.
     public var compAlgorithmText = ""
     public var classesText = ""
+
+    /// Byte-exact sysfs texts of the counters, as ZramStats renders them.
+    public var mmStatText: String { stats.mmStatText }
+    public var ioStatText: String { stats.ioStatText }
+    public var debugStatText: String { stats.debugStatText }
+    public var bdStatText: String { stats.bdStatText }
 
     public init(name: String) { self.name = name }
 
@@ -44,15 +46,8 @@ public struct DeviceSnapshot: Sendable, Equatable {
          ("classes", classesText)]
     }
 
-    /// Every counter by its sysfs name, in mm_stat/io_stat/debug_stat/bd_stat order.
-    public var counters: [(name: String, value: UInt64)] {
-        [("orig_data_size", self.origDataSize), ("compr_data_size", self.comprDataSize),
-         ("mem_used_total", self.memUsedTotal), ("mem_limit", self.memLimit), ("mem_used_max", self.memUsedMax),
-         ("same_pages", self.samePages), ("pages_compacted", self.pagesCompacted), ("huge_pages", self.hugePages),
-         ("huge_pages_since", self.hugePagesSince), ("failed_reads", self.failedReads),
-         ("failed_writes", self.failedWrites), ("notify_free", self.notifyFree), ("miss_free", self.missFree),
-         ("bd_count", self.bdCount), ("bd_reads", self.bdReads), ("bd_writes", self.bdWrites)]
-    }
+    /// Every counter by its sysfs name, in mm_stat/io_stat/debug_stat/bd_stat order (ZramStats.fields).
+    public var counters: [(name: String, value: UInt64)] { stats.counters }
 
     /// stat.json: the counters plus identity and the two ratios.
     public func json(extra: [(String, JSONValue)] = []) -> String {

@@ -1,4 +1,5 @@
 // Publishing snapshots: a sysfs-like directory per device and a Prometheus text file.
+import ZramDevice
 
 /// Keeps one device's stats directory (laid out like /sys/block/zramN/) up to date. Every file is
 /// replaced atomically; files whose text did not change are left alone, so their mtime says when
@@ -26,50 +27,16 @@ final class StatsDirectory {
     func remove() { FileSystem.removeFlatDirectory(path) }
 }
 
-/// The node_exporter textfile-collector format: `# HELP`, `# TYPE`, then one sample per device.
+/// The node_exporter textfile-collector format: `# HELP`, `# TYPE`, then one sample per device,
+/// for every field of ZramStats.fields that has a Prometheus name, then the device info.
 public enum PrometheusText {
-    struct Metric: Sendable {
-        var name: String
-        var type: String
-        var help: String
-        var value: @Sendable (DeviceSnapshot) -> UInt64
-    }
-
-    static let metrics: [Metric] = [
-        Metric(name: "zramnbd_disksize_bytes", type: "gauge",
-               help: "Capacity of the device in uncompressed bytes (disksize).") { $0.diskSize },
-        Metric(name: "zramnbd_orig_data_bytes", type: "gauge",
-               help: "Uncompressed size of the data stored (DATA, mm_stat orig_data_size).") { $0.origDataSize },
-        Metric(name: "zramnbd_compr_data_bytes", type: "gauge",
-               help: "Compressed size of the data stored (COMPR, mm_stat compr_data_size).") { $0.comprDataSize },
-        Metric(name: "zramnbd_mem_used_total_bytes", type: "gauge",
-               help: "Memory used by the allocator, fragmentation included (TOTAL, mm_stat mem_used_total).") { $0.memUsedTotal },
-        Metric(name: "zramnbd_mem_limit_bytes", type: "gauge",
-               help: "Limit on mem_used_total, 0 for none (mem_limit).") { $0.memLimit },
-        Metric(name: "zramnbd_mem_used_max_bytes", type: "gauge",
-               help: "Peak of mem_used_total since start or the last mem-used-max-reset.") { $0.memUsedMax },
-        Metric(name: "zramnbd_same_pages", type: "gauge",
-               help: "Pages filled with one repeated word, stored without memory (mm_stat same_pages).") { $0.samePages },
-        Metric(name: "zramnbd_pages_compacted_total", type: "counter",
-               help: "Pages freed by compaction (mm_stat pages_compacted).") { $0.pagesCompacted },
-        Metric(name: "zramnbd_huge_pages", type: "gauge",
-               help: "Pages stored uncompressed because they did not compress (mm_stat huge_pages).") { $0.hugePages },
-        Metric(name: "zramnbd_huge_pages_since_total", type: "counter",
-               help: "Incompressible pages stored since the device was set up (mm_stat huge_pages_since).") { $0.hugePagesSince },
-        Metric(name: "zramnbd_failed_reads_total", type: "counter",
-               help: "Read requests that failed (io_stat failed_reads).") { $0.failedReads },
-        Metric(name: "zramnbd_failed_writes_total", type: "counter",
-               help: "Write requests that failed, e.g. at mem_limit (io_stat failed_writes).") { $0.failedWrites },
-        Metric(name: "zramnbd_notify_free_total", type: "counter",
-               help: "Pages freed by discard or write-zeroes (io_stat notify_free).") { $0.notifyFree },
-    ]
-
     /// The whole file for these devices (empty devices list: only the HELP/TYPE lines).
     public static func render(_ snapshots: [DeviceSnapshot]) -> String {
         var out = ""
-        for m in metrics {
-            out += "# HELP \(m.name) \(m.help)\n# TYPE \(m.name) \(m.type)\n"
-            for s in snapshots { out += "\(m.name){device=\(label(s.name))} \(m.value(s))\n" }
+        for field in ZramStats.fields {
+            guard let name = field.prometheusName else { continue }
+            out += "# HELP \(name) \(field.help)\n# TYPE \(name) \(field.kind.rawValue)\n"
+            for s in snapshots { out += "\(name){device=\(label(s.name))} \(s.stats[keyPath: field.keyPath])\n" }
         }
         out += "# HELP zramnbd_device_info Device configuration; the value is always 1.\n# TYPE zramnbd_device_info gauge\n"
         for s in snapshots {

@@ -1,4 +1,5 @@
 // `zramnbd status`: zramctl's table (plus RATIO) or JSON, from the daemon's status records.
+import ZramDevice
 
 public enum StatusReport {
     public static let columns = ["NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "STREAMS", "RATIO", "MOUNTPOINT"]
@@ -57,11 +58,9 @@ public enum StatusReport {
         return JSONValue.object([("devices", .array(devices))]).text + "\n"
     }
 
-    static let numericKeys: Set<String> = [
-        "disksize", "level", "streams", "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
-        "same_pages", "pages_compacted", "huge_pages", "huge_pages_since", "failed_reads", "failed_writes",
-        "notify_free", "miss_free", "bd_count", "bd_reads", "bd_writes", "connections", "chain_size", "swap_priority",
-    ]
+    /// The device's counters (ZramStats.fields, disksize included) and the record's other numbers.
+    static let numericKeys = Set(ZramStats.fields.map(\.name))
+        .union(["level", "streams", "connections", "chain_size", "swap_priority"])
     static let nullableKeys: Set<String> = ["socket", "listen", "stats_dir", "mount_point", "nbd_device", "mountpoint"]
 
     static func fixed2(_ d: Double) -> String {

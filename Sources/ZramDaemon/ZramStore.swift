@@ -33,16 +33,11 @@ final class ZramStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevi
     }
 
     func snapshot(classes: Bool) -> DeviceSnapshot {
-        let st = device.stats()
         var s = DeviceSnapshot(name: device.name)
-        s.stats = st
+        s.stats = device.stats()
         s.algorithm = device.algorithm.rawValue
         s.level = device.level
         s.streams = streams
-        s.mmStatText = st.mmStatText
-        s.ioStatText = st.ioStatText
-        s.debugStatText = st.debugStatText
-        s.bdStatText = st.bdStatText
         s.compAlgorithmText = device.compAlgorithmText
         if classes { s.classesText = device.classesText }
         return s

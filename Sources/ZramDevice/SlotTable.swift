@@ -2,29 +2,87 @@ import Glibc
 import Synchronization
 import ZsPool
 
-/// Bits of a slot's flags word, laid out as zram's: the low 13 bits hold the object size
-/// (0...4096), the flags sit above it.
-struct SlotFlags {
-    static let sizeMask: UInt64 = (1 << 13) - 1
-    /// Per-slot lock bit (zram 6.15+'s ZRAM_ENTRY_LOCK).
-    static let lock: UInt64 = 1 << 13
-    /// Same-filled page; the handle word holds the fill word.
-    static let same: UInt64 = 1 << 14
-    /// Written back to a backing device (never set: no writeback here).
-    static let writtenBack: UInt64 = 1 << 15
-    /// Stored raw in a 4096-byte object.
-    static let huge: UInt64 = 1 << 16
-    /// Marked idle (no writeback/recompression consumers here; kept for layout fidelity).
-    static let idle: UInt64 = 1 << 17
-    /// Recompression could not shrink it (never set: no recompression here).
-    static let incompressible: UInt64 = 1 << 18
-    /// Two bits: which compressor (priority 0 = primary) produced the object.
-    static let priorityShift: UInt64 = 19
-    static let priorityMask: UInt64 = 3 << 19
+/// A slot's flags word, laid out as zram's: the low 13 bits hold the object size (0...4096), the
+/// flags sit above it. A value type over the raw word: every accessor is a mask or a shift.
+struct SlotFlags: RawRepresentable, Equatable, Sendable {
+    var rawValue: UInt64
 
-    /// zram's "allocated": holds data of any kind.
-    @inline(__always)
-    static func isAllocated(_ f: UInt64) -> Bool { f & (sizeMask | same | writtenBack) != 0 }
+    @inline(__always) init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    // The bit layout (zram's enum zram_pageflags over ZRAM_FLAG_SHIFT = 13).
+    private static let sizeMask: UInt64 = (1 << 13) - 1
+    /// Per-slot lock bit (zram 6.15+'s ZRAM_ENTRY_LOCK); only SlotTable sets and clears it.
+    static let lockBit: UInt64 = 1 << 13
+    private static let sameBit: UInt64 = 1 << 14
+    private static let writtenBackBit: UInt64 = 1 << 15
+    private static let hugeBit: UInt64 = 1 << 16
+    private static let idleBit: UInt64 = 1 << 17
+    private static let incompressibleBit: UInt64 = 1 << 18
+    private static let priorityShift: UInt64 = 19
+    private static let priorityMask: UInt64 = 3 << 19
+
+    /// No bit at all: an untouched or freed slot, unlocked.
+    static let empty = SlotFlags(rawValue: 0)
+
+    /// A same-filled page (the handle word holds the fill word).
+    @inline(__always) static func sameFilled() -> SlotFlags { SlotFlags(rawValue: sameBit) }
+
+    /// A pool object of `size` bytes (0...4096), stored raw if `huge`.
+    @inline(__always) static func object(size: Int, huge: Bool) -> SlotFlags {
+        SlotFlags(rawValue: UInt64(size) | (huge ? hugeBit : 0))
+    }
+
+    /// Nothing set, not even the lock bit (what a lock-free peek at an untouched slot sees).
+    @inline(__always) var isUntouched: Bool { rawValue == 0 }
+
+    /// zram's "allocated": holds data of any kind (an object, a fill word, or a written-back page).
+    @inline(__always) var isAllocated: Bool { rawValue & (Self.sizeMask | Self.sameBit | Self.writtenBackBit) != 0 }
+
+    /// Bytes of the pool object (zram_get_obj_size); 0 for same-filled and empty slots.
+    @inline(__always) var objectSize: Int {
+        get { Int(truncatingIfNeeded: rawValue & Self.sizeMask) }
+        set { rawValue = rawValue & ~Self.sizeMask | UInt64(newValue) & Self.sizeMask }
+    }
+
+    /// ZRAM_SAME: a same-filled page; the handle word holds the fill word.
+    @inline(__always) var isSame: Bool {
+        get { rawValue & Self.sameBit != 0 }
+        set { setBit(Self.sameBit, newValue) }
+    }
+
+    /// ZRAM_WB: written back to a backing device (never set: no writeback here).
+    @inline(__always) var isWrittenBack: Bool {
+        get { rawValue & Self.writtenBackBit != 0 }
+        set { setBit(Self.writtenBackBit, newValue) }
+    }
+
+    /// ZRAM_HUGE: stored raw in a 4096-byte object.
+    @inline(__always) var isHuge: Bool {
+        get { rawValue & Self.hugeBit != 0 }
+        set { setBit(Self.hugeBit, newValue) }
+    }
+
+    /// ZRAM_IDLE: marked idle (no writeback/recompression consumers yet; kept for layout fidelity).
+    @inline(__always) var isIdle: Bool {
+        get { rawValue & Self.idleBit != 0 }
+        set { setBit(Self.idleBit, newValue) }
+    }
+
+    /// ZRAM_INCOMPRESSIBLE: recompression could not shrink it (never set: no recompression yet).
+    @inline(__always) var isIncompressible: Bool {
+        get { rawValue & Self.incompressibleBit != 0 }
+        set { setBit(Self.incompressibleBit, newValue) }
+    }
+
+    /// ZRAM_COMP_PRIORITY (two bits): which compressor produced the object (0 = the primary).
+    @inline(__always) var priority: Int {
+        get { Int(truncatingIfNeeded: (rawValue & Self.priorityMask) >> Self.priorityShift) }
+        set { rawValue = rawValue & ~Self.priorityMask | (UInt64(newValue) << Self.priorityShift) & Self.priorityMask }
+    }
+
+    @inline(__always) private mutating func setBit(_ bit: UInt64, _ on: Bool) {
+        rawValue = on ? rawValue | bit : rawValue & ~bit
+    }
 }
 
 /// zram's table: 16 bytes per 4 KiB page (handle-or-fill-word, flags), in one anonymous mapping.
@@ -60,29 +118,29 @@ final class SlotTable: @unchecked Sendable {
 
     /// The flags word without taking the lock (may show the lock bit).
     @inline(__always)
-    func peekFlags(_ i: Int) -> UInt64 { words[2 * i + 1].load(ordering: .acquiring) }
+    func peekFlags(_ i: Int) -> SlotFlags { SlotFlags(rawValue: words[2 * i + 1].load(ordering: .acquiring)) }
 
     /// Takes slot `i`'s lock and returns its flags (without the lock bit). Spins briefly, then yields:
     /// holders only copy or (de)compress one page.
     @inline(__always)
-    func lock(_ i: Int) -> UInt64 {
+    func lock(_ i: Int) -> SlotFlags {
         let w = words + (2 * i + 1)
         let cur = w.pointee.load(ordering: .relaxed)
-        if cur & SlotFlags.lock == 0,
-           w.pointee.compareExchange(expected: cur, desired: cur | SlotFlags.lock, ordering: .acquiring).exchanged {
-            return cur
+        if cur & SlotFlags.lockBit == 0,
+           w.pointee.compareExchange(expected: cur, desired: cur | SlotFlags.lockBit, ordering: .acquiring).exchanged {
+            return SlotFlags(rawValue: cur)
         }
         return lockSlow(i)
     }
 
-    private func lockSlow(_ i: Int) -> UInt64 {
+    private func lockSlow(_ i: Int) -> SlotFlags {
         let w = words + (2 * i + 1)
         var spins = 0
         while true {
             let cur = w.pointee.load(ordering: .relaxed)
-            if cur & SlotFlags.lock == 0,
-               w.pointee.compareExchange(expected: cur, desired: cur | SlotFlags.lock, ordering: .acquiring).exchanged {
-                return cur
+            if cur & SlotFlags.lockBit == 0,
+               w.pointee.compareExchange(expected: cur, desired: cur | SlotFlags.lockBit, ordering: .acquiring).exchanged {
+                return SlotFlags(rawValue: cur)
             }
             spins += 1
             if spins >= 64 { sched_yield() }
@@ -91,8 +149,8 @@ final class SlotTable: @unchecked Sendable {
 
     /// Releases slot `i`, publishing `flags` (which must not contain the lock bit).
     @inline(__always)
-    func unlock(_ i: Int, flags: UInt64) {
-        words[2 * i + 1].store(flags, ordering: .releasing)
+    func unlock(_ i: Int, flags: SlotFlags) {
+        words[2 * i + 1].store(flags.rawValue, ordering: .releasing)
     }
 
     /// The handle or fill word. Caller holds the slot lock.

@@ -1,6 +1,16 @@
+// Vocabulary of this module (zram's words, drivers/block/zram/zram_drv.c):
+// - device: one zram block device, a ZramDevice; its capacity is `pageCount` 4 KiB pages.
+// - slot: the table entry of one page (SlotTable, zram's `table[index]`): a handle-or-fill word
+//   and a flags word. "Slot" means only this here; ZsPool has handle entries and class positions.
+// - slot flags: the flags word (SlotFlags): object size in the low bits, then lock, same,
+//   written-back, huge, idle, incompressible and the compressor priority.
+// - same-filled page: a page of one repeated 8-byte word, kept in the slot without a pool object.
+// - huge page: a page that did not compress below huge_class_size, stored raw in a 4096-byte object.
+// - counters: the device's statistics (ZramCounters, one relaxed atomic per ZramCounter), shown
+//   as a ZramStats and its sysfs texts.
+// - stream: one compressor with its buffers (CompressionStreams), held to (de)compress a page.
 import Codec
 import Glibc
-import Synchronization
 import ZsPool
 
 /// What one page holds, as NBD's BLOCK_STATUS wants to know it.
@@ -67,17 +77,8 @@ public final class ZramDevice: @unchecked Sendable {
     /// For tests that reach into the pool (e.g. to corrupt an object).
     var backendForTesting: Backend { quiesce.shared { backend } }
 
-    // Counters, updated where the event happens (relaxed atomics, as zram's atomic64_t).
-    private let pagesStored = Atomic<Int>(0)
-    private let comprDataSize = Atomic<Int>(0)
-    private let samePages = Atomic<Int>(0)
-    private let hugePages = Atomic<Int>(0)
-    private let hugePagesSince = Atomic<Int>(0)
-    private let failedReads = Atomic<Int>(0)
-    private let failedWrites = Atomic<Int>(0)
-    private let notifyFree = Atomic<Int>(0)
-    private let maxUsedPages = Atomic<Int>(0)
-    private let memLimitPages = Atomic<Int>(0)
+    /// Updated where the event happens; see ZramCounter for the list.
+    private let counters = ZramCounters()
 
     public init(_ config: ZramConfig) throws(ZramError) {
         guard ZramConfig.chainSizes.contains(config.chainSize) else {
@@ -94,7 +95,7 @@ public final class ZramDevice: @unchecked Sendable {
         slots = SlotTable(count: pageCount)
         backend = Backend(pool: Self.makePool(config.name, config.chainSize, pageCount),
                           streams: try CompressionStreams(algorithm: config.algorithm, level: config.level))
-        memLimitPages.store(Self.pagesRoundedUp(config.memLimit), ordering: .relaxed)
+        counters.store(.memLimitPages, Self.pagesRoundedUp(config.memLimit))
     }
 
     private static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int) -> ZsPool {
@@ -123,7 +124,7 @@ public final class ZramDevice: @unchecked Sendable {
                     }
                 }
             } catch {
-                failedReads.add(1, ordering: .relaxed)
+                counters.add(.failedReads)
                 throw error
             }
         }
@@ -145,7 +146,7 @@ public final class ZramDevice: @unchecked Sendable {
                     }
                 }
             } catch {
-                failedWrites.add(1, ordering: .relaxed)
+                counters.add(.failedWrites)
                 throw error
             }
         }
@@ -161,7 +162,7 @@ public final class ZramDevice: @unchecked Sendable {
             let end = (offset + length) >> pageShift
             guard first < end else { return }
             for index in first..<end { freeSlot(index, b.pool) }
-            notifyFree.add(end - first, ordering: .relaxed)
+            counters.add(.notifyFree, end - first)
         }
     }
 
@@ -173,7 +174,7 @@ public final class ZramDevice: @unchecked Sendable {
         try quiesce.shared { () throws(ZramError) in
             let b = backend
             var freed = 0
-            defer { if freed > 0 { notifyFree.add(freed, ordering: .relaxed) } }
+            defer { if freed > 0 { counters.add(.notifyFree, freed) } }
             do throws(ZramError) {
                 try forEachPageSpan(offset, length) { (index, inPage, n, _) throws(ZramError) in
                     if n < pageSize {
@@ -187,7 +188,7 @@ public final class ZramDevice: @unchecked Sendable {
                     }
                 }
             } catch {
-                failedWrites.add(1, ordering: .relaxed)
+                counters.add(.failedWrites)
                 throw error
             }
         }
@@ -231,15 +232,7 @@ public final class ZramDevice: @unchecked Sendable {
         quiesce.exclusive {
             slots.clearAll()
             backend = Backend(pool: Self.makePool(name, chainSize, pageCount), streams: backend.streams)
-            pagesStored.store(0, ordering: .relaxed)
-            comprDataSize.store(0, ordering: .relaxed)
-            samePages.store(0, ordering: .relaxed)
-            hugePages.store(0, ordering: .relaxed)
-            hugePagesSince.store(0, ordering: .relaxed)
-            failedReads.store(0, ordering: .relaxed)
-            failedWrites.store(0, ordering: .relaxed)
-            notifyFree.store(0, ordering: .relaxed)
-            maxUsedPages.store(0, ordering: .relaxed)
+            counters.reset()
         }
     }
 
@@ -257,12 +250,12 @@ public final class ZramDevice: @unchecked Sendable {
     /// the limit stay; later writes fail.
     public func setMemLimit(_ bytes: Int) throws(ZramError) {
         guard bytes >= 0 else { throw .invalidArgument("mem_limit \(bytes)") }
-        memLimitPages.store(Self.pagesRoundedUp(bytes), ordering: .relaxed)
+        counters.store(.memLimitPages, Self.pagesRoundedUp(bytes))
     }
 
     /// zram's `echo 0 > mem_used_max`: the peak restarts at the current pool size, not at 0.
     public func resetMemUsedMax() {
-        quiesce.shared { maxUsedPages.store(backend.pool.totalPages, ordering: .relaxed) }
+        quiesce.shared { counters.store(.maxUsedPages, backend.pool.totalPages) }
     }
 
     public var algorithm: CompressionAlgorithm { quiesce.shared { backend.streams.algorithm } }
@@ -273,7 +266,7 @@ public final class ZramDevice: @unchecked Sendable {
     public func setAlgorithm(_ algorithm: CompressionAlgorithm, level: Int32? = nil) throws(ZramError) {
         let streams = try CompressionStreams(algorithm: algorithm, level: level)
         try quiesce.exclusive { () throws(ZramError) in
-            guard pagesStored.load(ordering: .relaxed) == 0 else { throw .busy }
+            guard counters.load(.pagesStored) == 0 else { throw .busy }
             backend = Backend(pool: backend.pool, streams: streams)
         }
     }
@@ -285,18 +278,9 @@ public final class ZramDevice: @unchecked Sendable {
             let pool = backend.pool
             var s = ZramStats()
             s.diskSize = UInt64(diskSize)
-            s.origDataSize = UInt64(pagesStored.load(ordering: .relaxed)) << UInt64(pageShift)
-            s.comprDataSize = UInt64(comprDataSize.load(ordering: .relaxed))
+            counters.read(into: &s)
             s.memUsedTotal = UInt64(pool.totalPages) << UInt64(pageShift)
-            s.memLimit = UInt64(memLimitPages.load(ordering: .relaxed)) << UInt64(pageShift)
-            s.memUsedMax = UInt64(maxUsedPages.load(ordering: .relaxed)) << UInt64(pageShift)
-            s.samePages = UInt64(samePages.load(ordering: .relaxed))
             s.pagesCompacted = UInt64(pool.pagesCompacted)
-            s.hugePages = UInt64(hugePages.load(ordering: .relaxed))
-            s.hugePagesSince = UInt64(hugePagesSince.load(ordering: .relaxed))
-            s.failedReads = UInt64(failedReads.load(ordering: .relaxed))
-            s.failedWrites = UInt64(failedWrites.load(ordering: .relaxed))
-            s.notifyFree = UInt64(notifyFree.load(ordering: .relaxed))
             return s
         }
     }
@@ -321,14 +305,14 @@ public final class ZramDevice: @unchecked Sendable {
             var c = SlotCensus()
             for index in 0..<pageCount {
                 let peek = slots.peekFlags(index)
-                guard peek != 0 else { continue }
+                guard !peek.isUntouched else { continue }
                 let f = slots.lock(index)
                 slots.unlock(index, flags: f)
-                guard SlotFlags.isAllocated(f) else { continue }
+                guard f.isAllocated else { continue }
                 c.storedPages += 1
-                if f & SlotFlags.same != 0 { c.samePages += 1; continue }
-                if f & SlotFlags.huge != 0 { c.hugePages += 1 }
-                c.comprBytes += Int(f & SlotFlags.sizeMask)
+                if f.isSame { c.samePages += 1; continue }
+                if f.isHuge { c.hugePages += 1 }
+                c.comprBytes += f.objectSize
             }
             return c
         }
@@ -359,7 +343,7 @@ public final class ZramDevice: @unchecked Sendable {
 
     private func readPage(_ index: Int, into out: UnsafeMutableRawPointer, _ b: Backend) throws(ZramError) {
         // An untouched slot is empty and unlocked: zeros, without dirtying the slot table.
-        if slots.peekFlags(index) == 0 {
+        if slots.peekFlags(index).isUntouched {
             memset(out, 0, pageSize)
             return
         }
@@ -370,7 +354,7 @@ public final class ZramDevice: @unchecked Sendable {
 
     private func readPartial(_ index: Int, _ inPage: Int, _ n: Int, into out: UnsafeMutableRawPointer,
                              _ b: Backend) throws(ZramError) {
-        if slots.peekFlags(index) == 0 {
+        if slots.peekFlags(index).isUntouched {
             memset(out, 0, n)
             return
         }
@@ -389,19 +373,19 @@ public final class ZramDevice: @unchecked Sendable {
 
     /// Fills `out` with the page in slot `index` (slot lock held). Uses `stream` if given,
     /// otherwise takes one only if the page must be decompressed.
-    private func load(_ index: Int, _ flags: UInt64, into out: UnsafeMutableRawPointer, _ b: Backend,
+    private func load(_ index: Int, _ flags: SlotFlags, into out: UnsafeMutableRawPointer, _ b: Backend,
                       stream: StreamBuffers?) throws(ZramError) {
-        if flags & SlotFlags.same != 0 {
+        if flags.isSame {
             fillPage(out, with: slots.handle(index))
             return
         }
-        let size = Int(flags & SlotFlags.sizeMask)
+        let size = flags.objectSize
         if size == 0 {
             memset(out, 0, pageSize)
             return
         }
         let handle = slots.handle(index)
-        if flags & SlotFlags.huge != 0 {
+        if flags.isHuge {
             b.pool.read(handle, into: out, count: pageSize)
             return
         }
@@ -446,11 +430,11 @@ public final class ZramDevice: @unchecked Sendable {
     }
 
     private func zeroPartial(_ index: Int, _ inPage: Int, _ n: Int, _ b: Backend) throws(ZramError) {
-        if slots.peekFlags(index) == 0 { return }
+        if slots.peekFlags(index).isUntouched { return }
         var flags = slots.lock(index)
         defer { slots.unlock(index, flags: flags) }
-        guard SlotFlags.isAllocated(flags) else { return }
-        if flags & SlotFlags.same != 0 && slots.handle(index) == 0 { return }
+        guard flags.isAllocated else { return }
+        if flags.isSame && slots.handle(index) == 0 { return }
         try b.streams.withStream { (s) throws(ZramError) in
             try load(index, flags, into: s.bounce, b, stream: s)
             memset(s.bounce + inPage, 0, n)
@@ -476,8 +460,8 @@ public final class ZramDevice: @unchecked Sendable {
         // As the kernel: record the peak before the limit check, so mem_used_max can exceed the
         // limit by the allocation that was refused.
         let total = pool.totalPages
-        recordPeak(total)
-        let limit = memLimitPages.load(ordering: .relaxed)
+        counters.raise(.maxUsedPages, to: total)
+        let limit = counters.load(.memLimitPages)
         if limit != 0 && total > limit {
             pool.free(handle)
             throw .noSpace
@@ -486,63 +470,55 @@ public final class ZramDevice: @unchecked Sendable {
         return .object(handle, size: size, huge: huge)
     }
 
-    private func recordPeak(_ total: Int) {
-        var seen = maxUsedPages.load(ordering: .relaxed)
-        while total > seen {
-            let r = maxUsedPages.compareExchange(expected: seen, desired: total, ordering: .relaxed)
-            if r.exchanged { break }
-            seen = r.original
-        }
-    }
-
     /// Frees the slot's old contents and installs `new` (slot lock held); returns the new flags.
-    private func install(_ index: Int, _ new: PageContents, replacing old: UInt64, _ pool: ZsPool) -> UInt64 {
+    private func install(_ index: Int, _ new: PageContents, replacing old: SlotFlags, _ pool: ZsPool) -> SlotFlags {
         freeContents(index, old, pool)
-        pagesStored.add(1, ordering: .relaxed)
+        counters.add(.pagesStored)
         switch new {
         case .same(let word):
             slots.setHandle(index, word)
-            samePages.add(1, ordering: .relaxed)
-            return SlotFlags.same
+            counters.add(.samePages)
+            return .sameFilled()
         case .object(let handle, let size, let huge):
             slots.setHandle(index, handle)
-            comprDataSize.add(size, ordering: .relaxed)
-            guard huge else { return UInt64(size) }
-            hugePages.add(1, ordering: .relaxed)
-            hugePagesSince.add(1, ordering: .relaxed)
-            return UInt64(size) | SlotFlags.huge
+            counters.add(.comprDataSize, size)
+            if huge {
+                counters.add(.hugePages)
+                counters.add(.hugePagesSince)
+            }
+            return .object(size: size, huge: huge)
         }
     }
 
     /// zram_free_page: releases whatever the slot holds and fixes the counters (slot lock held).
     /// The caller stores the new flags on unlock, which also clears idle/priority bits.
-    private func freeContents(_ index: Int, _ flags: UInt64, _ pool: ZsPool) {
-        guard SlotFlags.isAllocated(flags) else { return }
-        if flags & SlotFlags.huge != 0 { hugePages.subtract(1, ordering: .relaxed) }
-        if flags & SlotFlags.same != 0 {
-            samePages.subtract(1, ordering: .relaxed)
+    private func freeContents(_ index: Int, _ flags: SlotFlags, _ pool: ZsPool) {
+        guard flags.isAllocated else { return }
+        if flags.isHuge { counters.subtract(.hugePages) }
+        if flags.isSame {
+            counters.subtract(.samePages)
         } else {
             pool.free(slots.handle(index))
-            comprDataSize.subtract(Int(flags & SlotFlags.sizeMask), ordering: .relaxed)
+            counters.subtract(.comprDataSize, flags.objectSize)
         }
-        pagesStored.subtract(1, ordering: .relaxed)
+        counters.subtract(.pagesStored)
         slots.setHandle(index, 0)
     }
 
     private func freeSlot(_ index: Int, _ pool: ZsPool) {
-        if slots.peekFlags(index) == 0 { return }
+        if slots.peekFlags(index).isUntouched { return }
         let flags = slots.lock(index)
         freeContents(index, flags, pool)
-        slots.unlock(index, flags: 0)
+        slots.unlock(index, flags: .empty)
     }
 
     private func pageState(_ index: Int) -> PageState {
-        if slots.peekFlags(index) == 0 { return .unallocated }
+        if slots.peekFlags(index).isUntouched { return .unallocated }
         let flags = slots.lock(index)
         let word = slots.handle(index)
         slots.unlock(index, flags: flags)
-        if !SlotFlags.isAllocated(flags) { return .unallocated }
-        return flags & SlotFlags.same != 0 && word == 0 ? .zero : .data
+        if !flags.isAllocated { return .unallocated }
+        return flags.isSame && word == 0 ? .zero : .data
     }
 }
 

@@ -1,5 +1,7 @@
 /// Every counter of one device at one moment, in zram's units (bytes for *_size/mem_*, pages for
 /// the page counts). The `*Text` properties print the kernel's sysfs files byte for byte.
+/// `ZramStats.fields` describes each field once for every output (sysfs files, stat.json,
+/// `status`, Prometheus): adding a counter is a property here plus its row there.
 public struct ZramStats: Sendable, Equatable {
     public var diskSize: UInt64 = 0
     // mm_stat
@@ -29,10 +31,7 @@ public struct ZramStats: Sendable, Equatable {
     public var pagesStored: UInt64 { origDataSize / 4096 }
 
     /// `/sys/block/zramN/mm_stat`.
-    public var mmStatText: String {
-        printfColumns([origDataSize, comprDataSize, memUsedTotal, memLimit, memUsedMax,
-                       samePages, pagesCompacted, hugePages, hugePagesSince])
-    }
+    public var mmStatText: String { printfColumns(values(in: .mmStat)) }
 
     /// `/sys/block/zramN/io_stat`: failed_reads failed_writes, a literal 0 (invalid_io is gone), notify_free.
     public var ioStatText: String {
@@ -43,7 +42,99 @@ public struct ZramStats: Sendable, Equatable {
     public var debugStatText: String { "version: 1\n0 " + rightAligned(missFree, width: 8) + "\n" }
 
     /// `/sys/block/zramN/bd_stat`.
-    public var bdStatText: String { printfColumns([bdCount, bdReads, bdWrites]) }
+    public var bdStatText: String { printfColumns(values(in: .bdStat)) }
+
+    /// The values of the fields shown in `file`, in the table's (the file's) order.
+    public func values(in file: ZramStatField.File) -> [UInt64] {
+        Self.fields.filter { $0.file == file }.map { self[keyPath: $0.keyPath] }
+    }
+
+    /// The counters by sysfs name, in mm_stat/io_stat/debug_stat/bd_stat order (every field but
+    /// disksize, which reports the device's size): what stat.json and `status` list.
+    public var counters: [(name: String, value: UInt64)] {
+        Self.counterFields.map { ($0.name, self[keyPath: $0.keyPath]) }
+    }
+
+    public static let counterFields = fields.filter { $0.file != .disksize }
+
+    /// The one table of counters: sysfs name, field, file, Prometheus kind, name and help.
+    /// Order matters: it is mm_stat's and bd_stat's column order, and the order of stat.json,
+    /// `status` records and the Prometheus file.
+    public static let fields: [ZramStatField] = [
+        ZramStatField("disksize", \.diskSize, .disksize, .gauge, prometheus: "zramnbd_disksize_bytes",
+                      help: "Capacity of the device in uncompressed bytes (disksize)."),
+        ZramStatField("orig_data_size", \.origDataSize, .mmStat, .gauge, prometheus: "zramnbd_orig_data_bytes",
+                      help: "Uncompressed size of the data stored (DATA, mm_stat orig_data_size)."),
+        ZramStatField("compr_data_size", \.comprDataSize, .mmStat, .gauge, prometheus: "zramnbd_compr_data_bytes",
+                      help: "Compressed size of the data stored (COMPR, mm_stat compr_data_size)."),
+        ZramStatField("mem_used_total", \.memUsedTotal, .mmStat, .gauge, prometheus: "zramnbd_mem_used_total_bytes",
+                      help: "Memory used by the allocator, fragmentation included (TOTAL, mm_stat mem_used_total)."),
+        ZramStatField("mem_limit", \.memLimit, .mmStat, .gauge, prometheus: "zramnbd_mem_limit_bytes",
+                      help: "Limit on mem_used_total, 0 for none (mem_limit)."),
+        ZramStatField("mem_used_max", \.memUsedMax, .mmStat, .gauge, prometheus: "zramnbd_mem_used_max_bytes",
+                      help: "Peak of mem_used_total since start or the last mem-used-max-reset."),
+        ZramStatField("same_pages", \.samePages, .mmStat, .gauge, prometheus: "zramnbd_same_pages",
+                      help: "Pages filled with one repeated word, stored without memory (mm_stat same_pages)."),
+        ZramStatField("pages_compacted", \.pagesCompacted, .mmStat, .counter, prometheus: "zramnbd_pages_compacted_total",
+                      help: "Pages freed by compaction (mm_stat pages_compacted)."),
+        ZramStatField("huge_pages", \.hugePages, .mmStat, .gauge, prometheus: "zramnbd_huge_pages",
+                      help: "Pages stored uncompressed because they did not compress (mm_stat huge_pages)."),
+        ZramStatField("huge_pages_since", \.hugePagesSince, .mmStat, .counter, prometheus: "zramnbd_huge_pages_since_total",
+                      help: "Incompressible pages stored since the device was set up (mm_stat huge_pages_since)."),
+        ZramStatField("failed_reads", \.failedReads, .ioStat, .counter, prometheus: "zramnbd_failed_reads_total",
+                      help: "Read requests that failed (io_stat failed_reads)."),
+        ZramStatField("failed_writes", \.failedWrites, .ioStat, .counter, prometheus: "zramnbd_failed_writes_total",
+                      help: "Write requests that failed, e.g. at mem_limit (io_stat failed_writes)."),
+        ZramStatField("notify_free", \.notifyFree, .ioStat, .counter, prometheus: "zramnbd_notify_free_total",
+                      help: "Pages freed by discard or write-zeroes (io_stat notify_free)."),
+        ZramStatField("miss_free", \.missFree, .debugStat, .counter, prometheus: nil,
+                      help: "Frees that found the slot busy (debug_stat miss_free; always 0 here)."),
+        ZramStatField("bd_count", \.bdCount, .bdStat, .gauge, prometheus: nil,
+                      help: "Pages on the backing device (bd_stat bd_count; always 0, no writeback)."),
+        ZramStatField("bd_reads", \.bdReads, .bdStat, .counter, prometheus: nil,
+                      help: "Pages read from the backing device (bd_stat bd_reads; always 0, no writeback)."),
+        ZramStatField("bd_writes", \.bdWrites, .bdStat, .counter, prometheus: nil,
+                      help: "Pages written to the backing device (bd_stat bd_writes; always 0, no writeback)."),
+    ]
+}
+
+/// One row of `ZramStats.fields`: how one counter is named and published.
+public struct ZramStatField: Sendable {
+    /// The sysfs file that shows the field.
+    public enum File: Sendable, Equatable {
+        /// A file of its own (`disksize`); not one of the counters.
+        case disksize
+        case mmStat
+        case ioStat
+        case debugStat
+        case bdStat
+    }
+
+    /// Prometheus's metric type: a gauge goes up and down, a counter only grows (until reset).
+    public enum Kind: String, Sendable {
+        case gauge
+        case counter
+    }
+
+    /// The sysfs name; also the key in stat.json and `status` records.
+    public let name: String
+    public let keyPath: KeyPath<ZramStats, UInt64> & Sendable
+    public let file: File
+    public let kind: Kind
+    /// The Prometheus metric name; nil = not exported.
+    public let prometheusName: String?
+    /// The Prometheus `# HELP` text.
+    public let help: String
+
+    init(_ name: String, _ keyPath: KeyPath<ZramStats, UInt64> & Sendable, _ file: File, _ kind: Kind,
+         prometheus: String?, help: String) {
+        self.name = name
+        self.keyPath = keyPath
+        self.file = file
+        self.kind = kind
+        prometheusName = prometheus
+        self.help = help
+    }
 }
 
 /// C printf's `%<width>llu`: right-aligned in `width` columns; wider numbers just grow.

@@ -34,7 +34,7 @@ public struct ZsGeometry: Sendable {
     /// Distinct classes in ascending index order.
     public let classes: [ZsClassInfo]
     /// For each nominal index 0...254, the position of its serving class in `classes`.
-    public let slotForIndex: [Int]
+    public let positionForIndex: [Int]
     /// zs_huge_class_size(): compressed lengths at or above it are stored raw by zram.
     public let hugeClassSize: Int
 
@@ -45,7 +45,7 @@ public struct ZsGeometry: Sendable {
         precondition(ZsGeometry.chainSizes.contains(chainSize), "zspage chain size must be in \(ZsGeometry.chainSizes)")
         self.chainSize = chainSize
         var built: [ZsClassInfo] = []       // descending while building
-        var slotDescending = [Int](repeating: -1, count: zsNominalClassCount)
+        var positionDescending = [Int](repeating: -1, count: zsNominalClassCount)
         var huge = 0
         // Walk from the largest class down: merging needs the next larger class (zs_create_pool).
         for i in stride(from: zsNominalClassCount - 1, through: 0, by: -1) {
@@ -59,15 +59,15 @@ public struct ZsGeometry: Sendable {
             if let prev = built.last, prev.pagesPerZspage == pages, prev.objsPerZspage == objs {
                 built[built.count - 1] = ZsClassInfo(index: prev.index, size: prev.size,
                                                      pagesPerZspage: pages, objsPerZspage: objs, firstIndex: i)
-                slotDescending[i] = built.count - 1
+                positionDescending[i] = built.count - 1
                 continue
             }
             built.append(ZsClassInfo(index: i, size: size, pagesPerZspage: pages, objsPerZspage: objs, firstIndex: i))
-            slotDescending[i] = built.count - 1
+            positionDescending[i] = built.count - 1
         }
         let n = built.count
         classes = built.reversed()
-        slotForIndex = slotDescending.map { n - 1 - $0 }
+        positionForIndex = positionDescending.map { n - 1 - $0 }
         hugeClassSize = huge
     }
 
@@ -93,12 +93,13 @@ public struct ZsGeometry: Sendable {
 
     /// zs_lookup_class_index(): the index of the class that serves `size` (no header added, as in the kernel).
     public func lookupClassIndex(_ size: Int) -> Int {
-        classes[slotForIndex[ZsGeometry.nominalIndex(forSize: size)]].index
+        classes[positionForIndex[ZsGeometry.nominalIndex(forSize: size)]].index
     }
 
-    /// The class an allocation of `size` payload bytes lands in (zs_malloc adds the header first).
+    /// The position in `classes` of the class an allocation of `size` payload bytes lands in
+    /// (zs_malloc adds the header first).
     @inline(__always)
-    public func slot(forAllocation size: Int) -> Int {
-        slotForIndex[ZsGeometry.nominalIndex(forSize: size + zsHandleSize)]
+    public func classPosition(forAllocation size: Int) -> Int {
+        positionForIndex[ZsGeometry.nominalIndex(forSize: size + zsHandleSize)]
     }
 }

@@ -2,20 +2,38 @@
 import Glibc
 #endif
 
-// One size class: its zspages, fullness lists, handle slots and statistics, all guarded by `lock`
-// (the kernel's class->lock). Every method named `locked...` or documented "lock held" expects it held.
+// One size class: its zspages, fullness lists, handle entries and statistics, all guarded by `lock`
+// (the kernel's class->lock). `malloc`, `free`, `write`, `read`, `compact`, `stats` and
+// `forEachLiveObject` take it themselves; every other method expects it held.
 //
 // Layout (mm/zsmalloc.c): a zspage is `pagesPerZspage` 4 KiB pages, not contiguous, read as one range;
 // object k sits at offset k*size and may straddle two pages. An allocated non-huge object's first
 // 8 bytes hold (handle << 1 | 1); a free object's hold (next free index << 1). The huge class keeps
-// the handle beside the zspage, and its object is the whole page.
+// the handle in the zspage's descriptor, and its object is the whole page.
 
 let noZspage = UInt32.max
 let endOfFreelist = UInt64(UInt32.max)
 
+/// What a class knows of one of its zspages (zsmalloc's struct zspage, less its lock; the pages
+/// are in the class's `pages`, `pagesPerZspage` of them per zspage id). 32 bytes, in place in
+/// one RawVector: a malloc or free touches one descriptor, not five arrays.
+struct ZspageDescriptor: BitwiseCopyable {
+    /// Huge zspages keep their one object's handle here, outside the object.
+    var hugeHandle: UInt64 = 0
+    /// Head of the object freelist (an object index; endOfFreelist's low 32 bits when none).
+    var freeObject: UInt32 = 0
+    /// Objects allocated.
+    var inuse: UInt32 = 0
+    /// Fullness-list links; `next` also links the class's free zspage ids.
+    var prev: UInt32 = noZspage
+    var next: UInt32 = noZspage
+    /// The fullness group whose list holds the zspage.
+    var fullness: UInt8 = 0
+}
+
 final class SizeClass: @unchecked Sendable {
     let info: ZsClassInfo
-    let slot: Int                 // position in the pool's class table; the handle's high bits
+    let position: Int             // the class position: index in the pool's class table, a handle's high bits
     let size: Int
     let pagesPerZspage: Int
     let objsPerZspage: Int
@@ -23,22 +41,18 @@ final class SizeClass: @unchecked Sendable {
     let lock = PoolLock()
     private let provider: PageProvider
 
-    // zspage descriptors, struct-of-arrays, indexed by zspage id. Every mutable property below is
-    // touched only under `lock`, so the dynamic exclusivity checks (15% of a malloc) are skipped.
+    // zspages, indexed by zspage id: their descriptors, and their pages. Every mutable property below
+    // is touched only under `lock`, so the dynamic exclusivity checks (15% of a malloc) are skipped.
+    @exclusivity(unchecked) private var zspages: RawVector<ZspageDescriptor>
     @exclusivity(unchecked) private var pages: RawVector<UInt32>        // [id * pagesPerZspage + k] -> provider page
-    @exclusivity(unchecked) private var freeObj: RawVector<UInt32>      // head of the object freelist
-    @exclusivity(unchecked) private var inuse: RawVector<UInt32>
-    @exclusivity(unchecked) private var fullness: RawVector<UInt8>
-    @exclusivity(unchecked) private var prev: RawVector<UInt32>         // fullness-list links; `next` also links free ids
-    @exclusivity(unchecked) private var next: RawVector<UInt32>
-    @exclusivity(unchecked) private var hugeHandle: RawVector<UInt64>   // huge zspages keep their handle outside the object
     @exclusivity(unchecked) private var zspageIdsUsed = 0
     @exclusivity(unchecked) private var freeZspageId = noZspage
 
-    // handle slots: local handle -> location (zspage id << 32 | object index), or a free-slot link
-    @exclusivity(unchecked) private var handles: RawVector<UInt64>
-    @exclusivity(unchecked) private var handleSlotsUsed = 0
-    @exclusivity(unchecked) private var freeHandle = UInt64.max
+    // handle entries: entry index (a handle's low bits) -> ObjectLocation's raw value while the
+    // handle lives, or the index of the next free entry
+    @exclusivity(unchecked) private var handleEntries: RawVector<UInt64>
+    @exclusivity(unchecked) private var handleEntriesUsed = 0
+    @exclusivity(unchecked) private var freeHandleEntry = UInt64.max
 
     // fullness lists and statistics (class_stat_*)
     @exclusivity(unchecked) private var listHead = [UInt32](repeating: noZspage, count: zsFullnessGroups)
@@ -46,59 +60,56 @@ final class SizeClass: @unchecked Sendable {
     @exclusivity(unchecked) private(set) var objsAllocated = 0
     @exclusivity(unchecked) private(set) var objsInuse = 0
 
-    init(info: ZsClassInfo, slot: Int, provider: PageProvider) {
+    init(info: ZsClassInfo, position: Int, provider: PageProvider) {
         self.info = info
-        self.slot = slot
+        self.position = position
         size = info.size
         pagesPerZspage = info.pagesPerZspage
         objsPerZspage = info.objsPerZspage
         isHuge = info.isHuge
         self.provider = provider
+        zspages = RawVector(capacity: 16, fill: ZspageDescriptor())
         pages = RawVector(capacity: 16 * info.pagesPerZspage, fill: 0)
-        freeObj = RawVector(capacity: 16, fill: 0)
-        inuse = RawVector(capacity: 16, fill: 0)
-        fullness = RawVector(capacity: 16, fill: 0)
-        prev = RawVector(capacity: 16, fill: noZspage)
-        next = RawVector(capacity: 16, fill: noZspage)
-        hugeHandle = RawVector(capacity: info.isHuge ? 16 : 1, fill: 0)
-        handles = RawVector(capacity: 64, fill: 0)
+        handleEntries = RawVector(capacity: 64, fill: 0)
     }
 
     deinit {
         // The pool is going away and unmaps its whole arena at once: returning each zspage's pages
         // one madvise at a time would make tearing down a full device take seconds.
-        pages.release(); freeObj.release(); inuse.release(); fullness.release()
-        prev.release(); next.release(); hugeHandle.release(); handles.release()
+        zspages.release(); pages.release(); handleEntries.release()
     }
 
-    // MARK: handles
+    // MARK: handle entries
 
-    @inline(__always) func handle(forLocal local: UInt64) -> ZsHandle {
-        (UInt64(slot) << 40) | (local + 1)
-    }
-
-    @inline(__always) static func local(of handle: ZsHandle) -> Int {
-        Int((handle & ((1 << 40) - 1)) - 1)
-    }
-
-    @inline(__always) static func location(zspage: UInt32, object: Int) -> UInt64 {
-        UInt64(zspage) << 32 | UInt64(object)
-    }
-
-    private func allocHandleSlot() -> UInt64 {
-        if freeHandle != UInt64.max {
-            let local = freeHandle
-            freeHandle = handles[Int(local)]
-            return local
+    /// Takes a free handle entry (reusing freed ones first) and returns its index.
+    private func allocHandleEntry() -> UInt64 {
+        if freeHandleEntry != UInt64.max {
+            let entry = freeHandleEntry
+            freeHandleEntry = handleEntries[Int(entry)]
+            return entry
         }
-        handles.reserve(handleSlotsUsed + 1, fill: 0)
-        defer { handleSlotsUsed += 1 }
-        return UInt64(handleSlotsUsed)
+        handleEntries.reserve(handleEntriesUsed + 1, fill: 0)
+        defer { handleEntriesUsed += 1 }
+        return UInt64(handleEntriesUsed)
     }
 
-    private func freeHandleSlot(_ local: Int) {
-        handles[local] = freeHandle
-        freeHandle = UInt64(local)
+    private func freeHandleEntry(_ entry: Int) {
+        handleEntries[entry] = freeHandleEntry
+        freeHandleEntry = UInt64(entry)
+    }
+
+    /// Where the object of a live handle is.
+    @inline(__always) private func location(of handle: ZsHandle) -> ObjectLocation {
+        ObjectLocation(rawValue: handleEntries[ZsHandleCoding.entry(of: handle)])
+    }
+
+    @inline(__always) private func setLocation(_ location: ObjectLocation, entry: Int) {
+        handleEntries[entry] = location.rawValue
+    }
+
+    /// The descriptor of zspage `id`, in place.
+    @inline(__always) private func zspage(_ id: UInt32) -> UnsafeMutablePointer<ZspageDescriptor> {
+        zspages.base + Int(id)
     }
 
     // MARK: object addressing
@@ -136,28 +147,30 @@ final class SizeClass: @unchecked Sendable {
     }
 
     private func insert(_ id: UInt32, group: Int) {
-        let i = Int(id)
-        fullness[i] = UInt8(group)
-        prev[i] = noZspage
-        next[i] = listHead[group]
-        if listHead[group] != noZspage { prev[Int(listHead[group])] = id }
+        let z = zspage(id)
+        z.pointee.fullness = UInt8(group)
+        z.pointee.prev = noZspage
+        z.pointee.next = listHead[group]
+        if listHead[group] != noZspage { zspage(listHead[group]).pointee.prev = id }
         listHead[group] = id
         zspagesInGroup[group] += 1
     }
 
     private func remove(_ id: UInt32) {
-        let i = Int(id)
-        let group = Int(fullness[i])
-        if prev[i] != noZspage { next[Int(prev[i])] = next[i] } else { listHead[group] = next[i] }
-        if next[i] != noZspage { prev[Int(next[i])] = prev[i] }
+        let z = zspage(id)
+        let group = Int(z.pointee.fullness)
+        let prev = z.pointee.prev, next = z.pointee.next
+        if prev != noZspage { zspage(prev).pointee.next = next } else { listHead[group] = next }
+        if next != noZspage { zspage(next).pointee.prev = prev }
         zspagesInGroup[group] -= 1
     }
 
     /// Refiles a zspage after its in-use count changed; returns its new group.
     @discardableResult
     private func fixFullness(_ id: UInt32) -> Int {
-        let newGroup = fullnessGroup(inuse: Int(inuse[Int(id)]))
-        if newGroup != Int(fullness[Int(id)]) {
+        let z = zspage(id)
+        let newGroup = fullnessGroup(inuse: Int(z.pointee.inuse))
+        if newGroup != Int(z.pointee.fullness) {
             remove(id)
             insert(id, group: newGroup)
         }
@@ -170,26 +183,25 @@ final class SizeClass: @unchecked Sendable {
         let id: UInt32
         if freeZspageId != noZspage {
             id = freeZspageId
-            freeZspageId = next[Int(id)]
+            freeZspageId = zspage(id).pointee.next
         } else {
             let n = zspageIdsUsed + 1
+            zspages.reserve(n, fill: ZspageDescriptor())
             pages.reserve(n * pagesPerZspage, fill: 0)
-            freeObj.reserve(n, fill: 0); inuse.reserve(n, fill: 0); fullness.reserve(n, fill: 0)
-            prev.reserve(n, fill: noZspage); next.reserve(n, fill: noZspage)
-            if isHuge { hugeHandle.reserve(n, fill: 0) }
             id = UInt32(zspageIdsUsed)
             zspageIdsUsed = n
         }
+        let z = zspage(id)
         guard provider.allocate(pagesPerZspage, into: pages.base + Int(id) * pagesPerZspage) else {
-            next[Int(id)] = freeZspageId
+            z.pointee.next = freeZspageId
             freeZspageId = id
             return nil
         }
         // init_zspage: chain every object to the next one in address order.
-        freeObj[Int(id)] = 0
-        inuse[Int(id)] = 0
+        z.pointee.freeObject = 0
+        z.pointee.inuse = 0
         if isHuge {
-            hugeHandle[Int(id)] = 0
+            z.pointee.hugeHandle = 0
         } else {
             for k in 0..<objsPerZspage {
                 let link = k + 1 < objsPerZspage ? UInt64(k + 1) << 1 : endOfFreelist << 1
@@ -203,7 +215,7 @@ final class SizeClass: @unchecked Sendable {
         remove(id)
         provider.free(pagesPerZspage, from: pages.base + Int(id) * pagesPerZspage)
         objsAllocated -= objsPerZspage
-        next[Int(id)] = freeZspageId
+        zspage(id).pointee.next = freeZspageId
         freeZspageId = id
     }
 
@@ -211,31 +223,36 @@ final class SizeClass: @unchecked Sendable {
 
     /// Pops a free object of zspage `id` for `handle`; lock held.
     private func objMalloc(_ id: UInt32, handle: ZsHandle) -> Int {
-        let k = Int(freeObj[Int(id)])
+        let z = zspage(id)
+        let k = Int(z.pointee.freeObject)
         if isHuge {
-            freeObj[Int(id)] = UInt32(truncatingIfNeeded: endOfFreelist)
-            hugeHandle[Int(id)] = handle
+            z.pointee.freeObject = UInt32(truncatingIfNeeded: endOfFreelist)
+            z.pointee.hugeHandle = handle
         } else {
             let h = header(zspage: id, object: k)
-            freeObj[Int(id)] = UInt32(truncatingIfNeeded: h.load(as: UInt64.self) >> 1)
+            z.pointee.freeObject = UInt32(truncatingIfNeeded: h.load(as: UInt64.self) >> 1)
             h.storeBytes(of: handle << 1 | 1, as: UInt64.self)
         }
-        inuse[Int(id)] += 1
+        z.pointee.inuse += 1
         return k
     }
 
     private func objFree(_ id: UInt32, object k: Int) {
+        let z = zspage(id)
         if isHuge {
-            hugeHandle[Int(id)] = 0
+            z.pointee.hugeHandle = 0
         } else {
-            header(zspage: id, object: k).storeBytes(of: UInt64(freeObj[Int(id)]) << 1, as: UInt64.self)
+            header(zspage: id, object: k).storeBytes(of: UInt64(z.pointee.freeObject) << 1, as: UInt64.self)
         }
-        freeObj[Int(id)] = UInt32(k)
-        inuse[Int(id)] -= 1
+        z.pointee.freeObject = UInt32(k)
+        z.pointee.inuse -= 1
     }
 
     @inline(__always) private func isAllocated(_ id: UInt32, object k: Int) -> ZsHandle? {
-        if isHuge { return inuse[Int(id)] > 0 ? hugeHandle[Int(id)] : nil }
+        if isHuge {
+            let z = zspage(id)
+            return z.pointee.inuse > 0 ? z.pointee.hugeHandle : nil
+        }
         let word = header(zspage: id, object: k).load(as: UInt64.self)
         return word & 1 == 1 ? word >> 1 : nil
     }
@@ -252,37 +269,36 @@ final class SizeClass: @unchecked Sendable {
             if listHead[g] != noZspage { id = listHead[g]; break }
             g -= 1
         }
-        let local = allocHandleSlot()
-        let handle = self.handle(forLocal: local)
+        let entry = allocHandleEntry()
+        let handle = ZsHandleCoding.encode(classPosition: position, entry: entry)
         if id != noZspage {
             let k = objMalloc(id, handle: handle)
             fixFullness(id)
             objsInuse += 1
-            handles[Int(local)] = SizeClass.location(zspage: id, object: k)
+            setLocation(ObjectLocation(zspage: id, object: k), entry: Int(entry))
             return handle
         }
         guard let newID = allocZspage() else {
-            freeHandleSlot(Int(local))
+            freeHandleEntry(Int(entry))
             return nil
         }
         let k = objMalloc(newID, handle: handle)
-        insert(newID, group: fullnessGroup(inuse: Int(inuse[Int(newID)])))
+        insert(newID, group: fullnessGroup(inuse: Int(zspage(newID).pointee.inuse)))
         objsAllocated += objsPerZspage
         objsInuse += 1
-        handles[Int(local)] = SizeClass.location(zspage: newID, object: k)
+        setLocation(ObjectLocation(zspage: newID, object: k), entry: Int(entry))
         return handle
     }
 
     func free(_ handle: ZsHandle) {
         lock.lock()
         defer { lock.unlock() }
-        let local = SizeClass.local(of: handle)
-        let loc = handles[local]
-        let id = UInt32(truncatingIfNeeded: loc >> 32)
+        let entry = ZsHandleCoding.entry(of: handle)
+        let loc = ObjectLocation(rawValue: handleEntries[entry])
         objsInuse -= 1
-        objFree(id, object: Int(loc & 0xffff_ffff))
-        if fixFullness(id) == zsInuseRatio0 { freeZspage(id) }
-        freeHandleSlot(local)
+        objFree(loc.zspage, object: loc.object)
+        if fixFullness(loc.zspage) == zsInuseRatio0 { freeZspage(loc.zspage) }
+        freeHandleEntry(entry)
     }
 
     /// Payload offset of an object inside its zspage (after the header unless huge).
@@ -293,17 +309,16 @@ final class SizeClass: @unchecked Sendable {
     func write(_ handle: ZsHandle, from src: UnsafeRawPointer, count: Int) {
         lock.lock()
         defer { lock.unlock() }
-        let loc = handles[SizeClass.local(of: handle)]
-        copy(zspage: UInt32(truncatingIfNeeded: loc >> 32), offset: payloadOffset(object: Int(loc & 0xffff_ffff)),
+        let loc = location(of: handle)
+        copy(zspage: loc.zspage, offset: payloadOffset(object: loc.object),
              count: count, buffer: UnsafeMutableRawPointer(mutating: src), toZspage: true)
     }
 
     func read(_ handle: ZsHandle, into dst: UnsafeMutableRawPointer, count: Int) {
         lock.lock()
         defer { lock.unlock() }
-        let loc = handles[SizeClass.local(of: handle)]
-        copy(zspage: UInt32(truncatingIfNeeded: loc >> 32), offset: payloadOffset(object: Int(loc & 0xffff_ffff)),
-             count: count, buffer: dst, toZspage: false)
+        let loc = location(of: handle)
+        copy(zspage: loc.zspage, offset: payloadOffset(object: loc.object), count: count, buffer: dst, toZspage: false)
     }
 
     // MARK: compaction (zs_can_compact / __zs_compact / migrate_zspage)
@@ -332,18 +347,18 @@ final class SizeClass: @unchecked Sendable {
             g = zsInuseRatio10
             while g <= zsInuseRatio99 { if listHead[g] != noZspage { src = listHead[g]; break }; g += 1 }
             guard src != noZspage else {
-                insert(dst, group: fullnessGroup(inuse: Int(inuse[Int(dst)])))
+                insert(dst, group: fullnessGroup(inuse: Int(zspage(dst).pointee.inuse)))
                 break
             }
             remove(src)
             migrate(from: src, to: dst)
-            let srcGroup = fullnessGroup(inuse: Int(inuse[Int(src)]))
+            let srcGroup = fullnessGroup(inuse: Int(zspage(src).pointee.inuse))
             insert(src, group: srcGroup)
             if srcGroup == zsInuseRatio0 {
                 freeZspage(src)
                 freed += pagesPerZspage
             }
-            insert(dst, group: fullnessGroup(inuse: Int(inuse[Int(dst)])))
+            insert(dst, group: fullnessGroup(inuse: Int(zspage(dst).pointee.inuse)))
             // Let readers and writers of this class in before the next source zspage.
             lock.unlock()
             sched_yield()
@@ -356,16 +371,16 @@ final class SizeClass: @unchecked Sendable {
         for k in 0..<objsPerZspage {
             guard let handle = isAllocated(src, object: k) else { continue }
             let d = objMalloc(dst, handle: handle)
-            // zs_object_copy: the whole slot; the header was already written by objMalloc.
+            // zs_object_copy: the whole object; the header was already written by objMalloc.
             if isHuge {
                 copyObject(from: (src, 0), to: (dst, 0), count: zsPageSize)
             } else {
                 copyObject(from: (src, k * size + zsHandleSize), to: (dst, d * size + zsHandleSize),
                            count: size - zsHandleSize)
             }
-            handles[SizeClass.local(of: handle)] = SizeClass.location(zspage: dst, object: d)
+            setLocation(ObjectLocation(zspage: dst, object: d), entry: ZsHandleCoding.entry(of: handle))
             objFree(src, object: k)
-            if Int(inuse[Int(dst)]) == objsPerZspage || inuse[Int(src)] == 0 { break }
+            if Int(zspage(dst).pointee.inuse) == objsPerZspage || zspage(src).pointee.inuse == 0 { break }
         }
     }
 
@@ -403,7 +418,7 @@ final class SizeClass: @unchecked Sendable {
                 var id = listHead[g]
                 while id != noZspage {
                     for k in 0..<objsPerZspage { if let h = isAllocated(id, object: k) { body(h) } }
-                    id = next[Int(id)]
+                    id = zspage(id).pointee.next
                 }
             }
         }

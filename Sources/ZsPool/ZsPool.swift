@@ -3,9 +3,22 @@ import Glibc
 #endif
 import Synchronization
 
-/// A stable reference to an object in the pool; compaction moves objects but never changes handles.
-/// Never 0. The class position lives in bits 40..47, so a handle finds its class without a lookup.
-public typealias ZsHandle = UInt64
+// Vocabulary of this module (zsmalloc's words, mm/zsmalloc.c):
+// - pool: a ZsPool, the allocator of one zram device; its page provider hands out 4 KiB pages.
+// - size class: a SizeClass, serving objects of one size (32...4096 B; neighbours that would use
+//   the same zspage shape are merged into one, as the kernel does).
+// - class position: a size class's index in the pool's table of distinct classes (not its
+//   nominal index 0...254, which `ZsClassInfo.index` reports).
+// - zspage: 1...chainSize pages of one class, read as one range and cut into objects; known by
+//   its id within the class and described by a zspage descriptor.
+// - object: one allocation inside a zspage; the non-huge ones start with an 8-byte header.
+// - handle: the stable name of an object that zs_malloc returns (ZsHandle; its bits are in
+//   ZsHandleCoding): class position and handle entry.
+// - handle entry: a class's table entry for one handle, holding the object's location while the
+//   handle lives, or the link to the next free entry.
+// - location: zspage id and object index (ObjectLocation); compaction changes it, never the handle.
+// - fullness group: zspages of a class by their in-use ratio (empty, 10%...99% in tenths, full);
+//   allocation takes the fullest, compaction moves objects from the emptiest.
 
 /// A userspace port of the kernel's zsmalloc (mm/zsmalloc.c, Linux 6.12-6.18).
 ///
@@ -36,8 +49,8 @@ public final class ZsPool: @unchecked Sendable {
         geometry = ZsGeometry(chainSize: chainSize)
         provider = PageProvider(maxPages: maxPages, reservePages: reservePages)
         var built: [SizeClass] = []
-        for (slot, info) in geometry.classes.enumerated() {
-            built.append(SizeClass(info: info, slot: slot, provider: provider))
+        for (position, info) in geometry.classes.enumerated() {
+            built.append(SizeClass(info: info, position: position, provider: provider))
         }
         classes = built
     }
@@ -46,7 +59,7 @@ public final class ZsPool: @unchecked Sendable {
     @inline(__always)
     public func malloc(_ size: Int) -> ZsHandle? {
         precondition(size > 0 && size <= zsPageSize, "zs_malloc size must be 1...4096")
-        return classes[geometry.slot(forAllocation: size)].malloc()
+        return classes[geometry.classPosition(forAllocation: size)].malloc()
     }
 
     /// Writes `count` payload bytes (at most the size given to malloc).
@@ -68,7 +81,7 @@ public final class ZsPool: @unchecked Sendable {
     }
 
     @inline(__always) private func owner(of handle: ZsHandle) -> SizeClass {
-        classes[Int(truncatingIfNeeded: handle >> 40)]
+        classes[ZsHandleCoding.classPosition(of: handle)]
     }
 
     /// zs_compact(): compacts every class from the largest down; returns the pages freed by this run.

@@ -1,5 +1,7 @@
 // zspool-bench: throughput of the zsmalloc port, and the page-source choice behind it.
 // Run through scripts/bench.sh (release build). Prints one line per measurement.
+// Arguments (optional, for short runs such as under callgrind): objects (default 400000),
+// churn rounds (default 100), page-source pages (default 65536).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -36,7 +38,12 @@ func report(_ what: String, _ ops: Int, _ seconds: Double, _ extra: String = "")
     print("\(what): \(ops) ops in \(Int(seconds * 1000)) ms = \(Int(rate)) ops/s, \(Int(seconds / Double(ops) * 1e9)) ns/op \(extra)")
 }
 
-let objects = 400_000
+func argument(_ i: Int, default value: Int) -> Int {
+    CommandLine.arguments.count > i ? Int(CommandLine.arguments[i]) ?? value : value
+}
+let objects = argument(1, default: 400_000)
+let churnRounds = argument(2, default: 100)
+let pages = argument(3, default: 65_536)
 let pool = ZsPool(name: "bench", maxPages: 1 << 20)
 var rng = Rng(s: 1)
 let sizes = (0..<objects).map { _ in 200 + Int(rng.next() % 3300) }   // typical lz4 page outputs
@@ -62,14 +69,14 @@ report("read after compaction", objects / 2, now() - t)
 for i in stride(from: 1, to: objects, by: 2) { pool.free(handles[i]) }
 
 // Two threads, each its own objects (the NBD workers' pattern).
-final class Ctx: @unchecked Sendable { let pool: ZsPool; let id: Int; var ops = 0
-    init(_ p: ZsPool, _ i: Int) { pool = p; id = i } }
+final class Ctx: @unchecked Sendable { let pool: ZsPool; let id: Int; let rounds: Int; var ops = 0
+    init(_ p: ZsPool, _ i: Int, rounds: Int) { pool = p; id = i; self.rounds = rounds } }
 func worker(_ raw: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
     let ctx = Unmanaged<Ctx>.fromOpaque(raw!).takeUnretainedValue()
     var r = Rng(s: UInt64(ctx.id + 7))
     let buf = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
     var hs = [ZsHandle](repeating: 0, count: 4096)
-    for round in 0..<100 {
+    for round in 0..<ctx.rounds {
         for k in 0..<4096 {
             let n = 200 + Int(r.next() % 3300)
             if round > 0 { ctx.pool.free(hs[k]) }
@@ -82,7 +89,7 @@ func worker(_ raw: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
     return nil
 }
 for threads in [1, 2] {
-    let ctxs = (0..<threads).map { Ctx(pool, $0) }
+    let ctxs = (0..<threads).map { Ctx(pool, $0, rounds: churnRounds) }
     var tids: [pthread_t] = []
     t = now()
     for c in ctxs {
@@ -95,7 +102,6 @@ for threads in [1, 2] {
 }
 
 // Page sources: the arena (mmap + MADV_DONTNEED) against one posix_memalign per page.
-let pages = 65_536
 t = now()
 let arena = mmap(nil, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)!
 _ = madvise(arena, pages * 4096, MADV_NOHUGEPAGE)

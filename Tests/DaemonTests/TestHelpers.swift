@@ -32,13 +32,7 @@ final class FakeStore: PageStore, @unchecked Sendable {   // @unchecked: guarded
 
     func snapshot(classes: Bool) -> DeviceSnapshot {
         lock.with {
-            var c = s
-            let mm = [c.origDataSize, c.comprDataSize, c.memUsedTotal, c.memLimit, c.memUsedMax, c.samePages,
-                      c.pagesCompacted, c.hugePages, c.hugePagesSince]
-            c.mmStatText = mm.map { pad8($0) }.joined(separator: " ") + "\n"
-            c.ioStatText = "\(pad8(0)) \(pad8(0)) 0 \(pad8(c.notifyFree))\n"
-            c.debugStatText = "version: 1\n0 \(pad8(0))\n"
-            c.bdStatText = "\(pad8(0)) \(pad8(0)) \(pad8(0))\n"
+            var c = s   // its mm_stat/io_stat/debug_stat/bd_stat texts come from its stats
             c.compAlgorithmText = c.algorithm == "lz4" ? "[lz4] zstd \n" : "lz4 [zstd] \n"
             c.classesText = classes ? "class  size\n" : ""
             return c
@@ -68,11 +62,6 @@ final class FakeStore: PageStore, @unchecked Sendable {   // @unchecked: guarded
 
     func setMemLimit(_ bytes: UInt64) throws(DaemonError) { lock.with { s.memLimit = (bytes + 4095) / 4096 * 4096 } }
     func resetMemUsedMax() throws(DaemonError) { lock.with { s.memUsedMax = s.memUsedTotal } }
-}
-
-func pad8(_ v: UInt64) -> String {
-    let d = String(v)
-    return String(repeating: " ", count: max(0, 8 - d.count)) + d
 }
 
 final class FakeExport: ExportHandle {

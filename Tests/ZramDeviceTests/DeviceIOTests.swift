@@ -210,7 +210,7 @@ struct DeviceIOTests {
         try dev.write(text, at: 0)
         // Scribble over page 1's compressed object.
         let flags = dev.slots.lock(1)
-        let size = Int(flags & SlotFlags.sizeMask)
+        let size = flags.objectSize
         let garbage = Buffer(size); garbage.randomize(seed: 99)
         dev.backendForTesting.pool.write(dev.slots.handle(1), from: garbage.base, count: size)
         dev.slots.unlock(1, flags: flags)

@@ -58,11 +58,11 @@ import Testing
 
     @Test func class96UsesFivePagesAtChain8AndMergesAtChain4() {
         let c8 = ZsGeometry(chainSize: 8)
-        let k96 = c8.classes[c8.slotForIndex[96]]
+        let k96 = c8.classes[c8.positionForIndex[96]]
         #expect(k96.index == 96 && k96.pagesPerZspage == 5 && k96.objsPerZspage == 13)
         // Chain 4: 2 pages / 5 objects wins, so 95...99 merge into class 100 (1632 B).
         let c4 = ZsGeometry(chainSize: 4)
-        let k = c4.classes[c4.slotForIndex[96]]
+        let k = c4.classes[c4.positionForIndex[96]]
         #expect(k.index == 100 && k.size == 1632 && k.pagesPerZspage == 2 && k.objsPerZspage == 5)
     }
 
@@ -86,8 +86,8 @@ import Testing
         #expect(g.lookupClassIndex(1568) == 96)
         #expect(g.lookupClassIndex(1569) == 97)
         // zs_malloc adds 8 bytes: 3624 fits class 225 (3632), 3625 is huge.
-        #expect(g.classes[g.slot(forAllocation: 3624)].index == 225)
-        #expect(g.classes[g.slot(forAllocation: 3625)].index == 254)
-        #expect(g.classes[g.slot(forAllocation: 4096)].index == 254)
+        #expect(g.classes[g.classPosition(forAllocation: 3624)].index == 225)
+        #expect(g.classes[g.classPosition(forAllocation: 3625)].index == 254)
+        #expect(g.classes[g.classPosition(forAllocation: 4096)].index == 254)
     }
 }

@@ -54,7 +54,7 @@ import TestSupport
         let pool = ZsPool(name: "oracle", chainSize: 8, maxPages: 1 << 14)
         for length in lengths { _ = pool.malloc(length >= pool.hugeClassSize ? 4096 : length)! }
         let ours = pool.totalPages * 4096
-        let cls = pool.geometry.classes[pool.geometry.slot(forAllocation: target)]
+        let cls = pool.geometry.classes[pool.geometry.classPosition(forAllocation: target)]
         print("oracle \(target) B x \(c.pages) (class \(cls.index), \(cls.size) B, \(cls.pagesPerZspage) pages x \(cls.objsPerZspage)): kernel mem_used_total \(mm[2]) B, zspool \(ours) B; compr_data_size \(mm[1])")
         #expect(Set(lengths).count <= 3, "compressed lengths drifted: \(Set(lengths).sorted())")
         #expect(Int(mm[2]) == ours)

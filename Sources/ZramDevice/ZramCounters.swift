@@ -1,0 +1,92 @@
+import Synchronization
+
+/// One counter the device keeps itself (the pool reports mem_used_total and pages_compacted).
+/// Adding a counter: a case here, its row in `row`, a field (and its table row) in ZramStats, and
+/// the `add`/`subtract` where the event happens.
+enum ZramCounter: Int, CaseIterable, Sendable {
+    case pagesStored
+    case comprDataSize
+    case memLimitPages
+    case maxUsedPages
+    case samePages
+    case hugePages
+    case hugePagesSince
+    case failedReads
+    case failedWrites
+    case notifyFree
+
+    /// How a counter's value is reported: as it is, or as a page count shown in bytes.
+    enum Unit: Sendable {
+        case count
+        case pages
+    }
+
+    /// The one table: the ZramStats field a counter fills, its unit, and whether `reset()` keeps it.
+    var row: (field: WritableKeyPath<ZramStats, UInt64>, unit: Unit, keptByReset: Bool) {
+        switch self {
+        case .pagesStored: (\.origDataSize, .pages, false)
+        case .comprDataSize: (\.comprDataSize, .count, false)
+        case .memLimitPages: (\.memLimit, .pages, true)          // a setting, not data
+        case .maxUsedPages: (\.memUsedMax, .pages, false)
+        case .samePages: (\.samePages, .count, false)
+        case .hugePages: (\.hugePages, .count, false)
+        case .hugePagesSince: (\.hugePagesSince, .count, false)
+        case .failedReads: (\.failedReads, .count, false)
+        case .failedWrites: (\.failedWrites, .count, false)
+        case .notifyFree: (\.notifyFree, .count, false)
+        }
+    }
+}
+
+/// The device's counters: relaxed atomics (as zram's atomic64_t), one per `ZramCounter`, updated
+/// where the event happens, cleared by `reset()` and read into a `ZramStats` by `read(into:)`.
+final class ZramCounters: @unchecked Sendable {   // @unchecked: the storage is atomics only
+    private static let count = ZramCounter.allCases.count
+    private let values: UnsafeMutablePointer<Atomic<Int>>
+
+    init() {
+        values = .allocate(capacity: Self.count)
+        for i in 0..<Self.count { (values + i).initialize(to: Atomic<Int>(0)) }
+    }
+
+    deinit {
+        values.deinitialize(count: Self.count)
+        values.deallocate()
+    }
+
+    @inline(__always)
+    func add(_ c: ZramCounter, _ n: Int = 1) { values[c.rawValue].add(n, ordering: .relaxed) }
+
+    @inline(__always)
+    func subtract(_ c: ZramCounter, _ n: Int = 1) { values[c.rawValue].subtract(n, ordering: .relaxed) }
+
+    @inline(__always)
+    func load(_ c: ZramCounter) -> Int { values[c.rawValue].load(ordering: .relaxed) }
+
+    @inline(__always)
+    func store(_ c: ZramCounter, _ v: Int) { values[c.rawValue].store(v, ordering: .relaxed) }
+
+    /// Raises the counter to `v` if it is lower (a peak, as mem_used_max).
+    func raise(_ c: ZramCounter, to v: Int) {
+        var seen = load(c)
+        while v > seen {
+            let r = values[c.rawValue].compareExchange(expected: seen, desired: v, ordering: .relaxed)
+            if r.exchanged { break }
+            seen = r.original
+        }
+    }
+
+    /// Zeroes every counter but the settings (`keptByReset`).
+    func reset() {
+        for c in ZramCounter.allCases where !c.row.keptByReset { store(c, 0) }
+    }
+
+    /// Fills the counters' fields of `stats` (pages converted to bytes).
+    func read(into stats: inout ZramStats) {
+        for c in ZramCounter.allCases {
+            let (field, unit, _) = c.row
+            let v = UInt64(load(c))
+            stats[keyPath: field] = unit == .pages ? v << UInt64(pageShift) : v
+        }
+    }
+}
