@@ -27,6 +27,13 @@ extension ZramStore: BlockBackend {
         do { try device.read(into: buffer, offset: Int(offset), length: length) } catch { throw Self.nbdError(error) }
     }
 
+    func read(into buffer: UnsafeMutableRawPointer, offset: UInt64, length: Int,
+              reportingZeroes zero: (_ start: Int, _ length: Int) -> Void) throws(NBDError) {
+        do { try device.read(into: buffer, offset: Int(offset), length: length, reportingZeroes: zero) } catch {
+            throw Self.nbdError(error)
+        }
+    }
+
     func write(from buffer: UnsafeRawPointer, offset: UInt64, length: Int, fua: Bool) throws(NBDError) {
         do { try device.write(from: buffer, offset: Int(offset), length: length) } catch { throw Self.nbdError(error) }
     }

@@ -111,17 +111,29 @@ public final class ZramDevice: @unchecked Sendable {
     /// Reads `length` bytes at `offset` into `destination`. On error the request counts once in
     /// failed_reads (as a failed bio) and the bytes of the failing page are zeroed, never garbage.
     public func read(into destination: UnsafeMutableRawPointer, offset: Int, length: Int) throws(ZramError) {
+        try readPages(into: destination, offset: offset, length: length, reportZeroes: false) { _, _ in }
+    }
+
+    /// `read`, except that pages reading as zeros (never written, freed, or same-filled with 0)
+    /// are left unfilled and reported as `zero(start, length)`, `start` relative to `destination`.
+    /// NBD's structured READ sends them as holes, without a second pass over the slots.
+    public func read(into destination: UnsafeMutableRawPointer, offset: Int, length: Int,
+                     reportingZeroes zero: (_ start: Int, _ length: Int) -> Void) throws(ZramError) {
+        try readPages(into: destination, offset: offset, length: length, reportZeroes: true, zero)
+    }
+
+    @inline(__always)
+    private func readPages(into destination: UnsafeMutableRawPointer, offset: Int, length: Int, reportZeroes: Bool,
+                           _ zero: (_ start: Int, _ length: Int) -> Void) throws(ZramError) {
         try checkRange(offset, length)
         try quiesce.shared { () throws(ZramError) in
             let b = backend
             do throws(ZramError) {
                 try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
                     let out = destination + done
-                    if n == pageSize {
-                        try readPage(index, into: out, b)
-                    } else {
-                        try readPartial(index, inPage, n, into: out, b)
-                    }
+                    let filled = n == pageSize ? try readPage(index, into: out, b, skipZero: reportZeroes)
+                        : try readPartial(index, inPage, n, into: out, b, skipZero: reportZeroes)
+                    if !filled { zero(done, n) }
                 }
             } catch {
                 counters.add(.failedReads)
@@ -341,25 +353,33 @@ public final class ZramDevice: @unchecked Sendable {
         }
     }
 
-    private func readPage(_ index: Int, into out: UnsafeMutableRawPointer, _ b: Backend) throws(ZramError) {
+    /// Fills `out` with page `index`; with `skipZero`, a page that reads as zeros is left alone
+    /// and false returned.
+    private func readPage(_ index: Int, into out: UnsafeMutableRawPointer, _ b: Backend,
+                          skipZero: Bool) throws(ZramError) -> Bool {
         // An untouched slot is empty and unlocked: zeros, without dirtying the slot table.
         if slots.peekFlags(index).isUntouched {
+            if skipZero { return false }
             memset(out, 0, pageSize)
-            return
+            return true
         }
         let flags = slots.lock(index)
         defer { slots.unlock(index, flags: flags) }
+        if skipZero && readsAsZero(index, flags) { return false }
         try load(index, flags, into: out, b, stream: nil)
+        return true
     }
 
     private func readPartial(_ index: Int, _ inPage: Int, _ n: Int, into out: UnsafeMutableRawPointer,
-                             _ b: Backend) throws(ZramError) {
+                             _ b: Backend, skipZero: Bool) throws(ZramError) -> Bool {
         if slots.peekFlags(index).isUntouched {
+            if skipZero { return false }
             memset(out, 0, n)
-            return
+            return true
         }
         let flags = slots.lock(index)
         defer { slots.unlock(index, flags: flags) }
+        if skipZero && readsAsZero(index, flags) { return false }
         try b.streams.withStream { (s) throws(ZramError) in
             do throws(ZramError) {
                 try load(index, flags, into: s.bounce, b, stream: s)
@@ -369,6 +389,13 @@ public final class ZramDevice: @unchecked Sendable {
             }
             out.copyMemory(from: s.bounce + inPage, byteCount: n)
         }
+        return true
+    }
+
+    /// Empty, or same-filled with the zero word (slot lock held).
+    @inline(__always)
+    private func readsAsZero(_ index: Int, _ flags: SlotFlags) -> Bool {
+        !flags.isAllocated || (flags.isSame && slots.handle(index) == 0)
     }
 
     /// Fills `out` with the page in slot `index` (slot lock held). Uses `stream` if given,

@@ -31,6 +31,32 @@ struct DeviceIOTests {
         #expect(c == SlotCensus(storedPages: 16, samePages: 4, hugePages: 4, comprBytes: Int(s.comprDataSize)))
     }
 
+    @Test("a read that reports zeros leaves empty and zero-filled pages alone and reports them once each")
+    func readReportingZeroes() throws {
+        let dev = try makeDevice(1 << 20)
+        let data = Buffer(4 * 4096)
+        data.fillText(seed: 3, range: 0..<4096)                  // page 0: data
+        memset(data.base + 4096, 0, 4096)                         // page 1: same-filled zeros
+        memset(data.base + 2 * 4096, 0x5a, 4096)                  // page 2: same-filled, not zero
+        data.fillText(seed: 4, range: 3 * 4096..<4 * 4096)        // page 3: data, then discarded
+        try dev.write(data, at: 0)
+        try dev.discard(offset: 3 * 4096, length: 4096)
+        // Pages 0-5 from byte 100 on: 4 and 5 were never written.
+        let back = Buffer(6 * 4096 - 100, fill: 0xee)
+        var zeros: [Range<Int>] = []
+        try dev.read(into: back.base, offset: 100, length: back.count) { start, length in zeros.append(start..<(start + length)) }
+        let page = 4096 - 100  // where page 1 starts in `back`
+        #expect(zeros == [page..<(page + 4096), (page + 2 * 4096)..<(page + 3 * 4096),
+                          (page + 3 * 4096)..<(page + 4 * 4096), (page + 4 * 4096)..<back.count])
+        #expect(back.equals(data, 0..<page, otherOffset: 100))
+        #expect(back.equals(data, (page + 4096)..<(page + 2 * 4096), otherOffset: 2 * 4096))
+        #expect(!back.isZero(page..<(page + 4096)))  // reported, so left as it was
+        // The plain read fills the same pages with zeros.
+        let plain = Buffer(6 * 4096 - 100, fill: 0xee)
+        try dev.read(into: plain.base, offset: 100, length: plain.count)
+        for z in zeros { #expect(plain.isZero(z)) }
+    }
+
     @Test("any repeated 8-byte word is a same-filled page and costs no pool memory")
     func sameFilledWords() throws {
         let dev = try makeDevice(1 << 20)
