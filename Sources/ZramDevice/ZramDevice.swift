@@ -357,21 +357,33 @@ public final class ZramDevice: @unchecked Sendable {
     /// and false returned.
     private func readPage(_ index: Int, into out: UnsafeMutableRawPointer, _ b: Backend,
                           skipZero: Bool) throws(ZramError) -> Bool {
-        // An untouched slot is empty and unlocked: zeros, without dirtying the slot table.
-        if slots.peekFlags(index).isUntouched {
-            if skipZero { return false }
-            memset(out, 0, pageSize)
-            return true
+        try readSlot(index, zeroing: out, pageSize, skipZero: skipZero) { (flags) throws(ZramError) in
+            try load(index, flags, into: out, b, stream: nil)
         }
-        let flags = slots.lock(index)
-        defer { slots.unlock(index, flags: flags) }
-        if skipZero && readsAsZero(index, flags) { return false }
-        try load(index, flags, into: out, b, stream: nil)
-        return true
     }
 
+    /// `n` bytes from `inPage` on: the page is loaded into the stream's bounce page first.
     private func readPartial(_ index: Int, _ inPage: Int, _ n: Int, into out: UnsafeMutableRawPointer,
                              _ b: Backend, skipZero: Bool) throws(ZramError) -> Bool {
+        try readSlot(index, zeroing: out, n, skipZero: skipZero) { (flags) throws(ZramError) in
+            try b.streams.withStream { (s) throws(ZramError) in
+                do throws(ZramError) {
+                    try load(index, flags, into: s.bounce, b, stream: s)
+                } catch {
+                    memset(out, 0, n)
+                    throw error
+                }
+                out.copyMemory(from: s.bounce + inPage, byteCount: n)
+            }
+        }
+    }
+
+    /// Runs `fill` with slot `index` locked, unless the slot reads as zeros: then the `n` bytes at
+    /// `out` are zeroed, or with `skipZero` left alone and false returned. An untouched slot is
+    /// empty and unlocked: zeros, without dirtying the slot table.
+    @inline(__always)
+    private func readSlot(_ index: Int, zeroing out: UnsafeMutableRawPointer, _ n: Int, skipZero: Bool,
+                          _ fill: (SlotFlags) throws(ZramError) -> Void) throws(ZramError) -> Bool {
         if slots.peekFlags(index).isUntouched {
             if skipZero { return false }
             memset(out, 0, n)
@@ -380,15 +392,7 @@ public final class ZramDevice: @unchecked Sendable {
         let flags = slots.lock(index)
         defer { slots.unlock(index, flags: flags) }
         if skipZero && readsAsZero(index, flags) { return false }
-        try b.streams.withStream { (s) throws(ZramError) in
-            do throws(ZramError) {
-                try load(index, flags, into: s.bounce, b, stream: s)
-            } catch {
-                memset(out, 0, n)
-                throw error
-            }
-            out.copyMemory(from: s.bounce + inPage, byteCount: n)
-        }
+        try fill(flags)
         return true
     }
 
