@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 // One size class: its zspages, fullness lists, handle slots and statistics, all guarded by `lock`
 // (the kernel's class->lock). Every method named `locked...` or documented "lock held" expects it held.
@@ -20,7 +21,7 @@ final class SizeClass: @unchecked Sendable {
     let pagesPerZspage: Int
     let objsPerZspage: Int
     let isHuge: Bool
-    let lock = PoolLock()
+    let lock = AdaptiveLock()
     private let provider: PageProvider
 
     // zspage descriptors, struct-of-arrays, indexed by zspage id. Every mutable property below is

@@ -3,6 +3,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 import ZsPool
 
 func now() -> Double {
@@ -37,7 +38,7 @@ func report(_ what: String, _ ops: Int, _ seconds: Double, _ extra: String = "")
 }
 
 let objects = 400_000
-let pool = ZsPool(name: "bench", maxPages: 1 << 20)
+let pool = try ZsPool(name: "bench", maxPages: 1 << 20)
 var rng = Rng(s: 1)
 let sizes = (0..<objects).map { _ in 200 + Int(rng.next() % 3300) }   // typical lz4 page outputs
 let src = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
@@ -97,8 +98,8 @@ for threads in [1, 2] {
 // Page sources: the arena (mmap + MADV_DONTNEED) against one posix_memalign per page.
 let pages = 65_536
 t = now()
-let arena = mmap(nil, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)!
-_ = madvise(arena, pages * 4096, MADV_NOHUGEPAGE)
+let arena = try VirtualMemory.reserve(byteCount: pages * 4096)
+VirtualMemory.disableHugePages(arena, byteCount: pages * 4096)
 for i in 0..<pages { (arena + i * 4096).storeBytes(of: UInt64(i), as: UInt64.self) }
 let arenaTouch = now() - t
 let rssArena = rssMiB()
@@ -106,7 +107,7 @@ t = now()
 for i in 0..<pages { _ = madvise(arena + i * 4096, 4096, MADV_DONTNEED) }
 let arenaFree = now() - t
 print("page source arena: touch \(Int(arenaTouch / Double(pages) * 1e9)) ns/page, release \(Int(arenaFree / Double(pages) * 1e9)) ns/page (one madvise each), RSS \(Int(rssArena)) -> \(Int(rssMiB())) MiB")
-munmap(arena, pages * 4096)
+VirtualMemory.unmap(arena, byteCount: pages * 4096)
 var ptrs: [UnsafeMutableRawPointer?] = Array(repeating: nil, count: pages)
 let rss0 = rssMiB()
 t = now()
