@@ -10,6 +10,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 /// Where requests of a connection run.
 public enum ExecutionModel: String, Sendable, CaseIterable {

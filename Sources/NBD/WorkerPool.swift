@@ -1,3 +1,5 @@
+import Posix
+
 /// Threads shared by every connection of a server that run requests handed over by the readers
 /// (execution models `.workers` and `.hybrid`).
 final class WorkerPool: @unchecked Sendable {  // @unchecked: all state is guarded by `lock`
