@@ -1,6 +1,7 @@
 // The one file that wires ZramDevice (the page store) to the NBD server: one NBD export per
 // device, named after it, and the one map from page-store errors to NBD errors.
 import NBD
+import Posix
 import ZramDevice
 #if canImport(Glibc)
 import Glibc
@@ -158,7 +159,7 @@ public final class ZramBackend: DeviceBackend {
         for s in specs { devices.append((s, try makeStore(s))) }
         let server = try allDevicesServer(devices, defaultName: specs.first?.name)
         if let listening = activated.first {
-            guard let fd = Sockets.acceptConnection(listening.fd) else { throw .errno("accept") }
+            guard let fd = Sockets.accept(listening.fd) else { throw .errno("accept") }
             server.serve(input: fd, output: fd, closeWhenDone: true)
         } else {
             server.serve(input: 0, output: 1)

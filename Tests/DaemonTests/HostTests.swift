@@ -2,6 +2,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 @testable import ZramDaemon
 
 /// A host with one fake device whose stats go to a temp dir.
