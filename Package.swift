@@ -1,6 +1,7 @@
 // swift-tools-version: 6.1
 // zramnbd: Linux zram (zsmalloc + LZ4/Zstd page store) served over NBD.
-// Dependencies point one way: zramnbd -> ZramDaemon -> {NBD, ZramDevice -> {ZsPool, Codec}}.
+// Dependencies point one way: zramnbd -> ZramDaemon -> {NBD, ZramDevice -> {ZsPool, Codec}}, and
+// every module but Codec -> Posix (the one layer over libc: locks, threads, mmap, sockets, fds).
 import PackageDescription
 
 let package = Package(
@@ -18,28 +19,31 @@ let package = Package(
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
 
+        // The system layer: pthread locks and threads, the monotonic clock, memory reservations,
+        // fd I/O, unix and TCP sockets. No dependencies; everything else talks to libc through it.
+        .target(name: "Posix"),
         // The zsmalloc allocator: size classes, zspages, handles, compaction. Knows nothing else.
-        .target(name: "ZsPool"),
+        .target(name: "ZsPool", dependencies: ["Posix"]),
         // Page compressors (LZ4, Zstd) behind one protocol.
         .target(name: "Codec", dependencies: ["CLZ4", "CZstd"]),
         // zram's page store: slot table, same/huge pages, discard, mem_limit, counters.
-        .target(name: "ZramDevice", dependencies: ["ZsPool", "Codec"]),
+        .target(name: "ZramDevice", dependencies: ["ZsPool", "Codec", "Posix"]),
         // The NBD protocol and server; talks to any block backend, knows nothing of compression.
-        .target(name: "NBD", exclude: ["DESIGN.md"]),
+        .target(name: "NBD", dependencies: ["Posix"], exclude: ["DESIGN.md"]),
         // The daemon: CLI, config, stats files, control socket; wires devices to NBD exports.
         .target(name: "ZramDaemon", dependencies: [
-            "ZramDevice", "NBD",
+            "ZramDevice", "NBD", "Codec", "Posix",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "zramnbd", dependencies: ["ZramDaemon"]),
         // Benchmarks (scripts/bench.sh drives them); never timed in tests.
-        .executableTarget(name: "zspool-bench", dependencies: ["ZsPool"]),
+        .executableTarget(name: "zspool-bench", dependencies: ["ZsPool", "Posix"]),
 
         // Helpers shared by the tests: spawning processes, temp dirs, kernel zram oracle devices.
         .target(name: "TestSupport"),
         .testTarget(name: "ZsPoolTests", dependencies: ["ZsPool", "TestSupport"]),
-        .testTarget(name: "ZramDeviceTests", dependencies: ["ZramDevice", "Codec", "TestSupport"]),
+        .testTarget(name: "ZramDeviceTests", dependencies: ["ZramDevice", "Codec", "CLZ4", "CZstd", "TestSupport"]),
         .testTarget(name: "NBDTests", dependencies: ["NBD", "CNBD", "TestSupport"]),
-        .testTarget(name: "DaemonTests", dependencies: ["ZramDaemon", "CNBD", "TestSupport"]),
+        .testTarget(name: "DaemonTests", dependencies: ["ZramDaemon", "Posix", "CNBD", "TestSupport"]),
     ]
 )

@@ -12,9 +12,13 @@ seconds=${1:-30}
 mkdir -p "$out/corpus"
 cp -n "$root"/Fuzz/corpus/* "$out/corpus/" 2>/dev/null || true
 
+# NBD imports Posix (the system layer; nothing there parses input): built first as one object.
+mkdir -p "$out/posix"
+swiftc -sanitize=address -parse-as-library -O -wmo -module-name Posix -c "$root"/Sources/Posix/*.swift \
+	-emit-module -emit-module-path "$out/posix/Posix.swiftmodule" -o "$out/posix/Posix.o"
 # The NBD sources and the fuzz entry form one module, so the entry can use internal API.
-swiftc -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld -module-name NBD \
-	"$root"/Sources/NBD/*.swift "$root"/Fuzz/FuzzNBD.swift -o "$out/nbd-fuzz"
+swiftc -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld -module-name NBD -I "$out/posix" \
+	"$root"/Sources/NBD/*.swift "$root"/Fuzz/FuzzNBD.swift "$out/posix/Posix.o" -o "$out/nbd-fuzz"
 
 # The Swift runtime backtracer fights ASan over a trapping input; libFuzzer reports crashes itself.
 SWIFT_BACKTRACE=enable=no "$out/nbd-fuzz" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \

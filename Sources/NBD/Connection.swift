@@ -5,6 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are guarded by `lock`
     let server: NBDServer

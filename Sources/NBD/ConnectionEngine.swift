@@ -6,6 +6,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 final class ConnectionEngine {
     private let inFD: Int32

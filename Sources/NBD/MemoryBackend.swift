@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 /// A plain RAM disk: the reference backend for tests and for measuring the transport alone.
 /// One anonymous mapping (pages become resident on first write) plus one state byte per 4 KiB
@@ -27,10 +28,8 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
         guard rounded > 0, rounded <= UInt64(Int.max / 2) else {
             throw .invalidConfiguration("memory backend size \(size) is unusable")
         }
-        guard let p = mmap(nil, Int(rounded), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-              p != MAP_FAILED else {
-            throw .system("mmap \(rounded) bytes", errno: errno)
-        }
+        let p: UnsafeMutableRawPointer
+        do { p = try VirtualMemory.reserve(byteCount: Int(rounded)) } catch { throw NBDError(error) }
         self.size = rounded
         self.capabilities = capabilities
         base = p
@@ -40,7 +39,7 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
     }
 
     deinit {
-        munmap(base, Int(size))
+        VirtualMemory.unmap(base, byteCount: Int(size))
         pages.deallocate()
     }
 

@@ -12,6 +12,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable state is guarded by `registry`
     public struct Configuration: Sendable {
@@ -50,10 +51,10 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
 
     public init(_ configuration: Configuration) throws(NBDError) {
         self.configuration = configuration
-        var fds: [Int32] = [0, 0]
-        guard c_pipe2(&fds, O_CLOEXEC) == 0 else { throw .system("pipe2", errno: errno) }
-        stopSignalFD = fds[0]
-        stopSignalWriteFD = fds[1]
+        let fds: (read: Int32, write: Int32)
+        do { fds = try IO.makePipe() } catch { throw NBDError(error) }
+        stopSignalFD = fds.read
+        stopSignalWriteFD = fds.write
         // A client that vanishes must cost an EPIPE, not the process.
         signal(SIGPIPE, SIG_IGN)
     }
@@ -157,8 +158,7 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
             }
             if fds[fds.count - 1].revents != 0 { break }
             for i in 0..<sockets.count where fds[i].revents != 0 {
-                let fd = c_accept4(sockets[i].fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
-                if fd < 0 {
+                guard let fd = Sockets.accept(sockets[i].fd) else {
                     if errno == EINTR || errno == EAGAIN || errno == ECONNABORTED { continue }
                     if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM {
                         configuration.logger.error("accept: \(String(cString: strerror(errno)))")

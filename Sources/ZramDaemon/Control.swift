@@ -3,21 +3,27 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 /// Accepts control connections; each one is a single request and reply.
 final class ControlServer {
     let path: String
     let fd: Int32
 
-    /// Listens on `path` with mode 0600: only root (and the daemon's own user) may connect.
+    /// Listens on `path` with mode 0600: only root (and the daemon's own user) may connect. A
+    /// stale socket file (nobody accepts on it) is replaced; a live one is an error, so two
+    /// daemons never steal each other's socket. Missing directories are created.
     init(path: String) throws(DaemonError) {
         self.path = path
-        fd = try Sockets.listenUnix(path, mode: 0o600)
+        do { _ = try Sockets.unixAddress(path) } catch { throw DaemonError(error) }  // before any mkdir
+        let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? ""
+        if !dir.isEmpty { try FileSystem.makeDirectories(dir) }
+        do { fd = try Sockets.listenUnix(path, mode: 0o600, backlog: 64) } catch { throw DaemonError(error) }
     }
 
     /// Serves one pending connection with `handler` (call when `fd` is readable).
     func serveOne(_ handler: (ControlRequest) -> ControlReply) {
-        guard let conn = Sockets.acceptConnection(fd) else { return }
+        guard let conn = Sockets.accept(fd) else { return }
         defer { Glibc.close(conn) }
         // The socket mode already keeps others out; the credential check also covers a socket
         // directory someone made world-writable.
@@ -50,7 +56,7 @@ public enum ControlClient {
                     : e == EACCES ? "permission denied (the control socket is for root)" : String(cString: strerror(e))
                 throw .control("cannot connect to \(socket): \(why)")
             }
-            throw error
+            throw DaemonError(error)
         }
         defer { close(fd) }
         guard FileSystem.writeAll(fd, request.line + "\n") else { throw .errno("write \(socket)") }
@@ -68,21 +74,21 @@ public enum ControlClient {
 /// A tiny HTTP/1.0 responder for Prometheus scrapes: GET /metrics, everything else 404.
 final class MetricsServer {
     let fd: Int32
-
-    init(address: HostPort) throws(DaemonError) { fd = try Sockets.listenTCP(address) }
-
     /// The bound port (useful when asked for port 0).
-    var port: UInt16 {
-        var addr = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        return withUnsafePointer(to: &addr) { p -> UInt16 in
-            p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+    let port: UInt16
+
+    init(address: HostPort) throws(DaemonError) {
+        do {
+            let l = try Sockets.listenTCP(host: address.host, port: address.port, backlog: 64)
+            fd = l.fd
+            port = l.port ?? 0
+        } catch {
+            throw DaemonError(error)
         }
     }
 
     func serveOne(_ body: () -> String) {
-        guard let conn = Sockets.acceptConnection(fd) else { return }
+        guard let conn = Sockets.accept(fd) else { return }
         defer { Glibc.close(conn) }
         guard let bytes = Sockets.readMessage(conn, limit: 8192, timeout: 2000, stopAtNewline: true) else { return }
         let requestLine = String(decoding: bytes, as: UTF8.self).split(separator: "\r\n").first ?? ""

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 /// Everything that goes wrong in the daemon, with the sentence a user reads.
 public enum DaemonError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -33,4 +34,15 @@ public enum DaemonError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 
     static func errno(_ call: String) -> DaemonError { .system(call, errno: Glibc.errno) }
+
+    /// The daemon's words for a failed system call or socket setup.
+    init(_ e: PosixError) {
+        switch e {
+        case .system(let call, let code): self = .system(call, errno: code)
+        case .socketPathTooLong(let path, let max): self = .invalidValue("socket path '\(path)' is longer than \(max) bytes")
+        case .socketInUse(let path): self = .device("\(path) is in use by another process")
+        case .notASocket(let path): self = .device("\(path) exists and is not a socket")
+        case .message(let m): self = .device(m)
+        }
+    }
 }

@@ -2,6 +2,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 enum FileSystem {
     static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
@@ -57,16 +58,7 @@ enum FileSystem {
             + ".tmp"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw .errno("open \(tmp)") }
-        var ok = true
-        var utf8 = Array(text.utf8)
-        utf8.withUnsafeMutableBytes { buf in
-            var off = 0
-            while off < buf.count {
-                let n = write(fd, buf.baseAddress! + off, buf.count - off)
-                if n < 0 { if errno == EINTR { continue }; ok = false; return }
-                off += n
-            }
-        }
+        let ok = IO.writeFully(fd, Array(text.utf8))
         let saved = errno
         close(fd)
         guard ok else { unlink(tmp); throw .system("write \(tmp)", errno: saved) }
@@ -97,16 +89,7 @@ enum FileSystem {
     /// Writes the whole string to `fd`, retrying short writes; false on error.
     @discardableResult
     static func writeAll(_ fd: Int32, _ text: String) -> Bool {
-        var utf8 = Array(text.utf8)
-        return utf8.withUnsafeMutableBytes { buf -> Bool in
-            var off = 0
-            while off < buf.count {
-                let n = write(fd, buf.baseAddress! + off, buf.count - off)
-                if n < 0 { if errno == EINTR { continue }; return false }
-                off += n
-            }
-            return true
-        }
+        IO.writeFully(fd, Array(text.utf8))
     }
 }
 
@@ -121,13 +104,6 @@ public enum SystemInfo {
         return 0
     }
 
-    /// Online CPUs (the kernel's max_comp_streams; nbd-client -C).
-    public static func onlineCPUs() -> Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
-
     /// Monotonic seconds.
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    static func now() -> Double { Double(Clock.monotonicNanoseconds()) / 1e9 }
 }

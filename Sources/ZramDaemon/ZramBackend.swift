@@ -1,6 +1,7 @@
 // The one file that wires ZramDevice (the page store) to the NBD server: one NBD export per
 // device, named after it, and page-store errors as the errno a block device returns.
 import NBD
+import Posix
 import ZramDevice
 #if canImport(Glibc)
 import Glibc
@@ -18,6 +19,7 @@ extension ZramStore: BlockBackend {
         switch e {
         case .noSpace: hostErrno = ENOSPC
         case .ioError: hostErrno = EIO
+        case .outOfMemory: hostErrno = ENOMEM
         case .outOfRange, .notInitialized, .busy, .invalidArgument: hostErrno = EINVAL
         }
         return .request(NBDErrno.fromHost(hostErrno), message: describe(e))
@@ -167,7 +169,7 @@ public final class ZramBackend: DeviceBackend {
         for s in specs { devices.append((s, try makeStore(s))) }
         let server = try allDevicesServer(devices, defaultName: specs.first?.name)
         if let listening = activated.first {
-            guard let fd = Sockets.acceptConnection(listening.fd) else { throw .errno("accept") }
+            guard let fd = Sockets.accept(listening.fd) else { throw .errno("accept") }
             server.serve(input: fd, output: fd, closeWhenDone: true)
         } else {
             server.serve(input: 0, output: 1)

@@ -1,12 +1,13 @@
 // A ZramDevice as the daemon's PageStore (its NBD side is in ZramBackend.swift).
 import Codec
+import Posix
 import ZramDevice
 
 final class ZramStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevice is thread-safe
     let device: ZramDevice
     let size: UInt64
     /// zram's max_comp_streams: one stream per online CPU.
-    let streams = SystemInfo.onlineCPUs()
+    let streams = Threads.onlineCPUs
 
     init(_ spec: DeviceSpec) throws(DaemonError) {
         do {
@@ -28,7 +29,7 @@ final class ZramStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevi
         case .ioError: return "a page failed to compress or decompress"
         case .notInitialized: return "device not initialised"
         case .busy: return "device busy"
-        case .invalidArgument(let m): return m
+        case .invalidArgument(let m), .outOfMemory(let m): return m
         }
     }
 
@@ -47,7 +48,9 @@ final class ZramStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevi
         do { return UInt64(try device.compact()) } catch { throw .device("\(device.name): \(ZramStore.describe(error))") }
     }
 
-    func reset() throws(DaemonError) { device.reset() }
+    func reset() throws(DaemonError) {
+        do { try device.reset() } catch { throw .device("\(device.name): \(ZramStore.describe(error))") }
+    }
 
     func setMemLimit(_ bytes: UInt64) throws(DaemonError) {
         do { try device.setMemLimit(Int(bytes)) } catch { throw .device("\(device.name): \(ZramStore.describe(error))") }

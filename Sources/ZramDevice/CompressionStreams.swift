@@ -1,8 +1,6 @@
 import Codec
-import Glibc
+import Posix
 import Synchronization
-
-@_silgen_name("sched_getcpu") private func sched_getcpu() -> Int32
 
 let pageSize = 4096
 let pageShift = 12
@@ -44,7 +42,7 @@ final class CompressionStreams: @unchecked Sendable {
     }
 
     init(algorithm: CompressionAlgorithm, level: Int32?) throws(ZramError) {
-        let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        let cpus = Threads.onlineCPUs
         var s: [LockedStream] = []
         s.reserveCapacity(cpus)
         do {
@@ -62,7 +60,7 @@ final class CompressionStreams: @unchecked Sendable {
     /// Runs `body` with this CPU's stream held.
     @inline(__always)
     func withStream<R: Sendable>(_ body: (StreamBuffers) throws(ZramError) -> R) throws(ZramError) -> R {
-        let cpu = Int(sched_getcpu())
+        let cpu = Threads.currentCPU()
         let i = cpu >= 0 ? cpu % streams.count : 0
         return try streams[i].mutex.withLock { (s: inout StreamBuffers) throws(ZramError) -> R in try body(s) }
     }

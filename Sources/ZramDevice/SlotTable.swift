@@ -1,6 +1,6 @@
 import Glibc
+import Posix
 import Synchronization
-import ZsPool
 
 /// A slot's flags word, laid out as zram's: the low 13 bits hold the object size (0...4096), the
 /// flags sit above it. A value type over the raw word: every accessor is a mask or a shift.
@@ -95,17 +95,18 @@ final class SlotTable: @unchecked Sendable {
     let byteCount: Int
     private let words: UnsafeMutablePointer<Atomic<UInt64>>
 
-    init(count: Int) {
+    init(count: Int) throws(ZramError) {
         self.count = count
         byteCount = max(count * 16, 1)
-        let p = mmap(nil, byteCount, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        guard let p, p != MAP_FAILED else { fatalError("zram: cannot map a slot table of \(byteCount) bytes") }
+        let p: UnsafeMutableRawPointer
+        do { p = try VirtualMemory.reserve(byteCount: byteCount) } catch {
+            throw .outOfMemory("cannot map a slot table of \(byteCount) bytes: \(error)")
+        }
         // Anonymous memory is zero: every slot starts unallocated and unlocked.
         words = p.bindMemory(to: Atomic<UInt64>.self, capacity: 2 * max(count, 1))
     }
 
-    deinit { munmap(UnsafeMutableRawPointer(words), byteCount) }
+    deinit { VirtualMemory.unmap(UnsafeMutableRawPointer(words), byteCount: byteCount) }
 
     /// Start of the mapping (for tests that inspect its residency).
     var baseAddress: UnsafeRawPointer { UnsafeRawPointer(words) }

@@ -11,6 +11,7 @@
 // - stream: one compressor with its buffers (CompressionStreams), held to (de)compress a page.
 import Codec
 import Glibc
+import Posix
 import ZsPool
 
 /// What one page holds, as NBD's BLOCK_STATUS wants to know it.
@@ -71,7 +72,7 @@ public final class ZramDevice: @unchecked Sendable {
     public var slotTableBytes: Int { slots.byteCount }
 
     let slots: SlotTable
-    private let quiesce = QuiesceLock()
+    private let quiesce = ReadWriteLock()
     /// Guarded by `quiesce`: read under shared, replaced under exclusive.
     private var backend: Backend
     /// For tests that reach into the pool (e.g. to corrupt an object).
@@ -92,16 +93,20 @@ public final class ZramDevice: @unchecked Sendable {
         chainSize = config.chainSize
         pageCount = (config.diskSize + pageSize - 1) >> pageShift
         diskSize = pageCount << pageShift
-        slots = SlotTable(count: pageCount)
-        backend = Backend(pool: Self.makePool(config.name, config.chainSize, pageCount),
+        slots = try SlotTable(count: pageCount)
+        backend = Backend(pool: try Self.makePool(config.name, config.chainSize, pageCount),
                           streams: try CompressionStreams(algorithm: config.algorithm, level: config.level))
         counters.store(.memLimitPages, Self.pagesRoundedUp(config.memLimit))
     }
 
-    private static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int) -> ZsPool {
+    private static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int) throws(ZramError) -> ZsPool {
         // Worst case fragmentation: one object per zspage chain. The pool only reserves address
         // space; its page numbers are 32-bit.
-        ZsPool(name: name, chainSize: chainSize, maxPages: min(pageCount * chainSize + 1024, Int(UInt32.max) - 1))
+        do {
+            return try ZsPool(name: name, chainSize: chainSize, maxPages: min(pageCount * chainSize + 1024, Int(UInt32.max) - 1))
+        } catch {
+            throw .outOfMemory("cannot reserve the pool: \(error)")
+        }
     }
 
     private static func pagesRoundedUp(_ bytes: Int) -> Int { (bytes + pageSize - 1) >> pageShift }
@@ -239,11 +244,13 @@ public final class ZramDevice: @unchecked Sendable {
     // MARK: Controls
 
     /// Frees every page and zeroes every counter; the device stays usable with the same disk size,
-    /// algorithm, level and mem_limit. The pool is recreated (pages_compacted restarts at 0).
-    public func reset() {
+    /// algorithm, level and mem_limit. The pool is recreated (pages_compacted restarts at 0); if
+    /// that fails (`outOfMemory`), the device is left as it was.
+    public func reset() throws(ZramError) {
+        let pool = try Self.makePool(name, chainSize, pageCount)
         quiesce.exclusive {
             slots.clearAll()
-            backend = Backend(pool: Self.makePool(name, chainSize, pageCount), streams: backend.streams)
+            backend = Backend(pool: pool, streams: backend.streams)
             counters.reset()
         }
     }

@@ -12,4 +12,6 @@ public enum ZramError: Error, Equatable, Sendable {
     case busy
     /// A configuration value is out of range; the message says which.
     case invalidArgument(String)
+    /// Memory for the device (its slot table or pool) could not be reserved; the message says what.
+    case outOfMemory(String)
 }

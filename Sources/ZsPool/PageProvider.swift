@@ -1,6 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import Posix
 import Synchronization
 
 /// Hands out 4 KiB pages from one virtual reservation and gives freed pages back to the OS, so the
@@ -13,7 +11,7 @@ final class PageProvider: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     let maxPages: Int
     let reserveLimit: Int
-    private let lock = PoolLock()
+    private let lock = AdaptiveLock()
     @exclusivity(unchecked) private var bump = 0                         // pages never handed out start here
     private let warm: UnsafeMutablePointer<UInt32>   // resident free pages (reserve), a stack
     @exclusivity(unchecked) private var warmCount = 0
@@ -24,29 +22,34 @@ final class PageProvider: @unchecked Sendable {
     /// Pages handed out and not yet returned.
     let pagesInUse = Atomic<Int>(0)
 
-    init(maxPages: Int, reservePages: Int) {
-        precondition(maxPages > 0 && maxPages < Int(UInt32.max))
+    /// Reserves address space for `maxPages` pages (1 ..< UInt32.max) and their free list; throws
+    /// if `maxPages` is out of range or the reservation fails.
+    init(maxPages: Int, reservePages: Int) throws(PosixError) {
+        guard maxPages > 0 && maxPages < Int(UInt32.max) else {
+            throw .message("zspool: maxPages \(maxPages) is not in 1..<\(UInt32.max)")
+        }
         self.maxPages = maxPages
         reserveLimit = reservePages
         let bytes = maxPages * zsPageSize
         // Virtual only: nothing is committed until a page is touched.
-        guard let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-              p != MAP_FAILED else {
-            fatalError("zspool: cannot reserve \(bytes) bytes of address space (errno \(errno))")
+        let p = try VirtualMemory.reserve(byteCount: bytes)
+        VirtualMemory.disableHugePages(p, byteCount: bytes)    // 4 KiB granularity, or DONTNEED could not free
+        // The cold stack can hold every page; map it lazily too.
+        let free = maxPages * MemoryLayout<UInt32>.stride
+        let c: UnsafeMutableRawPointer
+        do { c = try VirtualMemory.reserve(byteCount: free) } catch {
+            VirtualMemory.unmap(p, byteCount: bytes)
+            throw error
         }
         base = p
-        _ = madvise(base, bytes, MADV_NOHUGEPAGE)    // 4 KiB granularity, or DONTNEED could not free
-        warm = .allocate(capacity: max(reservePages, 1))
-        // The cold stack can hold every page; map it lazily too.
-        coldBytes = maxPages * MemoryLayout<UInt32>.stride
-        guard let c = mmap(nil, coldBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-              c != MAP_FAILED else { fatalError("zspool: cannot reserve the page free list") }
+        coldBytes = free
         cold = c.assumingMemoryBound(to: UInt32.self)
+        warm = .allocate(capacity: max(reservePages, 1))
     }
 
     deinit {
-        munmap(base, maxPages * zsPageSize)
-        munmap(cold, coldBytes)
+        VirtualMemory.unmap(base, byteCount: maxPages * zsPageSize)
+        VirtualMemory.unmap(UnsafeMutableRawPointer(cold), byteCount: coldBytes)
         warm.deallocate()
     }
 
@@ -86,9 +89,8 @@ final class PageProvider: @unchecked Sendable {
     /// data. Outside the lock: other threads may take and touch these pages meanwhile, which is
     /// harmless. Kernels before 5.14 refuse it and the pages fault in one by one as before.
     private func populate(from first: Int) {
-        let madvPopulateWrite: Int32 = 23
         let count = min(Self.populateBatch, maxPages - first)
-        guard madvise(address(of: UInt32(first)), count * zsPageSize, madvPopulateWrite) == 0 else { return }
+        guard VirtualMemory.populate(address(of: UInt32(first)), byteCount: count * zsPageSize) else { return }
         lock.withLock { populatedEnd = max(populatedEnd, first + count) }
     }
 
@@ -126,15 +128,4 @@ final class PageProvider: @unchecked Sendable {
     private func release(_ page: UInt32) {
         releaseToOS(address(of: page), byteCount: zsPageSize)
     }
-
-}
-
-/// Gives the pages of a page-aligned range back to the OS; they read back as zeros afterwards.
-/// MADV_DONTNEED_LOCKED (Linux 5.18+) works under mlockall, where plain MADV_DONTNEED is refused;
-/// if the kernel refuses both, the range is zero-filled so callers relying on zeros stay correct.
-public func releaseToOS(_ start: UnsafeMutableRawPointer, byteCount: Int) {
-    let madvDontneedLocked: Int32 = 24
-    if madvise(start, byteCount, madvDontneedLocked) == 0 { return }
-    if madvise(start, byteCount, MADV_DONTNEED) == 0 { return }
-    memset(start, 0, byteCount)
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 // One size class: its zspages, fullness lists, handle entries and statistics, all guarded by `lock`
 // (the kernel's class->lock). `malloc`, `free`, `write`, `read`, `compact`, `stats` and
@@ -38,7 +39,7 @@ final class SizeClass: @unchecked Sendable {
     let pagesPerZspage: Int
     let objsPerZspage: Int
     let isHuge: Bool
-    let lock = PoolLock()
+    let lock = AdaptiveLock()
     private let provider: PageProvider
 
     // zspages, indexed by zspage id: their descriptors, and their pages. Every mutable property below

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 import Synchronization
 
 // Vocabulary of this module (zsmalloc's words, mm/zsmalloc.c):
@@ -44,10 +45,11 @@ public final class ZsPool: @unchecked Sendable {
     ///   - maxPages: hard cap on pages the pool may hold (address space is reserved for it, nothing
     ///     more); malloc fails once it is reached.
     ///   - reservePages: freed pages kept resident for reuse before being returned to the OS.
-    public init(name: String, chainSize: Int = 8, maxPages: Int, reservePages: Int = 256) {
+    /// - Throws: when `maxPages` is not in 1..<UInt32.max or the address space cannot be reserved.
+    public init(name: String, chainSize: Int = 8, maxPages: Int, reservePages: Int = 256) throws(PosixError) {
         self.name = name
         geometry = ZsGeometry(chainSize: chainSize)
-        provider = PageProvider(maxPages: maxPages, reservePages: reservePages)
+        provider = try PageProvider(maxPages: maxPages, reservePages: reservePages)
         var built: [SizeClass] = []
         for (position, info) in geometry.classes.enumerated() {
             built.append(SizeClass(info: info, position: position, provider: provider))

@@ -5,6 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 import ZsPool
 
 func now() -> Double {
@@ -44,7 +45,7 @@ func argument(_ i: Int, default value: Int) -> Int {
 let objects = argument(1, default: 400_000)
 let churnRounds = argument(2, default: 100)
 let pages = argument(3, default: 65_536)
-let pool = ZsPool(name: "bench", maxPages: 1 << 20)
+let pool = try ZsPool(name: "bench", maxPages: 1 << 20)
 var rng = Rng(s: 1)
 let sizes = (0..<objects).map { _ in 200 + Int(rng.next() % 3300) }   // typical lz4 page outputs
 let src = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
@@ -103,8 +104,8 @@ for threads in [1, 2] {
 
 // Page sources: the arena (mmap + MADV_DONTNEED) against one posix_memalign per page.
 t = now()
-let arena = mmap(nil, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)!
-_ = madvise(arena, pages * 4096, MADV_NOHUGEPAGE)
+let arena = try VirtualMemory.reserve(byteCount: pages * 4096)
+VirtualMemory.disableHugePages(arena, byteCount: pages * 4096)
 for i in 0..<pages { (arena + i * 4096).storeBytes(of: UInt64(i), as: UInt64.self) }
 let arenaTouch = now() - t
 let rssArena = rssMiB()
@@ -112,7 +113,7 @@ t = now()
 for i in 0..<pages { _ = madvise(arena + i * 4096, 4096, MADV_DONTNEED) }
 let arenaFree = now() - t
 print("page source arena: touch \(Int(arenaTouch / Double(pages) * 1e9)) ns/page, release \(Int(arenaFree / Double(pages) * 1e9)) ns/page (one madvise each), RSS \(Int(rssArena)) -> \(Int(rssMiB())) MiB")
-munmap(arena, pages * 4096)
+VirtualMemory.unmap(arena, byteCount: pages * 4096)
 var ptrs: [UnsafeMutableRawPointer?] = Array(repeating: nil, count: pages)
 let rss0 = rssMiB()
 t = now()

@@ -4,6 +4,7 @@ import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 @testable import ZramDaemon
 
 /// A `zramnbd serve` child on temp sockets, started from the built binary and known to be ready

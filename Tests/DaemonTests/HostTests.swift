@@ -3,6 +3,7 @@ import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 @testable import ZramDaemon
 
 /// A host with one fake device whose stats go to a temp dir.

@@ -65,7 +65,7 @@ struct ControlTests {
         try dev.write(text, at: 0)
         try dev.discard(offset: 0, length: 4096)
         #expect(dev.stats().memUsedTotal > 0)
-        dev.reset()
+        try dev.reset()
         var expected = ZramStats()
         expected.diskSize = 1 << 20
         expected.memLimit = 1 << 20

@@ -51,7 +51,7 @@ import TestSupport
             lastCompr = compr
         }
         let mm = try zram.mmStat()
-        let pool = ZsPool(name: "oracle", chainSize: 8, maxPages: 1 << 14)
+        let pool = try ZsPool(name: "oracle", chainSize: 8, maxPages: 1 << 14)
         for length in lengths { _ = pool.malloc(length >= pool.hugeClassSize ? 4096 : length)! }
         let ours = pool.totalPages * 4096
         let cls = pool.geometry.classes[pool.geometry.classPosition(forAllocation: target)]

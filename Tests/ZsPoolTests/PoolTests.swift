@@ -65,8 +65,8 @@ func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
 }
 
 @Suite struct PoolTests {
-    @Test func writeReadFreeAcrossEverySize() {
-        let pool = ZsPool(name: "t", maxPages: 1 << 16)
+    @Test func writeReadFreeAcrossEverySize() throws {
+        let pool = try ZsPool(name: "t", maxPages: 1 << 16)
         let buf = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 16)
         defer { buf.deallocate() }
         var live: [(ZsHandle, Int)] = []
@@ -89,9 +89,9 @@ func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
         #expect(pool.classStats().allSatisfy { $0.objAllocated == 0 && $0.objUsed == 0 })
     }
 
-    @Test func objectsFillTheFullestZspageFirst() {
+    @Test func objectsFillTheFullestZspageFirst() throws {
         // Class 96 at chain 8: 5 pages, 13 objects of 1568 B (payload 1560).
-        let pool = ZsPool(name: "t", maxPages: 1024)
+        let pool = try ZsPool(name: "t", maxPages: 1024)
         var hs = (0..<26).map { _ in pool.malloc(1560)! }
         #expect(pool.totalPages == 10)
         // Free 6 from the first zspage, 1 from the second: new objects go to the fuller (second) one.
@@ -106,8 +106,8 @@ func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
         #expect(pool.totalPages == 10)
     }
 
-    @Test func mallocFailsAtThePageCapAndLeavesThePoolUsable() {
-        let pool = ZsPool(name: "t", maxPages: 8)
+    @Test func mallocFailsAtThePageCapAndLeavesThePoolUsable() throws {
+        let pool = try ZsPool(name: "t", maxPages: 8)
         var hs: [ZsHandle] = []
         while let h = pool.malloc(4096) { hs.append(h) }
         #expect(hs.count == 8)
@@ -116,8 +116,8 @@ func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
         #expect(pool.malloc(4096) != nil)
     }
 
-    @Test func classesTableHasTheKernelLayout() {
-        let pool = ZsPool(name: "t", maxPages: 1024)
+    @Test func classesTableHasTheKernelLayout() throws {
+        let pool = try ZsPool(name: "t", maxPages: 1024)
         _ = pool.malloc(100)
         let lines = pool.classesText().split(separator: "\n", omittingEmptySubsequences: false)
         #expect(lines[0] == " class  size       10%       20%       30%       40%       50%       60%       70%       80%       90%       99%      100% obj_allocated   obj_used pages_used pages_per_zspage freeable")
@@ -130,8 +130,8 @@ func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
 
     /// Fragment, then compact: pages drop to what the kernel's algorithm leaves (ceil(used/objs)
     /// zspages per class), pages_compacted counts the difference, and the RSS follows.
-    @Test func fragmentThenCompactFreesPagesAndMemory() {
-        let pool = ZsPool(name: "t", maxPages: 1 << 18, reservePages: 0)
+    @Test func fragmentThenCompactFreesPagesAndMemory() throws {
+        let pool = try ZsPool(name: "t", maxPages: 1 << 18, reservePages: 0)
         var rng = SplitMix64(seed: 42)
         let buf = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 16)
         defer { buf.deallocate() }
@@ -172,8 +172,8 @@ func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
     /// Several threads allocate, write, read back and free while another compacts; after every
     /// compaction every object's content is verified.
     @Test(arguments: [UInt64(1), 2])
-    func randomisedConcurrentOperationsWithCompaction(seed: UInt64) {
-        let pool = ZsPool(name: "t", chainSize: seed == 1 ? 8 : 16, maxPages: 1 << 18)
+    func randomisedConcurrentOperationsWithCompaction(seed: UInt64) throws {
+        let pool = try ZsPool(name: "t", chainSize: seed == 1 ? 8 : 16, maxPages: 1 << 18)
         let threads = 4, rounds = 3, opsPerThreadPerRound = 20_000
         final class Objects: @unchecked Sendable { var live: [[(ZsHandle, Int, UInt64)]] = [] }
         let objects = Objects()
