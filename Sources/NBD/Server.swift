@@ -80,7 +80,7 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
                 listeners = opened
                 acceptorRunning = true
             }
-            try Threads.spawn(name: "nbd-accept") { [self] in acceptLoop() }
+            do { try Threads.spawn(name: "nbd-accept") { [self] in acceptLoop() } } catch { throw NBDError(error) }
         } catch {
             for l in opened { l.closeAndUnlink() }
             registry.withLock {
