@@ -1,7 +1,7 @@
 // swift-tools-version: 6.1
 // zramnbd: Linux zram (zsmalloc + LZ4/Zstd page store) served over NBD.
 // Dependencies point one way: zramnbd -> ZramDaemon -> {NBD, ZramDevice -> {ZsPool, Codec}}, and
-// every module but Codec -> Posix (the one layer over libc: locks, threads, mmap, sockets, fds).
+// every module -> Posix (the one layer over libc: locks, threads, mmap, sockets, fds, the page size).
 import PackageDescription
 
 let package = Package(
@@ -25,7 +25,7 @@ let package = Package(
         // The zsmalloc allocator: size classes, zspages, handles, compaction. Knows nothing else.
         .target(name: "ZsPool", dependencies: ["Posix"]),
         // Page compressors (LZ4, Zstd) behind one protocol.
-        .target(name: "Codec", dependencies: ["CLZ4", "CZstd"]),
+        .target(name: "Codec", dependencies: ["CLZ4", "CZstd", "Posix"]),
         // zram's page store: slot table, same/huge pages, discard, mem_limit, counters.
         .target(name: "ZramDevice", dependencies: ["ZsPool", "Codec", "Posix"]),
         // The NBD protocol and server; talks to any block backend, knows nothing of compression.

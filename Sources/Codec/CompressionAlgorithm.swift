@@ -1,5 +1,7 @@
 // The page compressors zram can use, with the kernel's default levels.
 
+import Posix
+
 /// A compression algorithm for 4 KiB pages. Names match zram's `comp_algorithm` names.
 public enum CompressionAlgorithm: String, CaseIterable, Sendable {
     case lz4
@@ -79,6 +81,3 @@ public protocol CompressionStream: AnyObject {
     func decompress(_ source: UnsafeRawPointer, count: Int,
                     intoPage destination: UnsafeMutableRawPointer) -> Bool
 }
-
-/// The page size every stream works on (zram on 4 KiB-page kernels).
-public let codecPageSize = 4096

@@ -1,4 +1,5 @@
 import CLZ4
+import Posix
 
 /// lz4 as zram uses it without a dictionary: LZ4_compress_fast with level as acceleration,
 /// LZ4_decompress_safe into one page. liblz4 keeps its hash table on the stack: no state here.
@@ -12,7 +13,7 @@ final class LZ4Stream: CompressionStream {
                   capacity: Int) -> Int? {
         let n = LZ4_compress_fast(source.assumingMemoryBound(to: CChar.self),
                                   destination.assumingMemoryBound(to: CChar.self),
-                                  Int32(codecPageSize), Int32(clamping: capacity), level)
+                                  Int32(pageSize), Int32(clamping: capacity), level)
         return n > 0 ? Int(n) : nil
     }
 
@@ -21,7 +22,7 @@ final class LZ4Stream: CompressionStream {
         guard count > 0, count <= Int(Int32.max) else { return false }
         let n = LZ4_decompress_safe(source.assumingMemoryBound(to: CChar.self),
                                     destination.assumingMemoryBound(to: CChar.self),
-                                    Int32(count), Int32(codecPageSize))
-        return n == Int32(codecPageSize)
+                                    Int32(count), Int32(pageSize))
+        return n == Int32(pageSize)
     }
 }

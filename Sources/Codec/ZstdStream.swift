@@ -1,4 +1,5 @@
 import CZstd
+import Posix
 
 enum ZSTD {
     static var minLevel: Int32 { ZSTD_minCLevel() }
@@ -27,11 +28,11 @@ final class ZstdStream: CompressionStream {
 
     /// Runs one page through both contexts so their workspaces are allocated now, not on the data path.
     private func prime() {
-        let page = UnsafeMutableRawPointer.allocate(byteCount: 3 * codecPageSize, alignment: 64)
+        let page = UnsafeMutableRawPointer.allocate(byteCount: 3 * pageSize, alignment: 64)
         defer { page.deallocate() }
-        page.initializeMemory(as: UInt8.self, repeating: 0x5a, count: codecPageSize)
-        if let n = compress(page: page, into: page + codecPageSize, capacity: 2 * codecPageSize) {
-            _ = decompress(page + codecPageSize, count: n, intoPage: page)
+        page.initializeMemory(as: UInt8.self, repeating: 0x5a, count: pageSize)
+        if let n = compress(page: page, into: page + pageSize, capacity: 2 * pageSize) {
+            _ = decompress(page + pageSize, count: n, intoPage: page)
         }
     }
 
@@ -42,14 +43,14 @@ final class ZstdStream: CompressionStream {
 
     func compress(page source: UnsafeRawPointer, into destination: UnsafeMutableRawPointer,
                   capacity: Int) -> Int? {
-        let n = ZSTD_compressCCtx(cctx, destination, capacity, source, codecPageSize, level)
+        let n = ZSTD_compressCCtx(cctx, destination, capacity, source, pageSize, level)
         return ZSTD_isError(n) == 0 && n > 0 ? n : nil
     }
 
     func decompress(_ source: UnsafeRawPointer, count: Int,
                     intoPage destination: UnsafeMutableRawPointer) -> Bool {
         guard count > 0 else { return false }
-        let n = ZSTD_decompressDCtx(dctx, destination, codecPageSize, source, count)
-        return ZSTD_isError(n) == 0 && n == codecPageSize
+        let n = ZSTD_decompressDCtx(dctx, destination, pageSize, source, count)
+        return ZSTD_isError(n) == 0 && n == pageSize
     }
 }

@@ -8,7 +8,6 @@ import Posix
 /// page for block status. Trimmed and zeroed whole pages are given back to the kernel.
 /// Concurrent overlapping writes race on the bytes, as NBD allows; nothing else is shared.
 public final class MemoryBackend: BlockBackend, @unchecked Sendable {
-    public static let pageSize = 4096
     private enum Allocation: UInt8 {
         case hole = 0  // never written, or trimmed
         case zero = 1  // zeroed with NO_HOLE
@@ -23,7 +22,7 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
 
     /// `size` is rounded up to whole pages.
     public init(size: UInt64, capabilities: BackendCapabilities = .all) throws(NBDError) {
-        let pageSize = UInt64(MemoryBackend.pageSize)
+        let pageSize = UInt64(pageSize)
         let rounded = (size + pageSize - 1) / pageSize * pageSize
         guard rounded > 0, rounded <= UInt64(Int.max / 2) else {
             throw .invalidConfiguration("memory backend size \(size) is unusable")
@@ -53,8 +52,8 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
         let o = Int(offset)
         var position = 0
         while position < length {
-            let page = (o + position) / MemoryBackend.pageSize
-            let n = min(MemoryBackend.pageSize - (o + position) % MemoryBackend.pageSize, length - position)
+            let page = (o + position) / pageSize
+            let n = min(pageSize - (o + position) % pageSize, length - position)
             if pages[page] == Allocation.data.rawValue {
                 (buffer + position).copyMemory(from: base + o + position, byteCount: n)
             } else {
@@ -66,7 +65,7 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
 
     public func write(from buffer: UnsafeRawPointer, offset: UInt64, length: Int, fua: Bool) throws(NBDError) {
         (base + Int(offset)).copyMemory(from: buffer, byteCount: length)
-        mark(.data, from: Int(offset) / MemoryBackend.pageSize, to: (Int(offset) + length - 1) / MemoryBackend.pageSize + 1)
+        mark(.data, from: Int(offset) / pageSize, to: (Int(offset) + length - 1) / pageSize + 1)
     }
 
     public func trim(offset: UInt64, length: UInt64) throws(NBDError) {
@@ -79,8 +78,8 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
         let o = Int(offset), l = Int(length)
         let (first, last) = wholePages(offset, length)
         if first < last {
-            let headBytes = first * MemoryBackend.pageSize - o
-            let tailStart = last * MemoryBackend.pageSize
+            let headBytes = first * pageSize - o
+            let tailStart = last * pageSize
             memset(base + o, 0, headBytes)
             memset(base + tailStart, 0, o + l - tailStart)
             release(first, last, as: mayTrim ? .hole : .zero)
@@ -94,11 +93,11 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
         let end = offset + length
         var position = offset
         while position < end {
-            let page = Int(position) / MemoryBackend.pageSize
+            let page = Int(position) / pageSize
             let state = pages[page]
             var next = page + 1
-            while next < pageCount && pages[next] == state && UInt64(next * MemoryBackend.pageSize) < end { next += 1 }
-            let runEnd = min(UInt64(next * MemoryBackend.pageSize), end)
+            while next < pageCount && pages[next] == state && UInt64(next * pageSize) < end { next += 1 }
+            let runEnd = min(UInt64(next * pageSize), end)
             let flags = switch Allocation(rawValue: state) {
             case .hole: ExtentFlags.unallocated
             case .zero: ExtentFlags.zero
@@ -111,7 +110,7 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
 
     /// Pages wholly inside [offset, offset+length) as a half-open page range.
     private func wholePages(_ offset: UInt64, _ length: UInt64) -> (Int, Int) {
-        let ps = UInt64(MemoryBackend.pageSize)
+        let ps = UInt64(pageSize)
         let first = Int((offset + ps - 1) / ps)
         let last = Int((offset + length) / ps)
         return (first, max(first, last))
@@ -119,7 +118,7 @@ public final class MemoryBackend: BlockBackend, @unchecked Sendable {
 
     private func release(_ first: Int, _ last: Int, as state: Allocation) {
         guard first < last else { return }
-        _ = madvise(base + first * MemoryBackend.pageSize, (last - first) * MemoryBackend.pageSize, MADV_DONTNEED)
+        _ = madvise(base + first * pageSize, (last - first) * pageSize, MADV_DONTNEED)
         mark(state, from: first, to: last)
     }
 

@@ -16,12 +16,19 @@
 // - fully: a read or write that retries EINTR and short transfers until every byte moved (`IO`).
 // - listener: a listening stream socket (`Sockets.listenUnix`, `Sockets.listenTCP`). A stale
 //   unix socket is a socket file nobody accepts on; it is replaced. A live one is an error.
+// - page: 4096 bytes (`pageSize`, `pageShift`), the unit of zram, zsmalloc, the codecs and the
+//   RAM disk (x86_64's and arm64's usual PAGE_SIZE).
 // - PosixError: what failed (the call and its errno, or a sentence). Each module maps it into its
 //   own error type and wording.
 
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// The page everything here is built around: zram stores, zsmalloc allocates and the codecs
+/// compress one of these at a time.
+public let pageSize = 4096
+public let pageShift = 12
 
 /// A failed system call or setup step.
 public enum PosixError: Error, Equatable, Sendable, CustomStringConvertible {

@@ -2,9 +2,6 @@ import Codec
 import Posix
 import Synchronization
 
-let pageSize = 4096
-let pageShift = 12
-
 /// One stream's working memory: codec contexts, zram's 2-page output buffer, a page to copy a
 /// stored object into before decompressing it, and a bounce page for read-modify-write.
 final class StreamBuffers {

@@ -1,3 +1,4 @@
+import Posix
 import Synchronization
 
 /// One counter the device keeps itself (the pool reports mem_used_total and pages_compacted).

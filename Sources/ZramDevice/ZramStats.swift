@@ -1,3 +1,5 @@
+import Posix
+
 /// Every counter of one device at one moment, in zram's units (bytes for *_size/mem_*, pages for
 /// the page counts). The `*Text` properties print the kernel's sysfs files byte for byte.
 /// `ZramStats.fields` describes each field once for every output (sysfs files, stat.json,
@@ -28,7 +30,7 @@ public struct ZramStats: Sendable, Equatable {
     public init() {}
 
     /// Pages holding data (orig_data_size / 4096).
-    public var pagesStored: UInt64 { origDataSize / 4096 }
+    public var pagesStored: UInt64 { origDataSize / UInt64(pageSize) }
 
     /// `/sys/block/zramN/mm_stat`.
     public var mmStatText: String { printfColumns(values(in: .mmStat)) }

@@ -1,14 +1,14 @@
 // Size-class geometry of mm/zsmalloc.c (Linux 6.3+ through 6.18), decided once at pool creation.
 // The hot path only indexes these tables (zs_create_pool does the same).
 
-/// Page size the pool is built around (zsmalloc's PAGE_SIZE on x86_64/arm64).
-public let zsPageSize = 4096
+import Posix
+
 /// Every allocated, non-huge object starts with an 8-byte header holding its handle (ZS_HANDLE_SIZE).
 public let zsHandleSize = 8
 /// Smallest class size, class step, and number of nominal classes (ZS_SIZE_CLASSES).
 public let zsMinAllocSize = 32
 public let zsSizeClassDelta = 16
-public let zsNominalClassCount = (zsPageSize - zsMinAllocSize + zsSizeClassDelta - 1) / zsSizeClassDelta + 1 // 255
+public let zsNominalClassCount = (pageSize - zsMinAllocSize + zsSizeClassDelta - 1) / zsSizeClassDelta + 1 // 255
 /// Fullness groups: 0 (empty), 1...10 (by tenths of in-use ratio), 11 (full).
 public let zsFullnessGroups = 12
 let zsInuseRatio0 = 0
@@ -49,9 +49,9 @@ public struct ZsGeometry: Sendable {
         var huge = 0
         // Walk from the largest class down: merging needs the next larger class (zs_create_pool).
         for i in stride(from: zsNominalClassCount - 1, through: 0, by: -1) {
-            let size = min(zsMinAllocSize + i * zsSizeClassDelta, zsPageSize)
+            let size = min(zsMinAllocSize + i * zsSizeClassDelta, pageSize)
             let pages = ZsGeometry.zspageChainSize(classSize: size, chainSize: chainSize)
-            let objs = pages * zsPageSize / size
+            let objs = pages * pageSize / size
             if pages != 1 && objs != 1 && huge == 0 {
                 // The first non-huge class met from the top; zs_malloc adds the header before lookup.
                 huge = size - (zsHandleSize - 1)
@@ -78,7 +78,7 @@ public struct ZsGeometry: Sendable {
         var best = 1
         var bestWaste = Int.max
         for pages in 1...chainSize {
-            let waste = (pages * zsPageSize) % size
+            let waste = (pages * pageSize) % size
             if waste < bestWaste { bestWaste = waste; best = pages }
         }
         return best

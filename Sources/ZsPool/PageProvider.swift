@@ -30,7 +30,7 @@ final class PageProvider: @unchecked Sendable {
         }
         self.maxPages = maxPages
         reserveLimit = reservePages
-        let bytes = maxPages * zsPageSize
+        let bytes = maxPages * pageSize
         // Virtual only: nothing is committed until a page is touched.
         let p = try VirtualMemory.reserve(byteCount: bytes)
         VirtualMemory.disableHugePages(p, byteCount: bytes)    // 4 KiB granularity, or DONTNEED could not free
@@ -48,13 +48,13 @@ final class PageProvider: @unchecked Sendable {
     }
 
     deinit {
-        VirtualMemory.unmap(base, byteCount: maxPages * zsPageSize)
+        VirtualMemory.unmap(base, byteCount: maxPages * pageSize)
         VirtualMemory.unmap(UnsafeMutableRawPointer(cold), byteCount: coldBytes)
         warm.deallocate()
     }
 
     @inline(__always) func address(of page: UInt32) -> UnsafeMutableRawPointer {
-        base + Int(page) &* zsPageSize
+        base + Int(page) &* pageSize
     }
 
     /// Never-used pages are faulted in this many at a time, ahead of use.
@@ -90,7 +90,7 @@ final class PageProvider: @unchecked Sendable {
     /// harmless. Kernels before 5.14 refuse it and the pages fault in one by one as before.
     private func populate(from first: Int) {
         let count = min(Self.populateBatch, maxPages - first)
-        guard VirtualMemory.populate(address(of: UInt32(first)), byteCount: count * zsPageSize) else { return }
+        guard VirtualMemory.populate(address(of: UInt32(first)), byteCount: count * pageSize) else { return }
         lock.withLock { populatedEnd = max(populatedEnd, first + count) }
     }
 
@@ -126,6 +126,6 @@ final class PageProvider: @unchecked Sendable {
     var reservePages: Int { lock.withLock { warmCount } }
 
     private func release(_ page: UInt32) {
-        releaseToOS(address(of: page), byteCount: zsPageSize)
+        releaseToOS(address(of: page), byteCount: pageSize)
     }
 }

@@ -118,7 +118,7 @@ final class SizeClass: @unchecked Sendable {
     /// Address of byte `offset` of zspage `id` (the zspage is read as one virtual range).
     @inline(__always) private func address(zspage id: UInt32, offset: Int) -> UnsafeMutableRawPointer {
         let page = pages[Int(id) &* pagesPerZspage &+ (offset >> 12)]
-        return provider.address(of: page) + (offset & (zsPageSize - 1))
+        return provider.address(of: page) + (offset & (pageSize - 1))
     }
 
     @inline(__always) private func header(zspage id: UInt32, object k: Int) -> UnsafeMutableRawPointer {
@@ -128,8 +128,8 @@ final class SizeClass: @unchecked Sendable {
     /// Copies `count` bytes at `offset` of a zspage to or from `buffer`, splitting at a page boundary.
     @inline(__always)
     private func copy(zspage id: UInt32, offset: Int, count: Int, buffer: UnsafeMutableRawPointer, toZspage: Bool) {
-        let inPage = offset & (zsPageSize - 1)
-        let first = min(count, zsPageSize - inPage)
+        let inPage = offset & (pageSize - 1)
+        let first = min(count, pageSize - inPage)
         let p = address(zspage: id, offset: offset)
         if toZspage { p.copyMemory(from: buffer, byteCount: first) } else { buffer.copyMemory(from: p, byteCount: first) }
         if first < count {
@@ -374,7 +374,7 @@ final class SizeClass: @unchecked Sendable {
             let d = objMalloc(dst, handle: handle)
             // zs_object_copy: the whole object; the header was already written by objMalloc.
             if isHuge {
-                copyObject(from: (src, 0), to: (dst, 0), count: zsPageSize)
+                copyObject(from: (src, 0), to: (dst, 0), count: pageSize)
             } else {
                 copyObject(from: (src, k * size + zsHandleSize), to: (dst, d * size + zsHandleSize),
                            count: size - zsHandleSize)
@@ -390,7 +390,7 @@ final class SizeClass: @unchecked Sendable {
         var done = 0
         while done < count {
             let so = s.1 + done, dOff = d.1 + done
-            let n = min(count - done, zsPageSize - (so & (zsPageSize - 1)), zsPageSize - (dOff & (zsPageSize - 1)))
+            let n = min(count - done, pageSize - (so & (pageSize - 1)), pageSize - (dOff & (pageSize - 1)))
             address(zspage: d.0, offset: dOff).copyMemory(from: address(zspage: s.0, offset: so), byteCount: n)
             done += n
         }

@@ -60,7 +60,7 @@ public final class ZsPool: @unchecked Sendable {
     /// zs_malloc(): room for `size` payload bytes (1...4096); nil when the page cap is reached.
     @inline(__always)
     public func malloc(_ size: Int) -> ZsHandle? {
-        precondition(size > 0 && size <= zsPageSize, "zs_malloc size must be 1...4096")
+        precondition(size > 0 && size <= pageSize, "zs_malloc size must be 1...4096")
         return classes[geometry.classPosition(forAllocation: size)].malloc()
     }
 
