@@ -1,4 +1,8 @@
 // The page compressors zram can use, with the kernel's default levels.
+//
+// Words: an *algorithm* (CompressionAlgorithm) is a name zram knows ("lz4", "zstd") with its
+// *level*; a *stream* (CompressionStream) is one algorithm's working state, owned by one thread
+// at a time, that compresses one page into a buffer or decompresses one object back into a page.
 
 import Posix
 

@@ -201,12 +201,12 @@ struct Serve: ParsableCommand {
             FileSystem.writeAll(1, out)
             return
         }
-        let backend = ZramBackend(log: log, busyPoll: .microseconds(loaded.settings.busyPollMicroseconds))
+        let factory = ZramDeviceFactory(log: log, busyPoll: .microseconds(loaded.settings.busyPollMicroseconds))
         if stdio {
-            try backend.serveStdio(loaded.settings.devices)
+            try factory.serveStdio(loaded.settings.devices)
             return
         }
-        let status = try Daemon(settings: loaded.settings, backend: backend, log: log).run()
+        let status = try Daemon(settings: loaded.settings, factory: factory, log: log).run()
         if status != 0 { throw ExitStatus(code: status) }
     }
 

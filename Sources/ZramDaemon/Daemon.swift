@@ -5,13 +5,15 @@
 //   device          one zram device, named like the kernel's ("zram0"); its name is also its export name
 //   spec            how a device is configured (DeviceSpec), from the config file, options or `ctl add`
 //   settings        the specs plus the daemon-wide options (DaemonSettings)
-//   page store      the compressed pages of a device (PageStore; ZramStore over ZramDevice)
-//   export          the NBD side of a device (ExportHandle), made by the backend (DeviceBackend)
+//   page store      the compressed pages of a device (PageStore; ZramPageStore over ZramDevice)
+//   export          the NBD side of a device (ExportHandle), made by the device factory (DeviceFactory)
 //   host            the running devices, driven from the control thread (DeviceHost)
 //   control request a line on the control socket (ControlRequest; device actions in ControlActions.swift),
 //                   answered by a control reply; status and show bodies are control records
 //   snapshot        one device's counters at one moment (DeviceSnapshot), rendered to its stats
 //                   directory (a sysfs-like /run/zramnbd/NAME/), Prometheus text and `status`
+// A WRITE from a client: NBD's ConnectionEngine → ZramPageStore.write (ZramDeviceFactory.swift,
+// the one place NBD meets the device) → ZramDevice.write → ZsPool.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,10 +24,10 @@ public final class Daemon {
     let log: Log
     let notifier = SystemdNotifier()
 
-    public init(settings: DaemonSettings, backend: any DeviceBackend, log: Log) {
+    public init(settings: DaemonSettings, factory: any DeviceFactory, log: Log) {
         self.settings = settings
         self.log = log
-        host = DeviceHost(backend: backend, prometheusFile: settings.prometheusFile, log: log)
+        host = DeviceHost(factory: factory, prometheusFile: settings.prometheusFile, log: log)
     }
 
     /// Runs until SIGTERM/SIGINT; returns the exit status.

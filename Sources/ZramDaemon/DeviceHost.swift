@@ -25,16 +25,16 @@ public protocol ExportHandle: AnyObject {
     func stop()
 }
 
-/// Creates stores and exports. The production backend wires ZramDevice to the NBD server;
+/// Creates stores and exports. The production factory wires ZramDevice to the NBD server;
 /// tests substitute an in-memory one.
-public protocol DeviceBackend: AnyObject {
+public protocol DeviceFactory: AnyObject {
     func makeStore(_ spec: DeviceSpec) throws(DaemonError) -> any PageStore
     func export(_ store: any PageStore, spec: DeviceSpec) throws(DaemonError) -> any ExportHandle
     /// Exports every device on sockets systemd passed that no device claimed (nil: none).
     func exportUnclaimed(_ devices: [(DeviceSpec, any PageStore)]) throws(DaemonError) -> (any ExportHandle)?
 }
 
-extension DeviceBackend {
+extension DeviceFactory {
     public func exportUnclaimed(_ devices: [(DeviceSpec, any PageStore)]) throws(DaemonError) -> (any ExportHandle)? { nil }
 }
 
@@ -54,15 +54,15 @@ final class HostedDevice {
 }
 
 public final class DeviceHost {
-    let backend: any DeviceBackend
+    let factory: any DeviceFactory
     private(set) var devices: [HostedDevice] = []
     /// Serves every device on activated sockets no device claimed (socket activation).
     private var sharedExport: (any ExportHandle)?
     var prometheusFile: String?
     var log: Log
 
-    public init(backend: any DeviceBackend, prometheusFile: String? = nil, log: Log = Log()) {
-        self.backend = backend
+    public init(factory: any DeviceFactory, prometheusFile: String? = nil, log: Log = Log()) {
+        self.factory = factory
         self.prometheusFile = prometheusFile
         self.log = log
     }
@@ -83,7 +83,7 @@ public final class DeviceHost {
         if let s = spec.socket, devices.contains(where: { $0.spec.socket == s }) {
             throw .device("socket \(s) is used by another device")
         }
-        try adopt(spec, store: try backend.makeStore(spec))
+        try adopt(spec, store: try factory.makeStore(spec))
     }
 
     /// Adds a device around an existing store: stats directory, export, first publication.
@@ -91,7 +91,7 @@ public final class DeviceHost {
         let d = HostedDevice(spec: spec, store: store)
         if let dir = spec.statsDir { d.stats = try StatsDirectory(path: dir) }
         do {
-            d.export = try backend.export(d.store, spec: spec)
+            d.export = try factory.export(d.store, spec: spec)
         } catch {
             d.stats?.remove()
             throw error
@@ -118,7 +118,7 @@ public final class DeviceHost {
     /// Starts the export of activated sockets no device claimed; call once every configured
     /// device is added.
     public func exportUnclaimedSockets() throws(DaemonError) {
-        sharedExport = try backend.exportUnclaimed(devices.map { ($0.spec, $0.store) })
+        sharedExport = try factory.exportUnclaimed(devices.map { ($0.spec, $0.store) })
     }
 
     /// Stops every export (graceful shutdown) and removes the stats directories.

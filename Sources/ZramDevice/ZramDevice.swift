@@ -34,8 +34,8 @@ public struct SlotCensus: Sendable, Equatable {
 }
 
 /// The pool and compression streams. Replaced as a whole by reset and algorithm changes, which
-/// hold the quiesce lock exclusively; I/O holds it shared and uses one Backend for a whole request.
-final class Backend: Sendable {
+/// hold the quiesce lock exclusively; I/O holds it shared and uses one PoolAndStreams for a whole request.
+final class PoolAndStreams: Sendable {
     let pool: ZsPool
     let streams: CompressionStreams
     init(pool: ZsPool, streams: CompressionStreams) {
@@ -74,9 +74,9 @@ public final class ZramDevice: @unchecked Sendable {
     let slots: SlotTable
     private let quiesce = ReadWriteLock()
     /// Guarded by `quiesce`: read under shared, replaced under exclusive.
-    private var backend: Backend
+    private var poolAndStreams: PoolAndStreams
     /// For tests that reach into the pool (e.g. to corrupt an object).
-    var backendForTesting: Backend { quiesce.shared { backend } }
+    var poolAndStreamsForTesting: PoolAndStreams { quiesce.shared { poolAndStreams } }
 
     /// Updated where the event happens; see ZramCounter for the list.
     private let counters = ZramCounters()
@@ -94,7 +94,7 @@ public final class ZramDevice: @unchecked Sendable {
         pageCount = (config.diskSize + pageSize - 1) >> pageShift
         diskSize = pageCount << pageShift
         slots = try SlotTable(count: pageCount)
-        backend = Backend(pool: try Self.makePool(config.name, config.chainSize, pageCount),
+        poolAndStreams = PoolAndStreams(pool: try Self.makePool(config.name, config.chainSize, pageCount),
                           streams: try CompressionStreams(algorithm: config.algorithm, level: config.level))
         counters.store(.memLimitPages, Self.pagesRoundedUp(config.memLimit))
     }
@@ -132,7 +132,7 @@ public final class ZramDevice: @unchecked Sendable {
                            _ zero: (_ start: Int, _ length: Int) -> Void) throws(ZramError) {
         try checkRange(offset, length)
         try quiesce.shared { () throws(ZramError) in
-            let b = backend
+            let b = poolAndStreams
             do throws(ZramError) {
                 try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
                     let out = destination + done
@@ -152,7 +152,7 @@ public final class ZramDevice: @unchecked Sendable {
     public func write(from source: UnsafeRawPointer, offset: Int, length: Int) throws(ZramError) {
         try checkRange(offset, length)
         try quiesce.shared { () throws(ZramError) in
-            let b = backend
+            let b = poolAndStreams
             do throws(ZramError) {
                 try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
                     let src = source + done
@@ -174,7 +174,7 @@ public final class ZramDevice: @unchecked Sendable {
     public func discard(offset: Int, length: Int) throws(ZramError) {
         try checkRange(offset, length)
         quiesce.shared {
-            let b = backend
+            let b = poolAndStreams
             let first = (offset + pageSize - 1) >> pageShift
             let end = (offset + length) >> pageShift
             guard first < end else { return }
@@ -189,7 +189,7 @@ public final class ZramDevice: @unchecked Sendable {
     public func writeZeroes(offset: Int, length: Int, mayTrim: Bool = true) throws(ZramError) {
         try checkRange(offset, length)
         try quiesce.shared { () throws(ZramError) in
-            let b = backend
+            let b = poolAndStreams
             var freed = 0
             defer { if freed > 0 { counters.add(.notifyFree, freed) } }
             do throws(ZramError) {
@@ -250,7 +250,7 @@ public final class ZramDevice: @unchecked Sendable {
         let pool = try Self.makePool(name, chainSize, pageCount)
         quiesce.exclusive {
             slots.clearAll()
-            backend = Backend(pool: pool, streams: backend.streams)
+            poolAndStreams = PoolAndStreams(pool: pool, streams: poolAndStreams.streams)
             counters.reset()
         }
     }
@@ -259,11 +259,11 @@ public final class ZramDevice: @unchecked Sendable {
     @discardableResult
     public func compact() throws(ZramError) -> Int {
         guard pageCount > 0 else { throw .notInitialized }
-        return quiesce.shared { backend.pool.compact() }
+        return quiesce.shared { poolAndStreams.pool.compact() }
     }
 
     /// Pages `compact()` could free now (the kernel shrinker's count), for automatic compaction.
-    public var compactablePages: Int { quiesce.shared { backend.pool.freeablePages } }
+    public var compactablePages: Int { quiesce.shared { poolAndStreams.pool.freeablePages } }
 
     /// Sets mem_limit at runtime (bytes, rounded up to pages; 0 = none). Stores already over
     /// the limit stay; later writes fail.
@@ -274,11 +274,11 @@ public final class ZramDevice: @unchecked Sendable {
 
     /// zram's `echo 0 > mem_used_max`: the peak restarts at the current pool size, not at 0.
     public func resetMemUsedMax() {
-        quiesce.shared { counters.store(.maxUsedPages, backend.pool.totalPages) }
+        quiesce.shared { counters.store(.maxUsedPages, poolAndStreams.pool.totalPages) }
     }
 
-    public var algorithm: CompressionAlgorithm { quiesce.shared { backend.streams.algorithm } }
-    public var level: Int32 { quiesce.shared { backend.streams.level } }
+    public var algorithm: CompressionAlgorithm { quiesce.shared { poolAndStreams.streams.algorithm } }
+    public var level: Int32 { quiesce.shared { poolAndStreams.streams.level } }
 
     /// Changes the compressor. Refused with `busy` while any page is stored, because stored
     /// objects could no longer be read (zram: -EBUSY once initialised).
@@ -286,7 +286,7 @@ public final class ZramDevice: @unchecked Sendable {
         let streams = try CompressionStreams(algorithm: algorithm, level: level)
         try quiesce.exclusive { () throws(ZramError) in
             guard counters.load(.pagesStored) == 0 else { throw .busy }
-            backend = Backend(pool: backend.pool, streams: streams)
+            poolAndStreams = PoolAndStreams(pool: poolAndStreams.pool, streams: streams)
         }
     }
 
@@ -294,7 +294,7 @@ public final class ZramDevice: @unchecked Sendable {
 
     public func stats() -> ZramStats {
         quiesce.shared {
-            let pool = backend.pool
+            let pool = poolAndStreams.pool
             var s = ZramStats()
             s.diskSize = UInt64(diskSize)
             counters.read(into: &s)
@@ -316,7 +316,7 @@ public final class ZramDevice: @unchecked Sendable {
     }
 
     /// zsmalloc's debugfs `classes` table for this device's pool.
-    public var classesText: String { quiesce.shared { backend.pool.classesText() } }
+    public var classesText: String { quiesce.shared { poolAndStreams.pool.classesText() } }
 
     /// Recounts the slot table (blocks I/O while it runs): for checks and debugging.
     public func census() -> SlotCensus {
@@ -362,7 +362,7 @@ public final class ZramDevice: @unchecked Sendable {
 
     /// Fills `out` with page `index`; with `skipZero`, a page that reads as zeros is left alone
     /// and false returned.
-    private func readPage(_ index: Int, into out: UnsafeMutableRawPointer, _ b: Backend,
+    private func readPage(_ index: Int, into out: UnsafeMutableRawPointer, _ b: PoolAndStreams,
                           skipZero: Bool) throws(ZramError) -> Bool {
         try readSlot(index, zeroing: out, pageSize, skipZero: skipZero) { (flags) throws(ZramError) in
             try load(index, flags, into: out, b, stream: nil)
@@ -371,7 +371,7 @@ public final class ZramDevice: @unchecked Sendable {
 
     /// `n` bytes from `inPage` on: the page is loaded into the stream's bounce page first.
     private func readPartial(_ index: Int, _ inPage: Int, _ n: Int, into out: UnsafeMutableRawPointer,
-                             _ b: Backend, skipZero: Bool) throws(ZramError) -> Bool {
+                             _ b: PoolAndStreams, skipZero: Bool) throws(ZramError) -> Bool {
         try readSlot(index, zeroing: out, n, skipZero: skipZero) { (flags) throws(ZramError) in
             try b.streams.withStream { (s) throws(ZramError) in
                 do throws(ZramError) {
@@ -411,7 +411,7 @@ public final class ZramDevice: @unchecked Sendable {
 
     /// Fills `out` with the page in slot `index` (slot lock held). Uses `stream` if given,
     /// otherwise takes one only if the page must be decompressed.
-    private func load(_ index: Int, _ flags: SlotFlags, into out: UnsafeMutableRawPointer, _ b: Backend,
+    private func load(_ index: Int, _ flags: SlotFlags, into out: UnsafeMutableRawPointer, _ b: PoolAndStreams,
                       stream: StreamBuffers?) throws(ZramError) {
         if flags.isSame {
             fillPage(out, with: slots.handle(index))
@@ -443,7 +443,7 @@ public final class ZramDevice: @unchecked Sendable {
         }
     }
 
-    private func storePage(_ index: Int, from src: UnsafeRawPointer, _ b: Backend) throws(ZramError) {
+    private func storePage(_ index: Int, from src: UnsafeRawPointer, _ b: PoolAndStreams) throws(ZramError) {
         let contents: PageContents
         if let word = sameFilledWord(src) {
             contents = .same(word)
@@ -457,7 +457,7 @@ public final class ZramDevice: @unchecked Sendable {
     /// Sub-page write: the slot stays locked from reading the old page to installing the new one,
     /// so concurrent sub-page writes into one page all survive.
     private func storePartial(_ index: Int, _ inPage: Int, _ n: Int, from src: UnsafeRawPointer,
-                              _ b: Backend) throws(ZramError) {
+                              _ b: PoolAndStreams) throws(ZramError) {
         var flags = slots.lock(index)
         defer { slots.unlock(index, flags: flags) }
         try b.streams.withStream { (s) throws(ZramError) in
@@ -467,7 +467,7 @@ public final class ZramDevice: @unchecked Sendable {
         }
     }
 
-    private func zeroPartial(_ index: Int, _ inPage: Int, _ n: Int, _ b: Backend) throws(ZramError) {
+    private func zeroPartial(_ index: Int, _ inPage: Int, _ n: Int, _ b: PoolAndStreams) throws(ZramError) {
         if slots.peekFlags(index).isUntouched { return }
         var flags = slots.lock(index)
         defer { slots.unlock(index, flags: flags) }

@@ -7,14 +7,14 @@ import Posix
 @testable import ZramDaemon
 
 /// A host with one fake device whose stats go to a temp dir.
-func makeHost(_ dir: TempDir, prometheus: Bool = false) throws -> (DeviceHost, FakeBackend) {
-    let backend = FakeBackend()
-    let host = DeviceHost(backend: backend, prometheusFile: prometheus ? dir.file("zramnbd.prom") : nil, log: .quiet)
+func makeHost(_ dir: TempDir, prometheus: Bool = false) throws -> (DeviceHost, FakeDeviceFactory) {
+    let factory = FakeDeviceFactory()
+    let host = DeviceHost(factory: factory, prometheusFile: prometheus ? dir.file("zramnbd.prom") : nil, log: .quiet)
     var spec = DeviceSpec(name: "zram0", diskSize: 64 << 20)
     spec.statsDir = dir.file("zram0")
     spec.socket = dir.file("zram0.sock")
     try host.add(spec)
-    return (host, backend)
+    return (host, factory)
 }
 
 @Suite("Device host: stats files and control")
@@ -23,8 +23,8 @@ struct HostTests {
     func layout() throws {
         let dir = TempDir()
         defer { dir.remove() }
-        let (host, backend) = try makeHost(dir)
-        backend.stores["zram0"]!.store(pages: 10)
+        let (host, factory) = try makeHost(dir)
+        factory.stores["zram0"]!.store(pages: 10)
         host.refreshStats()
         let names = Set(FileSystem.listDirectory(dir.file("zram0")))
         #expect(names == ["mm_stat", "io_stat", "debug_stat", "bd_stat", "disksize", "comp_algorithm", "initstate",
@@ -33,7 +33,7 @@ struct HostTests {
         #expect(dir.read("zram0/initstate") == "1\n")
         #expect(dir.read("zram0/comp_algorithm") == "[lz4] zstd \n")
         let mm = try #require(dir.read("zram0/mm_stat"))
-        #expect(mm == backend.stores["zram0"]!.snapshot(classes: false).mmStatText)
+        #expect(mm == factory.stores["zram0"]!.snapshot(classes: false).mmStatText)
         #expect(mm.split(separator: " ").first == "40960")
         let json = try #require(dir.read("zram0/stat.json"))
         #expect(json.hasPrefix("{\"name\":\"zram0\",\"disksize\":67108864,"))
@@ -46,9 +46,9 @@ struct HostTests {
     func controlUpdatesFiles() throws {
         let dir = TempDir()
         defer { dir.remove() }
-        let (host, backend) = try makeHost(dir)
+        let (host, factory) = try makeHost(dir)
         defer { host.stopAll() }
-        backend.stores["zram0"]!.store(pages: 100)   // not yet published
+        factory.stores["zram0"]!.store(pages: 100)   // not yet published
         guard case .ok(let lines) = host.handle(.compact("zram0")) else { Issue.record("compact failed"); return }
         #expect(lines.first?.hasPrefix("pages_compacted=") == true)
         let fields = try #require(dir.read("zram0/mm_stat")).split(separator: " ")
@@ -60,27 +60,27 @@ struct HostTests {
 
         #expect(host.handle(.reset("zram0")) == .ok([]))
         #expect(try #require(dir.read("zram0/mm_stat")).split(separator: " ").first == "0")
-        #expect(backend.stores["zram0"]!.resets == 1)
+        #expect(factory.stores["zram0"]!.resets == 1)
     }
 
     @Test("reset and remove are refused while a client is connected (zram's EBUSY)")
     func busy() throws {
         let dir = TempDir()
         defer { dir.remove() }
-        let (host, backend) = try makeHost(dir)
+        let (host, factory) = try makeHost(dir)
         defer { host.stopAll() }
-        backend.exports["zram0"]!.activeConnections = 1
+        factory.exports["zram0"]!.activeConnections = 1
         guard case .error(let m) = host.handle(.reset("zram0")) else { Issue.record("reset accepted"); return }
         #expect(m == "zram0 is in use by 1 NBD connection(s); disconnect it first")
         guard case .error = host.handle(.remove("zram0")) else { Issue.record("remove accepted"); return }
-        #expect(backend.stores["zram0"]!.resets == 0)
+        #expect(factory.stores["zram0"]!.resets == 0)
     }
 
     @Test("add and remove devices at runtime")
     func addRemove() throws {
         let dir = TempDir()
         defer { dir.remove() }
-        let (host, backend) = try makeHost(dir)
+        let (host, factory) = try makeHost(dir)
         defer { host.stopAll() }
         let reply = host.handle(.add("zram1", [("size", "16M"), ("stats-dir", dir.file("zram1")), ("socket", dir.file("z1.sock"))]))
         guard case .ok(let lines) = reply else { Issue.record("\(reply)"); return }
@@ -94,7 +94,7 @@ struct HostTests {
         }
         #expect(sock.contains("used by another device"))
         #expect(host.handle(.remove("zram1")) == .ok([]))
-        #expect(backend.exports["zram1"]!.stopped)
+        #expect(factory.exports["zram1"]!.stopped)
         #expect(!FileSystem.exists(dir.file("zram1")))
         guard case .error(let missing) = host.handle(.compact("zram1")) else { Issue.record("unknown device"); return }
         #expect(missing == "no device 'zram1' (have: zram0)")
@@ -104,9 +104,9 @@ struct HostTests {
     func statusAgreesWithFiles() throws {
         let dir = TempDir()
         defer { dir.remove() }
-        let (host, backend) = try makeHost(dir)
+        let (host, factory) = try makeHost(dir)
         defer { host.stopAll() }
-        backend.stores["zram0"]!.store(pages: 33)
+        factory.stores["zram0"]!.store(pages: 33)
         host.refreshStats()
         guard case .ok(let lines) = host.handle(.status([])) else { Issue.record("status failed"); return }
         let r = ControlRecord.parse(lines[0])
@@ -122,8 +122,8 @@ struct HostTests {
     func prometheus() throws {
         let dir = TempDir()
         defer { dir.remove() }
-        let (host, backend) = try makeHost(dir, prometheus: true)
-        backend.stores["zram0"]!.store(pages: 1)
+        let (host, factory) = try makeHost(dir, prometheus: true)
+        factory.stores["zram0"]!.store(pages: 1)
         host.refreshStats()
         let text = try #require(dir.read("zramnbd.prom"))
         #expect(text.contains("# TYPE zramnbd_orig_data_bytes gauge\nzramnbd_orig_data_bytes{device=\"zram0\"} 4096\n"))
@@ -180,9 +180,9 @@ struct ControlProtocolTests {
     func socketRoundTrip() throws {
         let dir = TempDir()
         defer { dir.remove() }
-        let (host, backend) = try makeHost(dir)
+        let (host, factory) = try makeHost(dir)
         defer { host.stopAll() }
-        backend.stores["zram0"]!.store(pages: 2)
+        factory.stores["zram0"]!.store(pages: 2)
         let server = try ControlServer(path: dir.file("control.sock"))
         defer { server.close() }
         // The client writes its request into the socket buffer before the server runs, so one
@@ -284,10 +284,10 @@ struct ZramStoreTests {
         var spec = DeviceSpec(name: "zram0", diskSize: 16 << 20)
         spec.algorithm = "zstd"
         spec.statsDir = dir.file("zram0")
-        let store = try ZramStore(spec)
-        let host = DeviceHost(backend: FakeBackend(), log: .quiet)
+        let store = try ZramPageStore(spec)
+        let host = DeviceHost(factory: FakeDeviceFactory(), log: .quiet)
         defer { host.stopAll() }
-        // The fake backend makes fake stores; put the real one in through the same path.
+        // The fake factory makes fake stores; put the real one in through the same path.
         try host.adopt(spec, store: store)
         var page = [UInt8](repeating: 0, count: 4096)
         for i in 0..<4096 { page[i] = UInt8(truncatingIfNeeded: i / 64) }
@@ -314,9 +314,9 @@ struct PressureTests {
     func compactUnderPressure() throws {
         let dir = TempDir()
         defer { dir.remove() }
-        let (host, backend) = try makeHost(dir)
+        let (host, factory) = try makeHost(dir)
         defer { host.stopAll() }
-        backend.stores["zram0"]!.store(pages: 40)
+        factory.stores["zram0"]!.store(pages: 40)
         host.refreshStats()
         let freed = host.compactUnderPressure()
         #expect(freed > 0)

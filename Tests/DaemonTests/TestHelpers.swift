@@ -70,7 +70,7 @@ final class FakeExport: ExportHandle {
     func stop() { stopped = true }
 }
 
-final class FakeBackend: DeviceBackend {
+final class FakeDeviceFactory: DeviceFactory {
     var stores: [String: FakeStore] = [:]
     var exports: [String: FakeExport] = [:]
 

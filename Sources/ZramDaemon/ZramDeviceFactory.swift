@@ -7,7 +7,7 @@ import ZramDevice
 import Glibc
 #endif
 
-extension ZramStore: BlockBackend {
+extension ZramPageStore: BlockBackend {
     // zram keeps no volatile cache (flush/FUA cost nothing), zeroing frees or stores same-filled
     // pages (always cheaper than writing data), and every connection shares one store (multi-conn).
     var capabilities: BackendCapabilities { [.flush, .fua, .trim, .zero, .fastZero, .cache, .multiConn, .extents] }
@@ -80,7 +80,7 @@ final class NBDExport: ExportHandle {
     func stop() { server.stop() }
 }
 
-public final class ZramBackend: DeviceBackend {
+public final class ZramDeviceFactory: DeviceFactory {
     let log: Log
     /// Sockets systemd passed us (socket activation) with their unix paths: a device whose
     /// `socket` matches serves on it; the rest serve every device.
@@ -108,15 +108,15 @@ public final class ZramBackend: DeviceBackend {
         return c
     }
 
-    static func export(_ store: ZramStore, _ spec: DeviceSpec) -> Export {
+    static func export(_ store: ZramPageStore, _ spec: DeviceSpec) -> Export {
         Export(name: spec.name, description: "zramnbd \(spec.algorithm) \(ByteSize.human(spec.diskSize))",
                backend: store, readOnly: spec.readOnly)
     }
 
-    public func makeStore(_ spec: DeviceSpec) throws(DaemonError) -> any PageStore { try ZramStore(spec) }
+    public func makeStore(_ spec: DeviceSpec) throws(DaemonError) -> any PageStore { try ZramPageStore(spec) }
 
     public func export(_ store: any PageStore, spec: DeviceSpec) throws(DaemonError) -> any ExportHandle {
-        guard let zram = store as? ZramStore else { throw .device("\(spec.name): not a zram store") }
+        guard let zram = store as? ZramPageStore else { throw .device("\(spec.name): not a zram store") }
         var endpoints: [Endpoint] = []
         if let path = spec.socket {
             if let i = activated.firstIndex(where: { $0.path == path }) {
@@ -134,7 +134,7 @@ public final class ZramBackend: DeviceBackend {
             endpoints.append(.tcp(host: hp.host, port: hp.port))
         }
         do {
-            let catalog = try ExportCatalog([ZramBackend.export(zram, spec)], defaultExport: spec.name)
+            let catalog = try ExportCatalog([ZramDeviceFactory.export(zram, spec)], defaultExport: spec.name)
             let server = try NBDServer(configuration(catalog))
             if !endpoints.isEmpty { try server.listen(on: endpoints) }
             return NBDExport(server: server)
@@ -154,7 +154,7 @@ public final class ZramBackend: DeviceBackend {
 
     func allDevicesServer(_ devices: [(DeviceSpec, any PageStore)], defaultName: String?) throws(DaemonError) -> NBDServer {
         do {
-            let exports = devices.compactMap { d in (d.1 as? ZramStore).map { ZramBackend.export($0, d.0) } }
+            let exports = devices.compactMap { d in (d.1 as? ZramPageStore).map { ZramDeviceFactory.export($0, d.0) } }
             return try NBDServer(configuration(try ExportCatalog(exports, defaultExport: defaultName)))
         } catch {
             throw .device("\(error)")

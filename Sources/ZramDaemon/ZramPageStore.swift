@@ -1,9 +1,9 @@
-// A ZramDevice as the daemon's PageStore (its NBD side is in ZramBackend.swift).
+// A ZramDevice as the daemon's PageStore (its NBD side is in ZramDeviceFactory.swift).
 import Codec
 import Posix
 import ZramDevice
 
-final class ZramStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevice is thread-safe
+final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevice is thread-safe
     let device: ZramDevice
     let size: UInt64
     /// zram's max_comp_streams: one stream per online CPU.
@@ -15,7 +15,7 @@ final class ZramStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevi
             device = try ZramDevice(ZramConfig(name: spec.name, diskSize: Int(spec.diskSize), algorithm: algorithm,
                                                level: spec.level, chainSize: spec.chainSize, memLimit: Int(spec.memLimit)))
         } catch let e as ZramError {
-            throw .device("\(spec.name): \(ZramStore.describe(e))")
+            throw .device("\(spec.name): \(ZramPageStore.describe(e))")
         } catch {
             throw .device("\(spec.name): \(error)")
         }
@@ -45,15 +45,15 @@ final class ZramStore: PageStore, @unchecked Sendable {  // @unchecked: ZramDevi
     }
 
     func compact() throws(DaemonError) -> UInt64 {
-        do { return UInt64(try device.compact()) } catch { throw .device("\(device.name): \(ZramStore.describe(error))") }
+        do { return UInt64(try device.compact()) } catch { throw .device("\(device.name): \(ZramPageStore.describe(error))") }
     }
 
     func reset() throws(DaemonError) {
-        do { try device.reset() } catch { throw .device("\(device.name): \(ZramStore.describe(error))") }
+        do { try device.reset() } catch { throw .device("\(device.name): \(ZramPageStore.describe(error))") }
     }
 
     func setMemLimit(_ bytes: UInt64) throws(DaemonError) {
-        do { try device.setMemLimit(Int(bytes)) } catch { throw .device("\(device.name): \(ZramStore.describe(error))") }
+        do { try device.setMemLimit(Int(bytes)) } catch { throw .device("\(device.name): \(ZramPageStore.describe(error))") }
     }
 
     func resetMemUsedMax() throws(DaemonError) { device.resetMemUsedMax() }
