@@ -31,18 +31,7 @@ public enum Sockets {
     public static func listenUnix(_ path: String, mode: mode_t, backlog: Int32 = 128) throws(PosixError) -> Int32 {
         var addr = try unixAddress(path)
         try removeStaleSocket(path: path, addr: addr)
-        let fd = socket(AF_UNIX, stream | closeOnExec, 0)
-        guard fd >= 0 else { throw .lastError("socket") }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard bound == 0 else {
-            let e = Glibc.errno
-            close(fd)
-            throw .system("bind \(path)", errno: e)
-        }
+        let fd = try unixSocket(&addr, "bind \(path)", bind)
         guard chmod(path, mode) == 0 else {
             let e = Glibc.errno
             close(fd)
@@ -63,34 +52,39 @@ public enum Sockets {
         var st = stat()
         guard lstat(path, &st) == 0 else { return }
         guard st.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path) }
-        let probe = socket(AF_UNIX, stream | closeOnExec, 0)
-        guard probe >= 0 else { throw .lastError("socket") }
-        defer { close(probe) }
         var a = addr
-        let r = withUnsafePointer(to: &a) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
+        let probe: Int32
+        do {
+            probe = try unixSocket(&a, "connect \(path)", connect)
+        } catch {
+            if case .system("socket", _) = error { throw error }  // no probe: do not guess
+            unlink(path)  // nobody accepts there: stale
+            return
         }
-        if r == 0 { throw .socketInUse(path) }
-        unlink(path)
+        close(probe)
+        throw .socketInUse(path)
     }
 
     /// A unix stream socket connected to `path` (close-on-exec). A failed connect is
     /// `.system("connect <path>", errno:)`.
     public static func connectUnix(_ path: String) throws(PosixError) -> Int32 {
         var addr = try unixAddress(path)
+        return try unixSocket(&addr, "connect \(path)", connect)
+    }
+
+    /// A new unix stream socket (close-on-exec) on which `call` (bind or connect) was made with
+    /// `addr`; on failure it is closed and the error names `what`.
+    private static func unixSocket(_ addr: inout sockaddr_un, _ what: String,
+                                   _ call: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) throws(PosixError) -> Int32 {
         let fd = socket(AF_UNIX, stream | closeOnExec, 0)
         guard fd >= 0 else { throw .lastError("socket") }
-        let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        guard ok == 0 else {
+        guard r == 0 else {
             let e = Glibc.errno
             close(fd)
-            throw .system("connect \(path)", errno: e)
+            throw .system(what, errno: e)
         }
         return fd
     }

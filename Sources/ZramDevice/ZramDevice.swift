@@ -130,18 +130,27 @@ public final class ZramDevice: @unchecked Sendable {
     @inline(__always)
     private func readPages(into destination: UnsafeMutableRawPointer, offset: Int, length: Int, reportZeroes: Bool,
                            _ zero: (_ start: Int, _ length: Int) -> Void) throws(ZramError) {
+        try request(offset, length, failing: .failedReads) { (b) throws(ZramError) in
+            try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
+                let out = destination + done
+                let filled = n == pageSize ? try readPage(index, into: out, b, skipZero: reportZeroes)
+                    : try readPartial(index, inPage, n, into: out, b, skipZero: reportZeroes)
+                if !filled { zero(done, n) }
+            }
+        }
+    }
+
+    /// One request: the range checked, then `body` under the shared quiesce lock with the current
+    /// pool and streams. A failure counts once in `failing` (as the kernel counts a failed bio).
+    @inline(__always)
+    private func request(_ offset: Int, _ length: Int, failing: ZramCounter,
+                         _ body: (PoolAndStreams) throws(ZramError) -> Void) throws(ZramError) {
         try checkRange(offset, length)
         try quiesce.shared { () throws(ZramError) in
-            let b = poolAndStreams
             do throws(ZramError) {
-                try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
-                    let out = destination + done
-                    let filled = n == pageSize ? try readPage(index, into: out, b, skipZero: reportZeroes)
-                        : try readPartial(index, inPage, n, into: out, b, skipZero: reportZeroes)
-                    if !filled { zero(done, n) }
-                }
+                try body(poolAndStreams)
             } catch {
-                counters.add(.failedReads)
+                counters.add(failing)
                 throw error
             }
         }
@@ -150,21 +159,14 @@ public final class ZramDevice: @unchecked Sendable {
     /// Writes `length` bytes from `source` at `offset`. Pages before a failing page are written;
     /// the failing page keeps its old contents; the request counts once in failed_writes.
     public func write(from source: UnsafeRawPointer, offset: Int, length: Int) throws(ZramError) {
-        try checkRange(offset, length)
-        try quiesce.shared { () throws(ZramError) in
-            let b = poolAndStreams
-            do throws(ZramError) {
-                try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
-                    let src = source + done
-                    if n == pageSize {
-                        try storePage(index, from: src, b)
-                    } else {
-                        try storePartial(index, inPage, n, from: src, b)
-                    }
+        try request(offset, length, failing: .failedWrites) { (b) throws(ZramError) in
+            try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
+                let src = source + done
+                if n == pageSize {
+                    try storePage(index, from: src, b)
+                } else {
+                    try storePartial(index, inPage, n, from: src, b)
                 }
-            } catch {
-                counters.add(.failedWrites)
-                throw error
             }
         }
     }
@@ -187,26 +189,19 @@ public final class ZramDevice: @unchecked Sendable {
     /// NO_HOLE, stored as zero same-filled pages; partial head/tail pages get real zeros by
     /// read-modify-write (unlike zram, which ignores them, because NBD requires zeros).
     public func writeZeroes(offset: Int, length: Int, mayTrim: Bool = true) throws(ZramError) {
-        try checkRange(offset, length)
-        try quiesce.shared { () throws(ZramError) in
-            let b = poolAndStreams
-            var freed = 0
-            defer { if freed > 0 { counters.add(.notifyFree, freed) } }
-            do throws(ZramError) {
-                try forEachPageSpan(offset, length) { (index, inPage, n, _) throws(ZramError) in
-                    if n < pageSize {
-                        try zeroPartial(index, inPage, n, b)
-                    } else if mayTrim {
-                        freeSlot(index, b.pool)
-                        freed += 1
-                    } else {
-                        let old = slots.lock(index)
-                        slots.unlock(index, flags: install(index, .same(0), replacing: old, b.pool))
-                    }
+        var freed = 0
+        defer { if freed > 0 { counters.add(.notifyFree, freed) } }
+        try request(offset, length, failing: .failedWrites) { (b) throws(ZramError) in
+            try forEachPageSpan(offset, length) { (index, inPage, n, _) throws(ZramError) in
+                if n < pageSize {
+                    try zeroPartial(index, inPage, n, b)
+                } else if mayTrim {
+                    freeSlot(index, b.pool)
+                    freed += 1
+                } else {
+                    let old = slots.lock(index)
+                    slots.unlock(index, flags: install(index, .same(0), replacing: old, b.pool))
                 }
-            } catch {
-                counters.add(.failedWrites)
-                throw error
             }
         }
     }
