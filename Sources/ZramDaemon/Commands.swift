@@ -272,7 +272,7 @@ struct Ctl: ParsableCommand {
     var device: String
     @Argument(help: "Action (see below).")
     var action: String
-    @Argument(help: "Arguments of the action.")
+    @Argument(parsing: .allUnrecognized, help: "Arguments of the action (may start with -, e.g. a size to refuse).")
     var arguments: [String] = []
 
     /// The request: the words `ACTION DEVICE ARGS...`, as the control socket would read them.

@@ -15,7 +15,7 @@ public enum ByteSize {
     /// Sizes above `maximum` and negative ones are refused with a message naming `text`.
     public static func parse(_ text: String, maximum: UInt64 = ByteSize.maximum) throws(DaemonError) -> UInt64 {
         let s = text.trimmed()
-        if s.hasPrefix("-") { throw .invalidValue("invalid size '\(text)': must not be negative") }
+        if s.hasPrefix("-"), s.dropFirst().first?.isNumber == true { throw .invalidValue("invalid size '\(text)': must not be negative") }
         var digits = Substring(s)
         var radix = 10
         if digits.hasPrefix("0x") || digits.hasPrefix("0X") { digits = digits.dropFirst(2); radix = 16 }

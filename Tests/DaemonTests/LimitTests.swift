@@ -250,6 +250,19 @@ struct CLILimitTests {
         #expect(r.stderr == "zramnbd: error: \(dir.file("z.conf")): zram1: stats directory \(dir.file("s")) collides with zram0's \(dir.file("s"))\n")
     }
 
+    @Test("ctl takes an argument starting with '-' and refuses it as a size, before connecting", arguments: [
+        (["zram0", "mem-limit", "-1G"], "invalid size '-1G': must not be negative"),
+        (["zram0", "mem-limit", "8E"], "invalid size '8E': too large (at most 16T)"),
+        (["zram0", "mem-limit", "--frob"], "invalid size '--frob': expected a number"),
+    ])
+    func ctlSizes(_ args: [String], _ message: String) throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let r = try runProcess([zramnbdBinary, "ctl", "--control-socket", dir.file("none.sock")] + args, in: dir)
+        #expect(r.status == 2)
+        #expect(r.stderr.hasPrefix("zramnbd: error: " + message) && r.stderr.filter { $0 == "\n" }.count == 1, "\(r.stderr)")
+    }
+
     @Test("--help states the bounds")
     func help() throws {
         let dir = TempDir()
