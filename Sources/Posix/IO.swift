@@ -31,7 +31,10 @@ public enum IO {
     }
 
     public static func writeFully(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-        bytes.withUnsafeBytes { writeFully(fd, $0.baseAddress!, $0.count) }
+        bytes.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress else { return true }   // nothing to write
+            return writeFully(fd, base, raw.count)
+        }
     }
 
     /// Writes every byte the iovecs describe (the array is consumed in place); false on error.

@@ -49,7 +49,9 @@ public enum Clock {
     public static func deadline(after seconds: Double) -> timespec {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
-        let total = Double(now.tv_sec) + Double(now.tv_nsec) / 1e9 + max(0, seconds)
+        // Clamped to 0...1e9 s (NaN = 0), so no value of `seconds` makes the conversions trap.
+        let wait = seconds.isNaN ? 0 : min(max(0, seconds), 1e9)
+        let total = Double(now.tv_sec) + Double(now.tv_nsec) / 1e9 + wait
         let whole = total.rounded(.down)
         return timespec(tv_sec: Int(whole), tv_nsec: Int((total - whole) * 1e9))
     }

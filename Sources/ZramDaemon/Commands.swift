@@ -60,7 +60,7 @@ struct Serve: ParsableCommand {
             zram0, lz4, min(RAM/2, 4 GiB), socket \(DaemonSettings.runDir)/zram0.sock, stats in \
             \(DaemonSettings.runDir)/zram0/.
 
-            Sizes take K, M, G, T suffixes (powers of 1024). Paths accept 'none' to turn a socket or \
+            Sizes take K, M, G, T suffixes (powers of 1024), at most 16T. Paths accept 'none' to turn a socket or \
             file off. SIGTERM or SIGINT stop the daemon gracefully.
             """)
 
@@ -69,15 +69,15 @@ struct Serve: ParsableCommand {
 
     @Option(help: ArgumentHelp("Device name, also its NBD export name (default zram0).", valueName: "name"))
     var device: String?
-    @Option(help: ArgumentHelp("Capacity in uncompressed bytes (default min(RAM/2, 4G)).", valueName: "size"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Capacity in uncompressed bytes (default min(RAM/2, 4G)).", valueName: "size"))
     var size: String?
     @Option(help: ArgumentHelp("Compression algorithm: lz4 or zstd (default lz4).", valueName: "name"))
     var algorithm: String?
-    @Option(help: ArgumentHelp("Compression level (zstd: level; lz4: acceleration).", valueName: "n"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Compression level (zstd: level; lz4: acceleration).", valueName: "n"))
     var level: String?
     @Option(help: ArgumentHelp("zsmalloc pages per zspage, \(DeviceSpec.chainSizes) (default 8, like the kernel).", valueName: "n"))
     var chainSize: String?
-    @Option(help: ArgumentHelp("Limit on the memory the pool may use (zram's mem_limit; default none).", valueName: "size"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Limit on the memory the pool may use (zram's mem_limit; default none).", valueName: "size"))
     var memLimit: String?
     @Option(help: ArgumentHelp("Unix socket of the NBD export (default \(DaemonSettings.runDir)/NAME.sock).", valueName: "path"))
     var socket: String?
@@ -88,7 +88,8 @@ struct Serve: ParsableCommand {
     @Flag(help: "Export the device read-only.")
     var readOnly = false
 
-    @Option(help: ArgumentHelp("Seconds between stats refreshes (default 1).", valueName: "seconds"))
+    @Option(parsing: .unconditional,
+            help: ArgumentHelp("Seconds between stats refreshes, \(DaemonSettings.statsIntervalRangeText) (default 1).", valueName: "seconds"))
     var statsInterval: String?
     @Option(help: ArgumentHelp("Control socket for status and ctl (default \(DaemonSettings.defaultControlSocket)).", valueName: "path"))
     var controlSocket: String?
@@ -123,7 +124,10 @@ struct Serve: ParsableCommand {
             loaded.settings.devices = [try deviceFromFlags(ramMiB: ramMiB)]
         } else if let path = config {
             guard FileSystem.exists(path) else { throw .invalidValue("configuration file \(path) does not exist") }
-            loaded = try ConfigFile.load(path: path, ramMiB: ramMiB)!
+            guard let l = try ConfigFile.load(path: path, ramMiB: ramMiB) else {
+                throw .invalidValue("configuration file \(path) does not exist")
+            }
+            loaded = l
         } else if let l = try ConfigFile.load(path: DaemonSettings.defaultConfigFile, ramMiB: ramMiB) {
             loaded = l
         } else {
@@ -143,8 +147,9 @@ struct Serve: ParsableCommand {
             }
         }
         if let v = statsInterval {
-            guard let d = Double(v), d > 0, d <= 86_400 else { throw .invalidValue("invalid stats interval '\(v)' (seconds, > 0)") }
-            s.statsInterval = d
+            do { s.statsInterval = try DaemonSettings.parseStatsInterval(v) } catch {
+                throw .invalidValue("invalid stats interval: \(error)")
+            }
         }
         if let v = controlSocket { s.controlSocket = ConfigFile.optionalPath(v) }
         if let v = prometheusFile { s.prometheusFile = ConfigFile.optionalPath(v) }
@@ -267,7 +272,7 @@ struct Ctl: ParsableCommand {
     var device: String
     @Argument(help: "Action (see below).")
     var action: String
-    @Argument(help: "Arguments of the action.")
+    @Argument(parsing: .allUnrecognized, help: "Arguments of the action (may start with -, e.g. a size to refuse).")
     var arguments: [String] = []
 
     /// The request: the words `ACTION DEVICE ARGS...`, as the control socket would read them.

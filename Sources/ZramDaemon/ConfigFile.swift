@@ -38,7 +38,7 @@ public enum ConfigFile {
     /// Resolves already-read files, given as (name, contents) in precedence order.
     public static func parse(_ sources: [(name: String, text: String)], ramMiB: Double) throws(DaemonError) -> LoadedConfig {
         var ini = IniDocument()
-        for (name, text) in sources { ini.read(text, file: name) }
+        for (name, text) in sources { try ini.read(text, file: name) }
         var warnings = ini.warnings
         var settings = DaemonSettings()
         for section in ini.sections {
@@ -171,7 +171,11 @@ public enum ConfigFile {
         if fraction != nil || maxSizeMiB != nil {
             var mib = (fraction ?? 0.5) * ramMiB
             if let m = maxSizeMiB ?? 4096 { mib = min(mib, m) }
-            spec.diskSize = UInt64(mib) * 1_048_576
+            let key = fraction != nil ? "zram-fraction" : "max-zram-size"
+            let e = s.entries.first { $0.0 == key }?.1
+            do { spec.diskSize = try SizeExpression.bytes(mib: mib.rounded(.down), text: "\(mib) MiB") } catch {
+                throw .config(file: e?.file ?? s.file, line: e?.line ?? s.line, "\(key): \(error)")
+            }
         } else {
             let e = sizeEntry
             do { spec.diskSize = try sizeValue(size.text, ramMiB: ramMiB) } catch {
@@ -197,8 +201,7 @@ public enum ConfigFile {
             switch key {
             case "control-socket": settings.controlSocket = optionalPath(v)
             case "stats-interval":
-                guard let d = Double(v), d > 0, d <= 86_400 else { throw fail("expected seconds > 0, got '\(v)'") }
-                settings.statsInterval = d
+                do { settings.statsInterval = try DaemonSettings.parseStatsInterval(v) } catch { throw fail(error.description) }
             case "prometheus-file": settings.prometheusFile = optionalPath(v)
             case "metrics-listen":
                 settings.metricsListen = optionalPath(v)
@@ -222,9 +225,15 @@ public enum ConfigFile {
 
     /// A size setting: "2G"-style with a unit suffix (memparse), else a zram-generator
     /// expression in MiB of `ram`.
+    /// Either way at most ByteSize.maximum; a memparse-looking value ("-1G", "10E") that is no
+    /// expression either gets memparse's message.
     static func sizeValue(_ text: String, ramMiB: Double) throws(DaemonError) -> UInt64 {
-        if ByteSize.hasUnitSuffix(text), let bytes = try? ByteSize.parse(text) { return bytes }
-        return try SizeExpression(text).bytes(ramMiB: ramMiB)
+        guard ByteSize.hasUnitSuffix(text) else { return try SizeExpression(text).bytes(ramMiB: ramMiB) }
+        let memparse: DaemonError
+        do { return try ByteSize.parse(text) } catch { memparse = error }
+        do { return try SizeExpression(text).bytes(ramMiB: ramMiB) } catch {
+            throw ByteSize.looksLikeMemparse(text) ? memparse : error
+        }
     }
 
     static func optionalPath(_ v: String) -> String? { v.isEmpty || v == "none" ? nil : v }
@@ -309,9 +318,12 @@ struct IniDocument {
     var sections: [IniSection] = []
     var warnings: [String] = []
 
-    mutating func read(_ text: String, file: String) {
+    /// Reads one file. A section twice in the same file is an error (`file:line` of the second);
+    /// across files, sections merge (drop-ins override the main file key by key).
+    mutating func read(_ text: String, file: String) throws(DaemonError) {
         var current: Int?
         var lineNumber = 0
+        var seenHere: [String: Int] = [:]
         for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
             let line = String(raw).trimmed()
@@ -323,6 +335,10 @@ struct IniDocument {
                     continue
                 }
                 let name = String(line.dropFirst().dropLast()).trimmed()
+                if let first = seenHere[name] {
+                    throw .config(file: file, line: lineNumber, "section [\(name)] appears twice in this file (first at line \(first))")
+                }
+                seenHere[name] = lineNumber
                 if let i = sections.firstIndex(where: { $0.name == name }) {
                     current = i
                 } else {

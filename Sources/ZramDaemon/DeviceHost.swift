@@ -83,6 +83,7 @@ public final class DeviceHost {
         if let s = spec.socket, devices.contains(where: { $0.spec.socket == s }) {
             throw .device("socket \(s) is used by another device")
         }
+        try spec.checkStatsDir(against: devices.map(\.spec))
         try adopt(spec, store: try factory.makeStore(spec))
     }
 

@@ -83,6 +83,7 @@ public enum JSONValue: Sendable, Equatable {
         case .uint(let u): return String(u)
         case .double(let d):
             guard d.isFinite else { return "null" }
+            guard abs(d) < 1e15 else { return "\(d)" }   // beyond Int64 once scaled: Swift's own form
             // Three decimals are plenty for ratios and keep the output stable.
             let scaled = (d * 1000).rounded()
             let whole = Int64(scaled / 1000)

@@ -85,10 +85,35 @@ public struct DeviceSpec: Sendable, Equatable {
         guard chainSizes.contains(n) else { throw .invalidValue("invalid chain size \(n) (\(chainSizes))") }
     }
 
+    /// Refuses a stats directory another device writes too: the two would overwrite each other's
+    /// files, and removing one would delete the other's directory. Nested directories count too
+    /// (removing the outer one would take the inner one's entry).
+    public func checkStatsDir(against others: [DeviceSpec]) throws(DaemonError) {
+        guard let mine = statsDir.map(Self.normalizedPath) else { return }
+        for o in others where o.name != name {
+            guard let theirs = o.statsDir.map(Self.normalizedPath) else { continue }
+            if mine == theirs || mine.hasPrefix(theirs + "/") || theirs.hasPrefix(mine + "/") {
+                throw .invalidValue("\(name): stats directory \(statsDir ?? "") collides with \(o.name)'s \(o.statsDir ?? "")")
+            }
+        }
+    }
+
+    /// `path` without repeated or trailing slashes and "." components, for comparing paths.
+    static func normalizedPath(_ path: String) -> String {
+        let parts = path.split(separator: "/").filter { $0 != "." }
+        return (path.hasPrefix("/") ? "/" : "") + parts.joined(separator: "/")
+    }
+
     /// Checks everything a device needs before it is created.
     public func validate() throws(DaemonError) {
         try Self.validateName(name)
         guard diskSize > 0 else { throw .invalidValue("\(name): disk size is 0") }
+        guard diskSize <= ByteSize.maximum else {
+            throw .invalidValue("\(name): disk size \(diskSize) is too large (at most \(ByteSize.human(ByteSize.maximum)))")
+        }
+        guard memLimit <= ByteSize.maximum else {
+            throw .invalidValue("\(name): mem_limit \(memLimit) is too large (at most \(ByteSize.human(ByteSize.maximum)))")
+        }
         try Self.validateAlgorithm(algorithm)
         if let level { try Self.validateLevel(level, for: algorithm) }
         try Self.validateChainSize(chainSize)
@@ -122,21 +147,36 @@ public struct DaemonSettings: Sendable, Equatable {
     /// (NBDServer.Configuration.busyPoll; 0 = off). Halves QD1 latency across CPUs.
     public var busyPollMicroseconds = 50
     public static let busyPollRange = 0...10_000
+    /// Seconds between stats refreshes: at least 0.01 (shorter keeps a CPU busy while idle), at
+    /// most a day.
+    public static let statsIntervalRange = 0.01...86_400.0
+
+    /// A stats interval as typed (flag or config): seconds > 0 within `statsIntervalRange`.
+    static func parseStatsInterval(_ text: String) throws(DaemonError) -> Double {
+        guard let d = Double(text.trimmed()), d > 0 else { throw .invalidValue("expected seconds > 0, got '\(text)'") }
+        guard statsIntervalRange.contains(d) else {
+            throw .invalidValue("'\(text)' is outside \(statsIntervalRangeText) seconds")
+        }
+        return d
+    }
+
+    static let statsIntervalRangeText = "0.01...86400"
 
     public init() {}
 
     public func validate() throws(DaemonError) {
         var names = Set<String>()
         var sockets = Set<String>()
-        for d in devices {
+        for (i, d) in devices.enumerated() {
             try d.validate()
             guard names.insert(d.name).inserted else { throw .invalidValue("device '\(d.name)' is configured twice") }
             if let s = d.socket, !sockets.insert(s).inserted {
                 throw .invalidValue("socket \(s) is used by two devices")
             }
+            try d.checkStatsDir(against: Array(devices[..<i]))
         }
-        guard statsInterval > 0, statsInterval <= 86_400 else {
-            throw .invalidValue("invalid stats interval \(statsInterval) (seconds, > 0)")
+        guard DaemonSettings.statsIntervalRange.contains(statsInterval) else {
+            throw .invalidValue("invalid stats interval \(statsInterval) (seconds, \(DaemonSettings.statsIntervalRangeText))")
         }
         if let m = metricsListen { _ = try HostPort.parse(m) }
         guard DaemonSettings.busyPollRange.contains(busyPollMicroseconds) else {

@@ -22,11 +22,18 @@ public struct SizeExpression: Sendable {
 
     /// The size in bytes this expression gives in MiB, as zram-generator computes it
     /// (`value * 1024 * 1024`, truncated); negative results are an error.
+    /// At most ByteSize.maximum.
     public func bytes(ramMiB: Double) throws(DaemonError) -> UInt64 {
-        let mib = try evaluate(["ram": ramMiB])
-        guard mib >= 0 else { throw .invalidValue("expression '\(text)' is negative (\(mib))") }
+        try Self.bytes(mib: try evaluate(["ram": ramMiB]), text: text)
+    }
+
+    /// `mib` MiB in bytes (truncated), refused when negative, not finite or above ByteSize.maximum;
+    /// `text` names the value in the message.
+    static func bytes(mib: Double, text: String) throws(DaemonError) -> UInt64 {
+        guard !mib.isNaN else { throw .invalidValue("invalid size '\(text)': not a number") }
+        guard mib >= 0 else { throw .invalidValue("invalid size '\(text)': must not be negative (\(mib) MiB)") }
         let bytes = mib * 1_048_576
-        guard bytes < 1.8e19 else { throw .invalidValue("expression '\(text)' is too large") }
+        guard bytes.isFinite, bytes <= Double(ByteSize.maximum) else { throw ByteSize.tooLarge(text) }
         return UInt64(bytes)
     }
 
@@ -35,12 +42,22 @@ public struct SizeExpression: Sendable {
         let variables: [String: Double]
         let source: String
         var pos = 0
+        /// Nesting of unary/parenthesised/argument levels now: bounded, so a line of a million
+        /// '(' or '-' is an error instead of a stack overflow.
+        var depth = 0
+        static let maxDepth = 64
 
         var atEnd: Bool { pos >= text.count }
-        var rest: String { String(decoding: text[pos...], as: UTF8.self) }
+        /// What is left (at most 40 bytes of it), for messages.
+        var rest: String {
+            let tail = text[pos...]
+            return String(decoding: tail.prefix(40), as: UTF8.self) + (tail.count > 40 ? "..." : "")
+        }
 
         func error(_ what: String) -> DaemonError {
-            .invalidValue("invalid expression '\(source)': \(what)")
+            // A long expression is shortened: the message stays one readable line.
+            let shown = source.count > 80 ? String(source.prefix(80)) + "..." : source
+            return .invalidValue("invalid expression '\(shown)': \(what)")
         }
 
         mutating func skipBlanks() {
@@ -49,7 +66,7 @@ public struct SizeExpression: Sendable {
 
         mutating func take(_ c: Character) -> Bool {
             skipBlanks()
-            guard pos < text.count, text[pos] == c.asciiValue! else { return false }
+            guard pos < text.count, let ascii = c.asciiValue, text[pos] == ascii else { return false }
             pos += 1
             return true
         }
@@ -81,6 +98,9 @@ public struct SizeExpression: Sendable {
         }
 
         mutating func unary() throws(DaemonError) -> Double {
+            depth += 1
+            defer { depth -= 1 }
+            guard depth <= Self.maxDepth else { throw error("nested more than \(Self.maxDepth) levels deep") }
             if take("-") { return -(try unary()) }
             if take("+") { return try unary() }
             let base = try primary()

@@ -1,11 +1,21 @@
 // Byte sizes as people type them (the kernel's memparse) and as zramctl prints them.
+import ZramDevice
 
 public enum ByteSize {
+    /// The largest size the daemon accepts anywhere (disk size, mem_limit; flags, config files,
+    /// `ctl add`, `ctl mem-limit`): 16 TiB, what 32-bit page numbers address (2^32 pages of 4 KiB).
+    /// The pool's page numbers are 32-bit, so it can never hold more; a disk of that size costs
+    /// 64 GiB of slot-table address space and a 16 TiB pool reservation, both untouched until used.
+    /// See ZramConfig.maxDiskSize and maxMemLimit, which the device checks again.
+    public static let maximum = UInt64(ZramConfig.maxDiskSize)
+
     /// The kernel's memparse, as zram's `disksize`/`mem_limit` accept it: a decimal (or 0x hex)
     /// integer with an optional K/M/G/T/P/E suffix in powers of 1024. Also accepts the spellings
     /// people copy from other tools: "4GiB", "4GB" (still 1024-based, like zramctl), "512B".
-    public static func parse(_ text: String) throws(DaemonError) -> UInt64 {
+    /// Sizes above `maximum` and negative ones are refused with a message naming `text`.
+    public static func parse(_ text: String, maximum: UInt64 = ByteSize.maximum) throws(DaemonError) -> UInt64 {
         let s = text.trimmed()
+        if s.hasPrefix("-"), s.dropFirst().first?.isNumber == true { throw .invalidValue("invalid size '\(text)': must not be negative") }
         var digits = Substring(s)
         var radix = 10
         if digits.hasPrefix("0x") || digits.hasPrefix("0X") { digits = digits.dropFirst(2); radix = 16 }
@@ -29,8 +39,22 @@ public enum ByteSize {
             throw .invalidValue("invalid size '\(text)': unknown suffix '\(digits[numberEnd...])' (use K, M, G or T)")
         }
         let (result, overflow) = value.multipliedReportingOverflow(by: 1 << shift)
-        guard !overflow else { throw .invalidValue("invalid size '\(text)': too large") }
+        guard !overflow, result <= maximum else { throw tooLarge(text, maximum: maximum) }
         return result
+    }
+
+    /// "invalid size '10E': too large (at most 16T)".
+    static func tooLarge(_ text: String, maximum: UInt64 = ByteSize.maximum) -> DaemonError {
+        .invalidValue("invalid size '\(text)': too large (at most \(human(maximum)))")
+    }
+
+    /// True when `text` reads as a memparse size rather than an expression: an optional '-', a
+    /// digit, and a unit suffix at the end ("2G", "-1G", "10E", "1.5G").
+    static func looksLikeMemparse(_ text: String) -> Bool {
+        var s = Substring(text.trimmed())
+        if s.first == "-" { s = s.dropFirst() }
+        guard let first = s.first, first.isNumber, hasUnitSuffix(text) else { return false }
+        return s.allSatisfy { $0.isHexDigit || $0 == "." || $0 == "x" || $0 == "X" || "kKmMgGtTpPeEiIbB".contains($0) }
     }
 
     /// True when `text` carries a memparse suffix ("2G", "512M"), as opposed to a bare number.

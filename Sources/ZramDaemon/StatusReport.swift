@@ -64,7 +64,8 @@ public enum StatusReport {
     static let nullableKeys: Set<String> = ["socket", "listen", "stats_dir", "mount_point", "nbd_device", "mountpoint"]
 
     static func fixed2(_ d: Double) -> String {
-        let c = Int((d * 100).rounded())
+        // Records come from the daemon's reply: any number must print, never trap.
+        guard let c = Int(exactly: (d * 100).rounded()) else { return d.isNaN ? "-" : "\(d)" }
         let frac = c % 100
         return "\(c / 100).\(frac < 10 ? "0" : "")\(frac)"
     }

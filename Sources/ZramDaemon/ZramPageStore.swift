@@ -10,10 +10,14 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
     let streams = Threads.onlineCPUs
 
     init(_ spec: DeviceSpec) throws(DaemonError) {
+        // DeviceSpec.validate bounds both; the conversions are checked anyway, never trapping.
+        guard let diskSize = Int(exactly: spec.diskSize), let memLimit = Int(exactly: spec.memLimit) else {
+            throw .invalidValue("\(spec.name): disk size \(spec.diskSize) or mem_limit \(spec.memLimit) is too large")
+        }
         do {
             let algorithm = try CompressionAlgorithm(name: spec.algorithm)
-            device = try ZramDevice(ZramConfig(name: spec.name, diskSize: Int(spec.diskSize), algorithm: algorithm,
-                                               level: spec.level, chainSize: spec.chainSize, memLimit: Int(spec.memLimit)))
+            device = try ZramDevice(ZramConfig(name: spec.name, diskSize: diskSize, algorithm: algorithm,
+                                               level: spec.level, chainSize: spec.chainSize, memLimit: memLimit))
         } catch let e as ZramError {
             throw .device("\(spec.name): \(ZramPageStore.describe(e))")
         } catch {
@@ -53,7 +57,10 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
     }
 
     func setMemLimit(_ bytes: UInt64) throws(DaemonError) {
-        do { try device.setMemLimit(Int(bytes)) } catch { throw .device("\(device.name): \(ZramPageStore.describe(error))") }
+        guard let limit = Int(exactly: bytes), bytes <= ByteSize.maximum else {
+            throw .invalidValue("invalid mem_limit \(bytes): too large (at most \(ByteSize.human(ByteSize.maximum)))")
+        }
+        do { try device.setMemLimit(limit) } catch { throw .device("\(device.name): \(ZramPageStore.describe(error))") }
     }
 
     func resetMemUsedMax() throws(DaemonError) { device.resetMemUsedMax() }

@@ -1,4 +1,5 @@
 import Codec
+import Glibc
 import Posix
 import Synchronization
 
@@ -13,16 +14,18 @@ final class StreamBuffers {
     /// Whole page assembled for sub-page writes and reads.
     let bounce: UnsafeMutableRawPointer
 
-    init(codec: any CompressionStream) {
+    /// nil when the 16 KiB cannot be allocated (an error for the device being created, not a trap).
+    init?(codec: any CompressionStream) {
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, pageSize, 4 * pageSize) == 0, let mem = raw else { return nil }
         self.codec = codec
-        let mem = UnsafeMutableRawPointer.allocate(byteCount: 4 * pageSize, alignment: pageSize)
         mem.initializeMemory(as: UInt8.self, repeating: 0, count: 4 * pageSize)
         buffer = mem
         scratch = mem + 2 * pageSize
         bounce = mem + 3 * pageSize
     }
 
-    deinit { buffer.deallocate() }
+    deinit { free(buffer) }
 }
 
 /// zram 6.15+'s per-CPU compression streams: one per online CPU, each behind a mutex. A thread
@@ -42,12 +45,13 @@ final class CompressionStreams: @unchecked Sendable {
         let cpus = Threads.onlineCPUs
         var s: [LockedStream] = []
         s.reserveCapacity(cpus)
-        do {
-            for _ in 0..<cpus {
-                s.append(LockedStream(StreamBuffers(codec: try algorithm.makeStream(level: level))))
+        for _ in 0..<cpus {
+            let codec: any CompressionStream
+            do { codec = try algorithm.makeStream(level: level) } catch { throw .invalidArgument(error.description) }
+            guard let buffers = StreamBuffers(codec: codec) else {
+                throw .outOfMemory("cannot allocate compression stream buffers")
             }
-        } catch {
-            throw .invalidArgument(error.description)
+            s.append(LockedStream(buffers))
         }
         self.algorithm = algorithm
         self.level = level ?? algorithm.defaultLevel

@@ -96,6 +96,8 @@ final class SlotTable: @unchecked Sendable {
     private let words: UnsafeMutablePointer<Atomic<UInt64>>
 
     init(count: Int) throws(ZramError) {
+        // 16 bytes a slot; the device bounds `count` (ZramConfig.maxDiskSize), this is the last guard.
+        guard count >= 0, count <= Int.max / 16 else { throw .invalidArgument("slot table of \(count) pages") }
         self.count = count
         byteCount = max(count * 16, 1)
         let p: UnsafeMutableRawPointer

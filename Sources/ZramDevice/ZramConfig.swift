@@ -17,6 +17,13 @@ public struct ZramConfig: Sendable, Equatable {
     /// Pool memory limit in bytes, rounded up to pages; 0 = none.
     public var memLimit: Int
 
+    /// The largest disk size a device takes: 16 TiB, 2^32 pages of 4 KiB, the most 32-bit page
+    /// numbers address (the pool's are 32-bit). Its slot table is 64 GiB of address space (16 B
+    /// per page) and its pool reservation is capped below 16 TiB: both reserved, not committed.
+    public static let maxDiskSize = 1 << 44
+    /// The largest mem_limit: what the pool can hold at most (its page numbers are 32-bit), 16 TiB.
+    public static let maxMemLimit = 1 << 44
+
     public init(name: String, diskSize: Int, algorithm: CompressionAlgorithm = .lz4,
                 level: Int32? = nil, chainSize: Int = 8, memLimit: Int = 0) {
         self.name = name

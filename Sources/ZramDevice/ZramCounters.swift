@@ -86,7 +86,7 @@ final class ZramCounters: @unchecked Sendable {   // @unchecked: the storage is 
     func read(into stats: inout ZramStats) {
         for c in ZramCounter.allCases {
             let (field, unit, _) = c.row
-            let v = UInt64(load(c))
+            let v = UInt64(max(0, load(c)))   // never negative; clamped so a stats read cannot trap
             stats[keyPath: field] = unit == .pages ? v << UInt64(pageShift) : v
         }
     }

@@ -85,10 +85,10 @@ public final class ZramDevice: @unchecked Sendable {
         guard ZramConfig.chainSizes.contains(config.chainSize) else {
             throw .invalidArgument("chain size \(config.chainSize) is not in \(ZramConfig.chainSizes)")
         }
-        guard config.diskSize >= 0, config.diskSize <= Int.max - pageSize else {
-            throw .invalidArgument("disk size \(config.diskSize)")
+        guard config.diskSize >= 0, config.diskSize <= ZramConfig.maxDiskSize else {
+            throw .invalidArgument("disk size \(config.diskSize) is outside 0...\(ZramConfig.maxDiskSize) (16 TiB)")
         }
-        guard config.memLimit >= 0 else { throw .invalidArgument("mem_limit \(config.memLimit)") }
+        try Self.checkMemLimit(config.memLimit)
         name = config.name
         chainSize = config.chainSize
         pageCount = (config.diskSize + pageSize - 1) >> pageShift
@@ -109,7 +109,14 @@ public final class ZramDevice: @unchecked Sendable {
         }
     }
 
+    /// `bytes` rounded up to pages; callers checked it with `checkMemLimit` (so it cannot overflow).
     private static func pagesRoundedUp(_ bytes: Int) -> Int { (bytes + pageSize - 1) >> pageShift }
+
+    private static func checkMemLimit(_ bytes: Int) throws(ZramError) {
+        guard bytes >= 0, bytes <= ZramConfig.maxMemLimit else {
+            throw .invalidArgument("mem_limit \(bytes) is outside 0...\(ZramConfig.maxMemLimit) (16 TiB)")
+        }
+    }
 
     // MARK: Block I/O
 
@@ -263,7 +270,7 @@ public final class ZramDevice: @unchecked Sendable {
     /// Sets mem_limit at runtime (bytes, rounded up to pages; 0 = none). Stores already over
     /// the limit stay; later writes fail.
     public func setMemLimit(_ bytes: Int) throws(ZramError) {
-        guard bytes >= 0 else { throw .invalidArgument("mem_limit \(bytes)") }
+        try Self.checkMemLimit(bytes)
         counters.store(.memLimitPages, Self.pagesRoundedUp(bytes))
     }
 

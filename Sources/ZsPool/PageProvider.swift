@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Posix
 import Synchronization
 
@@ -41,16 +44,22 @@ final class PageProvider: @unchecked Sendable {
             VirtualMemory.unmap(p, byteCount: bytes)
             throw error
         }
+        guard reservePages >= 0, reservePages < Int(UInt32.max),
+              let w = malloc(max(reservePages, 1) * MemoryLayout<UInt32>.stride) else {
+            VirtualMemory.unmap(p, byteCount: bytes)
+            VirtualMemory.unmap(c, byteCount: free)
+            throw .message("zspool: cannot allocate a reserve of \(reservePages) pages")
+        }
         base = p
         coldBytes = free
         cold = c.assumingMemoryBound(to: UInt32.self)
-        warm = .allocate(capacity: max(reservePages, 1))
+        warm = w.bindMemory(to: UInt32.self, capacity: max(reservePages, 1))
     }
 
     deinit {
         VirtualMemory.unmap(base, byteCount: maxPages * pageSize)
         VirtualMemory.unmap(UnsafeMutableRawPointer(cold), byteCount: coldBytes)
-        warm.deallocate()
+        Glibc.free(warm)
     }
 
     @inline(__always) func address(of page: UInt32) -> UnsafeMutableRawPointer {

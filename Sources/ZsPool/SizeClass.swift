@@ -61,7 +61,17 @@ final class SizeClass: @unchecked Sendable {
     @exclusivity(unchecked) private(set) var objsAllocated = 0
     @exclusivity(unchecked) private(set) var objsInuse = 0
 
-    init(info: ZsClassInfo, position: Int, provider: PageProvider) {
+    /// nil when its first tables cannot be allocated.
+    init?(info: ZsClassInfo, position: Int, provider: PageProvider) {
+        guard let zspages = RawVector(capacity: 16, fill: ZspageDescriptor()) else { return nil }
+        guard let pages = RawVector<UInt32>(capacity: 16 * info.pagesPerZspage, fill: 0) else {
+            zspages.release()
+            return nil
+        }
+        guard let handleEntries = RawVector<UInt64>(capacity: 64, fill: 0) else {
+            zspages.release(); pages.release()
+            return nil
+        }
         self.info = info
         self.position = position
         size = info.size
@@ -69,9 +79,9 @@ final class SizeClass: @unchecked Sendable {
         objsPerZspage = info.objsPerZspage
         isHuge = info.isHuge
         self.provider = provider
-        zspages = RawVector(capacity: 16, fill: ZspageDescriptor())
-        pages = RawVector(capacity: 16 * info.pagesPerZspage, fill: 0)
-        handleEntries = RawVector(capacity: 64, fill: 0)
+        self.zspages = zspages
+        self.pages = pages
+        self.handleEntries = handleEntries
     }
 
     deinit {
@@ -82,14 +92,15 @@ final class SizeClass: @unchecked Sendable {
 
     // MARK: handle entries
 
-    /// Takes a free handle entry (reusing freed ones first) and returns its index.
-    private func allocHandleEntry() -> UInt64 {
+    /// Takes a free handle entry (reusing freed ones first) and returns its index; nil when the
+    /// table cannot grow.
+    private func allocHandleEntry() -> UInt64? {
         if freeHandleEntry != UInt64.max {
             let entry = freeHandleEntry
             freeHandleEntry = handleEntries[Int(entry)]
             return entry
         }
-        handleEntries.reserve(handleEntriesUsed + 1, fill: 0)
+        guard handleEntries.reserve(handleEntriesUsed + 1, fill: 0) else { return nil }
         defer { handleEntriesUsed += 1 }
         return UInt64(handleEntriesUsed)
     }
@@ -187,8 +198,9 @@ final class SizeClass: @unchecked Sendable {
             freeZspageId = zspage(id).pointee.next
         } else {
             let n = zspageIdsUsed + 1
-            zspages.reserve(n, fill: ZspageDescriptor())
-            pages.reserve(n * pagesPerZspage, fill: 0)
+            guard zspages.reserve(n, fill: ZspageDescriptor()), pages.reserve(n * pagesPerZspage, fill: 0) else {
+                return nil
+            }
             id = UInt32(zspageIdsUsed)
             zspageIdsUsed = n
         }
@@ -270,7 +282,7 @@ final class SizeClass: @unchecked Sendable {
             if listHead[g] != noZspage { id = listHead[g]; break }
             g -= 1
         }
-        let entry = allocHandleEntry()
+        guard let entry = allocHandleEntry() else { return nil }
         let handle = ZsHandleCoding.encode(classPosition: position, entry: entry)
         if id != noZspage {
             let k = objMalloc(id, handle: handle)

@@ -46,21 +46,31 @@ public final class ZsPool: @unchecked Sendable {
     ///     more); malloc fails once it is reached.
     ///   - reservePages: freed pages kept resident for reuse before being returned to the OS.
     /// - Throws: when `maxPages` is not in 1..<UInt32.max or the address space cannot be reserved.
+    /// - Throws: also for a chain size outside `ZsGeometry.chainSizes`, or when the classes'
+    ///   tables cannot be allocated.
     public init(name: String, chainSize: Int = 8, maxPages: Int, reservePages: Int = 256) throws(PosixError) {
+        guard ZsGeometry.chainSizes.contains(chainSize) else {
+            throw .message("zspool: chain size \(chainSize) is not in \(ZsGeometry.chainSizes)")
+        }
+        guard reservePages >= 0 else { throw .message("zspool: reservePages \(reservePages) is negative") }
         self.name = name
         geometry = ZsGeometry(chainSize: chainSize)
         provider = try PageProvider(maxPages: maxPages, reservePages: reservePages)
         var built: [SizeClass] = []
         for (position, info) in geometry.classes.enumerated() {
-            built.append(SizeClass(info: info, position: position, provider: provider))
+            guard let c = SizeClass(info: info, position: position, provider: provider) else {
+                throw .message("zspool: out of memory for the size classes' tables")
+            }
+            built.append(c)
         }
         classes = built
     }
 
-    /// zs_malloc(): room for `size` payload bytes (1...4096); nil when the page cap is reached.
+    /// zs_malloc(): room for `size` payload bytes (1...4096); nil when the page cap is reached,
+    /// memory for the class's tables runs out, or `size` is outside 1...4096.
     @inline(__always)
     public func malloc(_ size: Int) -> ZsHandle? {
-        precondition(size > 0 && size <= pageSize, "zs_malloc size must be 1...4096")
+        guard size > 0 && size <= pageSize else { return nil }
         return classes[geometry.classPosition(forAllocation: size)].malloc()
     }
 
