@@ -22,6 +22,12 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
         /// Connections served at once; more are closed right after accept.
         public var maxConnections: Int = 256
         public var limits = NegotiationLimits()
+        /// How long a client may take from accept to entering transmission (every option and
+        /// reply included) before it is closed: idle or stalled handshakes cannot hold a
+        /// listener's slots. Real clients (the kernel's nbd-client, libnbd, qemu) need milliseconds.
+        /// Zero: no limit (for bridges that connect long before their client speaks, such as a
+        /// qemu chardev socket feeding a guest's nbd-client). qemu-nbd's --handshake-limit alike.
+        public var handshakeLimit: Duration = .seconds(10)
         /// How long stop() waits for clients before cutting them off.
         public var stopGrace: Duration = .seconds(5)
         /// How long a connection that is streaming requests keeps polling its socket after the

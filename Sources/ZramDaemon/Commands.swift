@@ -102,6 +102,8 @@ struct Serve: ParsableCommand {
     var noAutoCompact = false
     @Option(help: ArgumentHelp("Microseconds a busy connection polls for its next request before sleeping (default 50, 0 = off).", valueName: "us"))
     var busyPollUs: Int?
+    @Option(help: ArgumentHelp("Seconds an NBD client may take to negotiate before it is closed (default 10, 0 = no limit).", valueName: "seconds"))
+    var handshakeLimit: String?
     @Flag(help: "Serve one NBD connection, then exit: on a socket-activation socket (nbdinfo/nbdcopy '[ CMD ]') or stdin/stdout.")
     var stdio = false
     @Flag(help: "Check the configuration, print the devices and exit.")
@@ -152,6 +154,12 @@ struct Serve: ParsableCommand {
         if noMlock { s.lockMemory = false }
         if noAutoCompact { s.autoCompact = false }
         if let us = busyPollUs { s.busyPollMicroseconds = us }
+        if let v = handshakeLimit {
+            guard let d = Double(v), DaemonSettings.handshakeLimitRange.contains(d) else {
+                throw .invalidValue("invalid handshake limit '\(v)' (seconds, 0...3600, 0 = none)")
+            }
+            s.handshakeLimitSeconds = d
+        }
         try s.validate()
         loaded.settings = s
         return loaded
@@ -201,7 +209,8 @@ struct Serve: ParsableCommand {
             FileSystem.writeAll(1, out)
             return
         }
-        let factory = ZramDeviceFactory(log: log, busyPoll: .microseconds(loaded.settings.busyPollMicroseconds))
+        let factory = ZramDeviceFactory(log: log, busyPoll: .microseconds(loaded.settings.busyPollMicroseconds),
+                                        handshakeLimit: .milliseconds(Int(loaded.settings.handshakeLimitSeconds * 1000)))
         if stdio {
             try factory.serveStdio(loaded.settings.devices)
             return

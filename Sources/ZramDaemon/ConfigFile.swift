@@ -214,6 +214,11 @@ public enum ConfigFile {
                     throw fail("expected microseconds 0...10000, got '\(v)'")
                 }
                 settings.busyPollMicroseconds = n
+            case "handshake-limit":
+                guard let d = Double(v), DaemonSettings.handshakeLimitRange.contains(d) else {
+                    throw fail("expected seconds 0...3600 (0 = none), got '\(v)'")
+                }
+                settings.handshakeLimitSeconds = d
             default:
                 warnings.append("\(e.file):\(e.line): unknown key '\(key)' in [zramnbd], ignored")
             }

@@ -122,6 +122,11 @@ public struct DaemonSettings: Sendable, Equatable {
     /// (NBDServer.Configuration.busyPoll; 0 = off). Halves QD1 latency across CPUs.
     public var busyPollMicroseconds = 50
     public static let busyPollRange = 0...10_000
+    /// Seconds an NBD client may take from connecting to entering transmission
+    /// (NBDServer.Configuration.handshakeLimit): idle connections cannot hold the sockets' slots.
+    /// 0 = no limit.
+    public var handshakeLimitSeconds: Double = 10
+    public static let handshakeLimitRange = 0.0...3600.0
 
     public init() {}
 
@@ -141,6 +146,9 @@ public struct DaemonSettings: Sendable, Equatable {
         if let m = metricsListen { _ = try HostPort.parse(m) }
         guard DaemonSettings.busyPollRange.contains(busyPollMicroseconds) else {
             throw .invalidValue("invalid busy poll \(busyPollMicroseconds) µs (0...10000)")
+        }
+        guard DaemonSettings.handshakeLimitRange.contains(handshakeLimitSeconds) else {
+            throw .invalidValue("invalid handshake limit \(handshakeLimitSeconds) s (0...3600, 0 = none)")
         }
     }
 }

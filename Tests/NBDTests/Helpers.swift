@@ -110,8 +110,9 @@ final class TestServer: @unchecked Sendable {
     init(size: UInt64 = 16 << 20, exports extra: [Export] = [], readOnly: Bool = false,
          maxInFlight: Int = 64,
          limits: NegotiationLimits = NegotiationLimits(), grace: Duration = .seconds(5),
-         busyPoll: Duration = .zero,
-         logLevel: NBDLogger.Level = .off, backend customBackend: (any BlockBackend)? = nil) throws {
+         busyPoll: Duration = .zero, handshakeLimit: Duration = .seconds(10),
+         logLevel: NBDLogger.Level = .off, logSink: (@Sendable (NBDLogger.Level, String) -> Void)? = nil,
+         backend customBackend: (any BlockBackend)? = nil) throws {
         backend = try MemoryBackend(size: size)
         let main = Export(name: "disk", description: "test disk", backend: customBackend ?? backend, readOnly: readOnly)
         var config = NBDServer.Configuration(catalog: try ExportCatalog([main] + extra, defaultExport: "disk"))
@@ -119,7 +120,8 @@ final class TestServer: @unchecked Sendable {
         config.limits = limits
         config.stopGrace = grace
         config.busyPoll = busyPoll
-        config.logger = NBDLogger(level: logLevel)
+        config.handshakeLimit = handshakeLimit
+        config.logger = logSink.map { NBDLogger(level: logLevel, sink: $0) } ?? NBDLogger(level: logLevel)
         server = try NBDServer(config)
         socketPath = dir.file("nbd.sock")
         try server.listen(on: [.unix(path: socketPath)])
@@ -153,6 +155,13 @@ final class RawClient {
     init(fd: Int32) { self.fd = fd }
 
     deinit { close(fd) }
+
+    /// Sends what fits without blocking; the bytes taken, 0 when the socket is full, -1 on error.
+    func sendWithoutBlocking(_ bytes: [UInt8]) -> Int {
+        let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress!, bytes.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+        if n < 0 { return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1 }
+        return n
+    }
 
     func send(_ bytes: [UInt8]) throws {
         var done = 0
@@ -313,4 +322,17 @@ final class Background: @unchecked Sendable {
     }
     /// True if the work finished within `seconds`.
     func wait(seconds: Double = 20) -> Bool { done.wait(timeout: .now() + seconds) == .success }
+}
+
+/// Log lines a test server wrote, for tests that check what was logged (and how often).
+final class LogLines: @unchecked Sendable {  // @unchecked: `lines` is guarded by `lock`
+    private let lock = NSLock()
+    private var lines: [String] = []
+
+    var sink: @Sendable (NBDLogger.Level, String) -> Void {
+        { [self] _, message in lock.withLock { lines.append(message) } }
+    }
+
+    /// The lines that contain `text`.
+    func matching(_ text: String) -> [String] { lock.withLock { lines.filter { $0.contains(text) } } }
 }

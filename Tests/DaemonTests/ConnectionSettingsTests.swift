@@ -1,0 +1,50 @@
+import NBD
+import Testing
+@testable import ZramDaemon
+
+/// The daemon-wide NBD connection settings (issue 13): flag, config key, validation, and what
+/// reaches NBDServer.Configuration.
+@Suite("connection settings")
+struct ConnectionSettingsTests {
+    @Test("handshake-limit: default, config keys and flags")
+    func parsing() throws {
+        let defaults = DaemonSettings()
+        #expect(defaults.handshakeLimitSeconds == 10)
+
+        let c = try ConfigFile.parse([("c.conf", "[zramnbd]\nhandshake-limit = 2.5\n[zram0]\nzram-size = 1G\n")],
+                                     ramMiB: 1000)
+        #expect(c.warnings.isEmpty, "\(c.warnings)")
+        #expect(c.settings.handshakeLimitSeconds == 2.5)
+
+        let s = try Serve.parse(["--size", "1G", "--handshake-limit", "0.5"])
+            .settings(ramMiB: 8000).settings
+        #expect(s.handshakeLimitSeconds == 0.5)
+        #expect(try Serve.parse(["--size", "1G", "--handshake-limit", "0"]).settings(ramMiB: 8000).settings.handshakeLimitSeconds == 0)
+    }
+
+    @Test("bad values are refused", arguments: [
+        ("[zramnbd]\nhandshake-limit = -1\n", "b.conf:2: handshake-limit: expected seconds 0...3600 (0 = none), got '-1'"),
+        ("[zramnbd]\nhandshake-limit = soon\n", "b.conf:2: handshake-limit: expected seconds 0...3600 (0 = none), got 'soon'"),
+    ])
+    func badValues(_ text: String, _ message: String) {
+        do {
+            _ = try ConfigFile.parse([("b.conf", text)], ramMiB: 1000)
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.description.hasPrefix(message), "\(error)")
+        }
+    }
+
+    @Test("bad flags are refused", arguments: [["--handshake-limit", "nan"], ["--handshake-limit", "7200"]])
+    func badFlags(_ flags: [String]) throws {
+        let cmd = try Serve.parse(["--size", "1G"] + flags)
+        #expect(throws: DaemonError.self) { try cmd.settings(ramMiB: 8000) }
+    }
+
+    @Test("the factory hands every server the limit")
+    func configuration() throws {
+        let factory = ZramDeviceFactory(log: Log(level: .error), handshakeLimit: .milliseconds(1500))
+        let catalog = try ExportCatalog([Export(name: "d", backend: try MemoryBackend(size: 1 << 20))])
+        #expect(factory.configuration(catalog).handshakeLimit == .milliseconds(1500))
+    }
+}
