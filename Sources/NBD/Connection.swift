@@ -13,6 +13,16 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     let outFD: Int32
     let ownsFDs: Bool
     let label: String
+    /// Index of the listening socket whose slot this connection holds (nil: stdio).
+    let listener: Int?
+    /// Where the connection is, for its listener's slots; guarded by the server's registry lock.
+    var phase = Phase.negotiating
+
+    enum Phase {
+        case negotiating, transmitting
+        /// A newer connection needed its negotiating slot: it ends without serving.
+        case cut
+    }
     private let log: NBDLogger
 
     private let lock = ConditionLock()
@@ -20,11 +30,12 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     private var stopRequested = false
     private var closed = false
 
-    init(server: NBDServer, inFD: Int32, outFD: Int32, ownsFDs: Bool, label: String) {
+    init(server: NBDServer, inFD: Int32, outFD: Int32, ownsFDs: Bool, listener: Int?, label: String) {
         self.server = server
         self.inFD = inFD
         self.outFD = outFD
         self.ownsFDs = ownsFDs
+        self.listener = listener
         self.label = label
         log = server.configuration.logger
     }
@@ -32,7 +43,7 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     func run() {
         log.info("\(label): new connection")
         let reason: String
-        if let session = negotiate() {
+        if let session = negotiate(), server.enterTransmission(self) {
             log.info("\(label): serving export '\(session.export.name)' (size \(session.size), flags 0x\(String(session.flags.rawValue, radix: 16)), \(session.structuredReplies ? "structured" : "simple") replies)")
             lock.withLock {
                 transmitting = true
@@ -45,7 +56,8 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
                                           busyPoll: server.configuration.busyPoll, log: log)
             reason = engine.run()
         } else {
-            reason = "negotiation ended"
+            reason = server.registryPhase(of: self) == .cut ? "cut while negotiating: newer connections needed the slot"
+                : "negotiation ended"
         }
         log.info("\(label): closing: \(reason)")
         lock.withLock {
@@ -65,6 +77,10 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
             if transmitting && !closed { _ = shutdown(inFD, Int32(SHUT_RD)) }
         }
     }
+
+    /// A newer connection takes this one's negotiating slot: fail its reads and writes (the
+    /// server has marked it cut, so it cannot enter transmission any more).
+    func cutNegotiation() { forceClose() }
 
     /// The grace period is over: fail every pending read and write.
     func forceClose() {

@@ -104,6 +104,8 @@ final class TestServer: @unchecked Sendable {
     let server: NBDServer
     let backend: MemoryBackend
     let socketPath: String
+    /// The TCP port (127.0.0.1) when the server also listens on TCP.
+    private(set) var tcpPort: UInt16 = 0
     var uri: String { "nbd+unix:///?socket=\(socketPath)" }
     func uri(export: String) -> String { "nbd+unix:///\(export)?socket=\(socketPath)" }
 
@@ -111,6 +113,8 @@ final class TestServer: @unchecked Sendable {
          maxInFlight: Int = 64,
          limits: NegotiationLimits = NegotiationLimits(), grace: Duration = .seconds(5),
          busyPoll: Duration = .zero, handshakeLimit: Duration = .seconds(10),
+         tcp: Bool = false, unixConnections: ConnectionLimits = ConnectionLimits(),
+         tcpConnections: ConnectionLimits = ConnectionLimits(),
          logLevel: NBDLogger.Level = .off, logSink: (@Sendable (NBDLogger.Level, String) -> Void)? = nil,
          backend customBackend: (any BlockBackend)? = nil) throws {
         backend = try MemoryBackend(size: size)
@@ -121,10 +125,13 @@ final class TestServer: @unchecked Sendable {
         config.stopGrace = grace
         config.busyPoll = busyPoll
         config.handshakeLimit = handshakeLimit
+        config.unixConnections = unixConnections
+        config.tcpConnections = tcpConnections
         config.logger = logSink.map { NBDLogger(level: logLevel, sink: $0) } ?? NBDLogger(level: logLevel)
         server = try NBDServer(config)
         socketPath = dir.file("nbd.sock")
-        try server.listen(on: [.unix(path: socketPath)])
+        let sockets = try server.listen(on: [.unix(path: socketPath)] + (tcp ? [.tcp(host: "127.0.0.1", port: 0)] : []))
+        tcpPort = sockets.last?.port ?? 0
     }
 
     deinit { server.stop() }
@@ -150,6 +157,20 @@ final class RawClient {
         // No close here: a class init that throws after initialising every property still runs
         // deinit, which closes fd; closing twice could close another test's new descriptor.
         guard r == 0 else { throw TestError("connect \(unixPath): errno \(errno)") }
+    }
+
+    init(tcpPort: UInt16) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = tcpPort.bigEndian
+        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard r == 0 else { throw TestError("connect 127.0.0.1:\(tcpPort): errno \(errno)") }
     }
 
     init(fd: Int32) { self.fd = fd }
@@ -335,4 +356,13 @@ final class LogLines: @unchecked Sendable {  // @unchecked: `lines` is guarded b
 
     /// The lines that contain `text`.
     func matching(_ text: String) -> [String] { lock.withLock { lines.filter { $0.contains(text) } } }
+
+    /// The sum of the numbers that follow `word` ("refused 3 connections" counts 3).
+    func total(after word: String) -> Int {
+        matching(word + " ").reduce(0) { sum, line in
+            let words = line.split(separator: " ")
+            guard let i = words.firstIndex(where: { $0 == word }), i + 1 < words.count else { return sum }
+            return sum + (Int(words[i + 1]) ?? 0)
+        }
+    }
 }
