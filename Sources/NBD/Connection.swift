@@ -53,7 +53,8 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
             IO.enlargeUnixSendBuffer(outFD)
             let engine = ConnectionEngine(inFD: inFD, outFD: outFD, session: session,
                                           maxInFlight: server.configuration.maxInFlight,
-                                          busyPoll: server.configuration.busyPoll, log: log)
+                                          busyPoll: server.configuration.busyPoll,
+                                          payloadBudget: server.configuration.payloadBudget, log: log)
             reason = engine.run()
         } else {
             reason = server.registryPhase(of: self) == .cut ? "cut while negotiating: newer connections needed the slot"

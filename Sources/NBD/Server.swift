@@ -57,6 +57,10 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
         /// back with sched_yield to anything else runnable. Only after a short wait: a
         /// connection that was idle for over a millisecond sleeps at once.
         public var busyPoll: Duration = .zero
+        /// Memory all connections may hold in buffers over 256 KiB (big READ replies, WRITE
+        /// payloads over the input buffer): a connection that finds it spent waits, it stops
+        /// reading. Share one budget between servers to bound them together (the daemon does).
+        public var payloadBudget = PayloadBudget(bytes: 256 << 20)
         public var logger: NBDLogger = .disabled
 
         public init(catalog: ExportCatalog) {

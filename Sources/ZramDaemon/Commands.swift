@@ -104,6 +104,8 @@ struct Serve: ParsableCommand {
     var busyPollUs: Int?
     @Option(help: ArgumentHelp("Seconds an NBD client may take to negotiate before it is closed (default 10, 0 = no limit).", valueName: "seconds"))
     var handshakeLimit: String?
+    @Option(help: ArgumentHelp("Memory all NBD connections may hold in requests over 256 KiB; past it they wait (default 256M).", valueName: "size"))
+    var payloadBudget: String?
     @Flag(help: "Serve one NBD connection, then exit: on a socket-activation socket (nbdinfo/nbdcopy '[ CMD ]') or stdin/stdout.")
     var stdio = false
     @Flag(help: "Check the configuration, print the devices and exit.")
@@ -160,6 +162,7 @@ struct Serve: ParsableCommand {
             }
             s.handshakeLimitSeconds = d
         }
+        if let v = payloadBudget { s.payloadBudgetBytes = try ByteSize.parse(v) }
         try s.validate()
         loaded.settings = s
         return loaded
@@ -210,7 +213,8 @@ struct Serve: ParsableCommand {
             return
         }
         let factory = ZramDeviceFactory(log: log, busyPoll: .microseconds(loaded.settings.busyPollMicroseconds),
-                                        handshakeLimit: .milliseconds(Int(loaded.settings.handshakeLimitSeconds * 1000)))
+                                        handshakeLimit: .milliseconds(Int(loaded.settings.handshakeLimitSeconds * 1000)),
+                                        payloadBudget: Int(loaded.settings.payloadBudgetBytes))
         if stdio {
             try factory.serveStdio(loaded.settings.devices)
             return

@@ -219,6 +219,9 @@ public enum ConfigFile {
                     throw fail("expected seconds 0...3600 (0 = none), got '\(v)'")
                 }
                 settings.handshakeLimitSeconds = d
+            case "payload-budget":
+                do { settings.payloadBudgetBytes = try ByteSize.parse(v) } catch { throw fail(error.description) }
+                guard settings.payloadBudgetBytes <= DaemonSettings.payloadBudgetMax else { throw fail("at most 1T, got '\(v)'") }
             default:
                 warnings.append("\(e.file):\(e.line): unknown key '\(key)' in [zramnbd], ignored")
             }

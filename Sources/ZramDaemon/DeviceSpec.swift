@@ -127,6 +127,10 @@ public struct DaemonSettings: Sendable, Equatable {
     /// 0 = no limit.
     public var handshakeLimitSeconds: Double = 10
     public static let handshakeLimitRange = 0.0...3600.0
+    /// Bytes all NBD connections together may hold in big request buffers (over 256 KiB;
+    /// NBDServer.Configuration.payloadBudget): past it they wait instead of allocating.
+    public var payloadBudgetBytes: UInt64 = 256 << 20
+    public static let payloadBudgetMax: UInt64 = 1 << 40
 
     public init() {}
 
@@ -149,6 +153,9 @@ public struct DaemonSettings: Sendable, Equatable {
         }
         guard DaemonSettings.handshakeLimitRange.contains(handshakeLimitSeconds) else {
             throw .invalidValue("invalid handshake limit \(handshakeLimitSeconds) s (0...3600, 0 = none)")
+        }
+        guard payloadBudgetBytes <= DaemonSettings.payloadBudgetMax else {
+            throw .invalidValue("invalid payload budget \(payloadBudgetBytes) bytes (at most 1T)")
         }
     }
 }

@@ -118,3 +118,85 @@ import Testing
         _ = held
     }
 }
+
+/// Big requests share one byte budget: past it a connection waits, it never fails.
+@Suite struct PayloadBudgetTests {
+    /// Both connections need more than the whole budget for every request: they take turns.
+    @Test func twoConnectionsWithATinyBudgetCompleteBigWritesAndReads() throws {
+        let budget = PayloadBudget(bytes: 1 << 20)
+        let s = try TestServer(size: 32 << 20, payloadBudget: budget)
+        let results = (0..<2).map { i in
+            Background {
+                do {
+                    let c = try RawClient(unixPath: s.socketPath)
+                    try c.negotiate(structured: i == 1)
+                    for round in 0..<3 {
+                        let size = (4 << 20) + round * 4096  // over the 2 MiB input buffer: read straight into a big buffer
+                        let offset = UInt64(i) * (16 << 20)
+                        let data = pattern(size, seed: UInt8(10 * i + round))
+                        try c.request(.write, cookie: 1, offset: offset, length: UInt32(size), payload: data)
+                        let w = try c.reply()
+                        guard w.cookie == 1, w.type == 0xffff, w.payload == [0, 0, 0, 0] else {
+                            throw TestError("write \(round) of connection \(i) failed")
+                        }
+                        try c.request(.read, cookie: 2, offset: offset, length: UInt32(size))
+                        var back: [UInt8]
+                        if i == 0 {
+                            guard try c.simpleReply() == (0, 2) else { throw TestError("read \(round) failed") }
+                            back = try c.receive(size)
+                        } else {
+                            back = [UInt8](repeating: 0xee, count: size)
+                            while true {
+                                let ch = try c.reply()
+                                let at = Int(be64(ch.payload[...], 0) - offset)
+                                if ch.type == ChunkType.offsetHole.rawValue {
+                                    let n = Int(be32(ch.payload[...], 8))
+                                    back.replaceSubrange(at..<(at + n), with: repeatElement(0, count: n))
+                                } else {
+                                    guard ch.type == ChunkType.offsetData.rawValue else { throw TestError("read chunk \(ch.type)") }
+                                    back.replaceSubrange(at..<(at + ch.payload.count - 8), with: ch.payload[8...])
+                                }
+                                if ch.flags & 1 != 0 { break }
+                            }
+                        }
+                        guard back == data else { throw TestError("read \(round) of connection \(i) returned other data") }
+                    }
+                    try c.request(.disconnect, cookie: 3)
+                } catch {
+                    Issue.record("connection \(i): \(error)")
+                }
+            }
+        }
+        for r in results { #expect(r.wait(seconds: 60)) }
+        #expect(eventually { s.server.connectionCount == 0 })
+        #expect(budget.reservedBytes == 0)  // the spares went with their connections
+    }
+
+    /// A WRITE whose payload stalls holds its buffer; another connection's big READ waits for
+    /// the room (it stops reading), then completes when the first one is done.
+    @Test func aStalledWriteMakesOthersWaitNotFail() throws {
+        let budget = PayloadBudget(bytes: 8 << 20)
+        let s = try TestServer(size: 32 << 20, payloadBudget: budget)
+        let writer = try RawClient(unixPath: s.socketPath)
+        try writer.negotiate(structured: false)
+        let reader = try RawClient(unixPath: s.socketPath)
+        try reader.negotiate(structured: false)
+        let small = try RawClient(unixPath: s.socketPath)
+        try small.negotiate(structured: false)
+        let data = pattern(8 << 20, seed: 33)
+        try writer.send(requestBytes(type: .write, cookie: 1, offset: 0, length: UInt32(data.count)) + data[..<(3 << 20)])
+        #expect(eventually { budget.reservedBytes == 8 << 20 })
+        try reader.request(.read, cookie: 2, offset: 0, length: 4 << 20)
+        #expect(eventually { budget.waitingConnections == 1 })
+        // Requests of 256 KiB and less never touch the budget.
+        try small.request(.read, cookie: 3, offset: 0, length: 256 << 10)
+        #expect(try small.simpleReply() == (0, 3))
+        _ = try small.receive(256 << 10)
+        try writer.send(Array(data[(3 << 20)...]))
+        #expect(try writer.simpleReply() == (0, 1))
+        #expect(try reader.simpleReply() == (0, 2))
+        #expect(try reader.receive(4 << 20) == Array(data[..<(4 << 20)]))
+        #expect(budget.waitingConnections == 0)
+        #expect(budget.reservedBytes <= 8 << 20)
+    }
+}

@@ -114,7 +114,7 @@ final class TestServer: @unchecked Sendable {
          limits: NegotiationLimits = NegotiationLimits(), grace: Duration = .seconds(5),
          busyPoll: Duration = .zero, handshakeLimit: Duration = .seconds(10),
          tcp: Bool = false, unixConnections: ConnectionLimits = ConnectionLimits(),
-         tcpConnections: ConnectionLimits = ConnectionLimits(),
+         tcpConnections: ConnectionLimits = ConnectionLimits(), payloadBudget: PayloadBudget? = nil,
          logLevel: NBDLogger.Level = .off, logSink: (@Sendable (NBDLogger.Level, String) -> Void)? = nil,
          backend customBackend: (any BlockBackend)? = nil) throws {
         backend = try MemoryBackend(size: size)
@@ -127,6 +127,7 @@ final class TestServer: @unchecked Sendable {
         config.handshakeLimit = handshakeLimit
         config.unixConnections = unixConnections
         config.tcpConnections = tcpConnections
+        if let payloadBudget { config.payloadBudget = payloadBudget }
         config.logger = logSink.map { NBDLogger(level: logLevel, sink: $0) } ?? NBDLogger(level: logLevel)
         server = try NBDServer(config)
         socketPath = dir.file("nbd.sock")
