@@ -13,6 +13,16 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     let outFD: Int32
     let ownsFDs: Bool
     let label: String
+    /// Index of the listening socket whose slot this connection holds (nil: stdio).
+    let listener: Int?
+    /// Where the connection is, for its listener's slots; guarded by the server's registry lock.
+    var phase = Phase.negotiating
+
+    enum Phase {
+        case negotiating, transmitting
+        /// A newer connection needed its negotiating slot: it ends without serving.
+        case cut
+    }
     private let log: NBDLogger
 
     private let lock = ConditionLock()
@@ -20,11 +30,12 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     private var stopRequested = false
     private var closed = false
 
-    init(server: NBDServer, inFD: Int32, outFD: Int32, ownsFDs: Bool, label: String) {
+    init(server: NBDServer, inFD: Int32, outFD: Int32, ownsFDs: Bool, listener: Int?, label: String) {
         self.server = server
         self.inFD = inFD
         self.outFD = outFD
         self.ownsFDs = ownsFDs
+        self.listener = listener
         self.label = label
         log = server.configuration.logger
     }
@@ -32,7 +43,7 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     func run() {
         log.info("\(label): new connection")
         let reason: String
-        if let session = negotiate() {
+        if let session = negotiate(), server.enterTransmission(self) {
             log.info("\(label): serving export '\(session.export.name)' (size \(session.size), flags 0x\(String(session.flags.rawValue, radix: 16)), \(session.structuredReplies ? "structured" : "simple") replies)")
             lock.withLock {
                 transmitting = true
@@ -42,10 +53,12 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
             IO.enlargeUnixSendBuffer(outFD)
             let engine = ConnectionEngine(inFD: inFD, outFD: outFD, session: session,
                                           maxInFlight: server.configuration.maxInFlight,
-                                          busyPoll: server.configuration.busyPoll, log: log)
+                                          busyPoll: server.configuration.busyPoll,
+                                          payloadBudget: server.configuration.payloadBudget, log: log)
             reason = engine.run()
         } else {
-            reason = "negotiation ended"
+            reason = server.registryPhase(of: self) == .cut ? "cut while negotiating: newer connections needed the slot"
+                : "negotiation ended"
         }
         log.info("\(label): closing: \(reason)")
         lock.withLock {
@@ -66,6 +79,10 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
         }
     }
 
+    /// A newer connection takes this one's negotiating slot: fail its reads and writes (the
+    /// server has marked it cut, so it cannot enter transmission any more).
+    func cutNegotiation() { forceClose() }
+
     /// The grace period is over: fail every pending read and write.
     func forceClose() {
         lock.withLock {
@@ -78,7 +95,12 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     // MARK: - Negotiation I/O
 
     private func negotiate() -> Session? {
-        guard IO.writeFully(outFD, Negotiation.hello) else { return nil }
+        // The whole handshake, reads and writes, must end by this deadline: a client that
+        // connects and says nothing (or never reads our replies) holds a thread and a slot of
+        // its listener only this long. No deadline when the limit is zero.
+        let limit = server.configuration.handshakeLimit
+        let deadline = limit > .zero ? Clock.deadline(after: limit.seconds) : nil
+        guard send(Negotiation.hello, before: deadline) else { return nil }
         var negotiation = Negotiation(catalog: server.configuration.catalog, limits: server.configuration.limits)
         var stopping = false
         var graceDeadline: timespec?
@@ -94,10 +116,10 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
                 break
             }
             guard let count = next.byteCount,
-                  let bytes = receive(count, &negotiation, &stopping, &graceDeadline) else { return nil }
+                  let bytes = receive(count, deadline, &negotiation, &stopping, &graceDeadline) else { return nil }
             let step = negotiation.receive(bytes[...])
             for line in step.log { log.debug(line) }
-            if !step.reply.isEmpty && !IO.writeFully(outFD, step.reply) {
+            if !step.reply.isEmpty && !send(step.reply, before: deadline) {
                 log.info("\(label): client went away during negotiation")
                 return nil
             }
@@ -106,23 +128,27 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     }
 
     /// Reads exactly `count` bytes while watching for a server stop; nil on EOF, error, or when
-    /// the grace period after a stop runs out.
-    private func receive(_ count: Int, _ negotiation: inout Negotiation, _ stopping: inout Bool,
-                         _ graceDeadline: inout timespec?) -> [UInt8]? {
+    /// the handshake deadline or the grace period after a stop runs out.
+    private func receive(_ count: Int, _ deadline: timespec?, _ negotiation: inout Negotiation,
+                         _ stopping: inout Bool, _ graceDeadline: inout timespec?) -> [UInt8]? {
         var bytes = [UInt8](repeating: 0, count: count)
         var got = 0
         while got < count {
             var fds = [pollfd(fd: inFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: server.stopSignalFD, events: Int16(POLLIN), revents: 0)]
             let watched: nfds_t = stopping ? 1 : 2
-            let timeout = graceDeadline.map { Clock.millisecondsUntil($0) } ?? -1
+            let timeout = [deadline, graceDeadline].compactMap { $0.map(Clock.millisecondsUntil) }.min() ?? -1
             let r = poll(&fds, watched, timeout)
             if r < 0 {
                 if errno == EINTR { continue }
                 return nil
             }
             if r == 0 {
-                log.info("\(label): negotiation still open after the stop grace period")
+                if let deadline, Clock.millisecondsUntil(deadline) == 0 {
+                    log.info("\(label): not in transmission within the handshake limit (\(server.configuration.handshakeLimit))")
+                } else {
+                    log.info("\(label): negotiation still open after the stop grace period")
+                }
                 return nil
             }
             if watched == 2 && fds[1].revents != 0 {
@@ -137,5 +163,34 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
             got += n
         }
         return bytes
+    }
+
+    /// Writes all of `bytes` unless the client stops reading until `deadline` passes; false then
+    /// or on error. Sockets are written without blocking; anything else (stdio) blocks.
+    private func send(_ bytes: [UInt8], before deadline: timespec?) -> Bool {
+        bytes.withUnsafeBytes { raw in
+            var done = 0
+            while done < raw.count {
+                let n = Glibc.send(outFD, raw.baseAddress! + done, raw.count - done, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                if n > 0 {
+                    done += n
+                    continue
+                }
+                if n < 0 && errno == ENOTSOCK {
+                    return IO.writeFully(outFD, raw.baseAddress! + done, raw.count - done)
+                }
+                if n < 0 && errno == EINTR { continue }
+                guard n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) else { return false }
+                var p = pollfd(fd: outFD, events: Int16(POLLOUT), revents: 0)
+                let r = poll(&p, 1, deadline.map(Clock.millisecondsUntil) ?? -1)
+                if r < 0 && errno == EINTR { continue }
+                if r == 0 {
+                    log.info("\(label): the client read no replies within the handshake limit (\(server.configuration.handshakeLimit))")
+                    return false
+                }
+                if r < 0 { return false }
+            }
+            return true
+        }
     }
 }

@@ -43,14 +43,15 @@ final class ConnectionEngine {
     private var replies: [ReplyBuffer] = []
     private var pending = 0
     private var pendingReadBytes = 0
-    private let spare = SpareBuffer()
+    private let spare: SpareBuffer
     private let iovs: UnsafeMutablePointer<iovec>
     private let iovsCapacity: Int
     /// A send failed: the client is gone, replies are dropped until reading fails too.
     private var broken = false
 
     init(inFD: Int32, outFD: Int32, session: Session, maxInFlight: Int, busyPoll: Duration = .zero,
-         log: NBDLogger) {
+         payloadBudget: PayloadBudget = PayloadBudget(bytes: .max), log: NBDLogger) {
+        spare = SpareBuffer(budget: payloadBudget)
         self.inFD = inFD
         self.outFD = outFD
         rules = RequestRules(session)
@@ -67,6 +68,8 @@ final class ConnectionEngine {
     deinit {
         input.deallocate()
         iovs.deallocate()
+        replies.removeAll()  // their big buffers go back to the budget first, then the spare
+        spare.budget.retire(spare)
     }
 
     /// Serves requests until the client disconnects, sends NBD_CMD_DISC or breaks the protocol;
@@ -145,12 +148,15 @@ final class ConnectionEngine {
         return replies[pending]
     }
 
-    /// The reply from nextReply() is encoded: send the batch if it is full or holds enough READ data.
+    /// The reply from nextReply() is encoded: send the batch if it is full, holds enough READ
+    /// data, or holds a buffer of the payload budget. So between requests a connection holds
+    /// none of the budget but its spare, and a connection waiting for room never waits for itself.
     @inline(__always)
     private func queued() {
-        pendingReadBytes += replies[pending].readBytes
+        let reply = replies[pending]
+        pendingReadBytes += reply.readBytes
         pending += 1
-        if pending == maxInFlight || pendingReadBytes >= ConnectionEngine.earlyReplyBytes { send() }
+        if pending == maxInFlight || pendingReadBytes >= ConnectionEngine.earlyReplyBytes || reply.holdsBigData { send() }
     }
 
     /// One writev for every pending reply (more only past the iovec budget).

@@ -51,8 +51,19 @@ final class ReplyBuffer {
         head.deallocate()
         iov.deallocate()
         runs.deallocate()
-        if let data { DataBuffers.give(data, dataCapacity) }
+        if let data {
+            if ReplyBuffer.isBig(dataCapacity) { spare.budget.release(data, dataCapacity) } else { DataBuffers.give(data, dataCapacity) }
+        }
     }
+
+    /// Buffers over DataBuffers' sizes come from the connection's PayloadBudget.
+    @inline(__always) static func isBig(_ capacity: Int) -> Bool { capacity > retainedDataCapacity }
+
+    /// A reply other than READ data (whose early sending the engine's READ byte count governs)
+    /// holding a shared or budget buffer: a block status of many descriptors, a WRITE read
+    /// straight into a big buffer. The engine sends it at once rather than letting up to 64 of
+    /// them wait in a batch, and returns the buffer.
+    @inline(__always) var holdsBigData: Bool { readBytes == 0 && dataCapacity >= ReplyBuffer.sharedDataCapacity }
 
     /// Empty, ready for the next request.
     @inline(__always) func clear() {
@@ -83,15 +94,16 @@ final class ReplyBuffer {
     }
 
     /// A data buffer of at least `count` bytes (contents not kept).
+    /// A data buffer of at least `count` bytes (contents not kept). Over DataBuffers' sizes it
+    /// waits for room in the payload budget.
     func reserveData(_ count: Int) -> UnsafeMutableRawPointer {
         if let data, dataCapacity >= count { return data }
-        if let old = data { DataBuffers.give(old, dataCapacity) }
-        if count > ReplyBuffer.retainedDataCapacity, let (p, capacity) = spare.take(atLeast: count) {
-            data = p
-            dataCapacity = capacity
-            return p
+        if let old = data {
+            data = nil
+            if ReplyBuffer.isBig(dataCapacity) { spare.budget.give(old, dataCapacity, to: spare) } else { DataBuffers.give(old, dataCapacity) }
+            dataCapacity = 0
         }
-        let (p, capacity) = DataBuffers.take(count)
+        let (p, capacity) = ReplyBuffer.isBig(count) ? spare.budget.take(count, for: spare) : DataBuffers.take(count)
         data = p
         dataCapacity = capacity
         return p
@@ -99,10 +111,12 @@ final class ReplyBuffer {
 
     /// Grows the data buffer to `capacity`, keeping its contents.
     func growData(to capacity: Int) -> UnsafeMutableRawPointer {
-        let (bigger, biggerCapacity) = DataBuffers.take(capacity)
+        let oldBig = ReplyBuffer.isBig(dataCapacity)
+        let (bigger, biggerCapacity) = ReplyBuffer.isBig(capacity)
+            ? spare.budget.take(capacity, for: spare, holding: oldBig ? dataCapacity : 0) : DataBuffers.take(capacity)
         if let old = data {
             bigger.copyMemory(from: old, byteCount: dataCapacity)
-            DataBuffers.give(old, dataCapacity)
+            if oldBig { spare.budget.release(old, dataCapacity) } else { DataBuffers.give(old, dataCapacity) }
         }
         data = bigger
         dataCapacity = biggerCapacity
@@ -111,14 +125,14 @@ final class ReplyBuffer {
 
     /// After the reply was sent: small buffers stay with the reply; big ones go back to the shared
     /// cache, where the next request takes the most recently used one, so a stream of big READs
-    /// keeps filling the same cache-hot buffer. Buffers over the cache's largest become the
-    /// connection's spare (at most the advertised maximum request size).
+    /// keeps filling the same cache-hot buffer. Buffers over the cache's largest go back to the
+    /// payload budget, which keeps one as the connection's spare.
     func sent() {
         if let d = data, dataCapacity >= ReplyBuffer.sharedDataCapacity {
             if dataCapacity <= ReplyBuffer.retainedDataCapacity {
                 DataBuffers.give(d, dataCapacity)
             } else {
-                spare.keep(d, dataCapacity)
+                spare.budget.give(d, dataCapacity, to: spare)
             }
             data = nil
             dataCapacity = 0
@@ -140,29 +154,14 @@ final class ReplyBuffer {
 
 /// A connection's one buffer for requests bigger than DataBuffers serves (up to the advertised
 /// maximum): a client that sends 32 MiB requests reuses it instead of mapping 32 MiB per request.
-final class SpareBuffer {
-    private var buffer: UnsafeMutableRawPointer?
-    private var capacity = 0
+/// Its budget lends and reclaims it (PayloadBudget.take/give); the connection retires it when it
+/// ends.
+final class SpareBuffer: @unchecked Sendable {  // @unchecked: buffer and capacity are guarded by the budget's lock
+    let budget: PayloadBudget
+    var buffer: UnsafeMutableRawPointer?
+    var capacity = 0
 
-    deinit { buffer?.deallocate() }
-
-    func take(atLeast count: Int) -> (UnsafeMutableRawPointer, Int)? {
-        guard let b = buffer, capacity >= count else { return nil }
-        defer {
-            buffer = nil
-            capacity = 0
-        }
-        return (b, capacity)
-    }
-
-    /// Keeps `p` if it is bigger than the current spare and not over the maximum request size.
-    func keep(_ p: UnsafeMutableRawPointer, _ size: Int) {
-        guard size > capacity, size <= Int(BlockSize.maximumPayload) else {
-            DataBuffers.give(p, size)
-            return
-        }
-        buffer?.deallocate()
-        buffer = p
-        capacity = size
+    init(budget: PayloadBudget = PayloadBudget(bytes: .max)) {
+        self.budget = budget
     }
 }

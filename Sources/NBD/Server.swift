@@ -14,14 +14,41 @@ import Glibc
 #endif
 import Posix
 
+/// How many connections one listening socket serves at once. Every socket has its own slots, so
+/// a flood on the TCP port cannot lock the kernel client out of its unix socket; and only a few
+/// of a socket's slots may be held by connections still negotiating, so a flood of idle
+/// connections cannot take the slots of clients that negotiate.
+public struct ConnectionLimits: Sendable, Equatable {
+    /// Connections open on the socket, negotiating or in transmission; more are closed right
+    /// after accept.
+    public var open: Int
+    /// How many of them may still be negotiating: a new connection beyond this closes the
+    /// socket's oldest negotiating one. Real clients negotiate in milliseconds, so to keep one
+    /// from finishing, a flood must open this many connections during its handshake.
+    public var negotiating: Int
+
+    public init(open: Int = 256, negotiating: Int = 32) {
+        self.open = max(1, open)
+        self.negotiating = max(1, min(negotiating, open))
+    }
+}
+
 public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable state is guarded by `registry`
     public struct Configuration: Sendable {
         public var catalog: ExportCatalog
         /// Replies one connection batches before it sends them (and reads no further until then).
         public var maxInFlight: Int = 64
-        /// Connections served at once; more are closed right after accept.
-        public var maxConnections: Int = 256
+        /// Slots of each unix listening socket (the kernel client's; 0600, so only its owner
+        /// connects) and of each TCP one. A stdio connection takes no slot.
+        public var unixConnections = ConnectionLimits()
+        public var tcpConnections = ConnectionLimits()
         public var limits = NegotiationLimits()
+        /// How long a client may take from accept to entering transmission (every option and
+        /// reply included) before it is closed: idle or stalled handshakes cannot hold a
+        /// listener's slots. Real clients (the kernel's nbd-client, libnbd, qemu) need milliseconds.
+        /// Zero: no limit (for bridges that connect long before their client speaks, such as a
+        /// qemu chardev socket feeding a guest's nbd-client). qemu-nbd's --handshake-limit alike.
+        public var handshakeLimit: Duration = .seconds(10)
         /// How long stop() waits for clients before cutting them off.
         public var stopGrace: Duration = .seconds(5)
         /// How long a connection that is streaming requests keeps polling its socket after the
@@ -30,6 +57,10 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
         /// back with sched_yield to anything else runnable. Only after a short wait: a
         /// connection that was idle for over a millisecond sleeps at once.
         public var busyPoll: Duration = .zero
+        /// Memory all connections may hold in buffers over 256 KiB (big READ replies, WRITE
+        /// payloads over the input buffer): a connection that finds it spent waits, it stops
+        /// reading. Share one budget between servers to bound them together (the daemon does).
+        public var payloadBudget = PayloadBudget(bytes: 256 << 20)
         public var logger: NBDLogger = .disabled
 
         public init(catalog: ExportCatalog) {
@@ -45,6 +76,15 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
     private let registry = ConditionLock()
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var listeners: [ListeningSocket] = []
+    /// The slots of each listening socket, indexed like `listeners`.
+    private var slots: [Slots] = []
+
+    private struct Slots {
+        let limits: ConnectionLimits
+        var open = 0
+        /// Connections still negotiating, oldest first.
+        var negotiating: [Connection] = []
+    }
     private var acceptorRunning = false
     private var stopping = false
     private var stopped = false
@@ -78,6 +118,7 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
                     throw NBDError.invalidConfiguration("server is already listening or stopped")
                 }
                 listeners = opened
+                slots = opened.map { Slots(limits: $0.isTCP ? configuration.tcpConnections : configuration.unixConnections) }
                 acceptorRunning = true
             }
             do { try Threads.spawn(name: "nbd-accept") { [self] in acceptLoop() } } catch { throw NBDError(error) }
@@ -85,6 +126,7 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
             for l in opened { l.closeAndUnlink() }
             registry.withLock {
                 listeners = []
+                slots = []
                 acceptorRunning = false
             }
             throw error
@@ -96,9 +138,9 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
     /// Serves one already connected client on this thread (stdio mode: input 0, output 1) and
     /// returns when it is done. `closeWhenDone` closes the descriptors afterwards.
     public func serve(input: Int32, output: Int32, closeWhenDone: Bool = false) {
-        let c = Connection(server: self, inFD: input, outFD: output, ownsFDs: closeWhenDone,
+        let c = Connection(server: self, inFD: input, outFD: output, ownsFDs: closeWhenDone, listener: nil,
                            label: input == output ? "fd \(input)" : "fds \(input)/\(output)")
-        guard register(c) else { return }
+        guard case .admitted = admit(c) else { return }
         c.run()
         unregister(c)
     }
@@ -145,31 +187,102 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
 
     // MARK: - Accepting
 
+    /// What the acceptor has to say about one listening socket: refusals, cuts and failed
+    /// accepts are counted and logged once a second at most, never once per connection.
+    private struct Report {
+        var refused = 0
+        var refusedLimit = 0
+        var cut = 0
+        var cutLimit = 0
+        var failed = 0
+        var failure = ""
+        /// When the last line was logged (monotonic nanoseconds).
+        var last = Int.min / 2
+
+        var isEmpty: Bool { refused == 0 && cut == 0 && failed == 0 }
+
+        /// When the counted events are due to be logged; nil if there are none.
+        var due: Int? { isEmpty ? nil : last + NBDServer.reportInterval }
+
+        mutating func line(for socket: ListeningSocket) -> String {
+            var parts: [String] = []
+            func connections(_ n: Int) -> String { n == 1 ? "1 connection" : "\(n) connections" }
+            if refused > 0 {
+                parts.append("refused \(connections(refused)) on \(socket) in the last second: limit \(refusedLimit) reached")
+            }
+            if cut > 0 {
+                parts.append("closed \(connections(cut)) on \(socket) in the last second that were still negotiating: limit \(cutLimit) negotiating reached")
+            }
+            if failed > 0 {
+                parts.append("accept on \(socket) failed \(failed == 1 ? "once" : "\(failed) times") in the last second: \(failure)")
+            }
+            refused = 0
+            cut = 0
+            failed = 0
+            return parts.joined(separator: "; ")
+        }
+    }
+
+    static let reportInterval = 1_000_000_000
+    /// How long accepting pauses when the process runs out of descriptors or memory: the
+    /// connection stays in the backlog, so accepting again at once would only spin.
+    static let resourcePause = 100_000_000
+
     private func acceptLoop() {
         let sockets = registry.withLock { listeners }
-        var fds = sockets.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
-        fds.append(pollfd(fd: stopSignalFD, events: Int16(POLLIN), revents: 0))
+        // The stop signal first: while accepting pauses, only it is watched.
+        var fds = [pollfd(fd: stopSignalFD, events: Int16(POLLIN), revents: 0)]
+        fds += sockets.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+        var reports = [Report](repeating: Report(), count: sockets.count)
+        var pausedUntil = Int.min
+        func report(_ i: Int, now: Int) {
+            guard let due = reports[i].due, now >= due else { return }
+            reports[i].last = now
+            configuration.logger.error(reports[i].line(for: sockets[i]))
+        }
         outer: while true {
-            let r = poll(&fds, nfds_t(fds.count), -1)
+            var now = Clock.monotonicNanoseconds()
+            let paused = now < pausedUntil
+            var wake = paused ? pausedUntil : Int.max
+            for r in reports { if let due = r.due { wake = min(wake, due) } }
+            let timeout: Int32 = wake == .max ? -1 : Int32(clamping: (max(0, wake - now) + 999_999) / 1_000_000)
+            for i in fds.indices { fds[i].revents = 0 }
+            let r = poll(&fds, nfds_t(paused ? 1 : fds.count), timeout)
             if r < 0 {
                 if errno == EINTR { continue }
                 configuration.logger.error("poll on listening sockets failed: \(String(cString: strerror(errno)))")
                 break
             }
-            if fds[fds.count - 1].revents != 0 { break }
-            for i in 0..<sockets.count where fds[i].revents != 0 {
+            if fds[0].revents != 0 { break }
+            for i in 0..<sockets.count where fds[i + 1].revents != 0 {
                 guard let fd = Sockets.accept(sockets[i].fd) else {
                     if errno == EINTR || errno == EAGAIN || errno == ECONNABORTED { continue }
                     if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM {
-                        configuration.logger.error("accept: \(String(cString: strerror(errno)))")
+                        reports[i].failed += 1
+                        reports[i].failure = String(cString: strerror(errno))
+                        pausedUntil = Clock.monotonicNanoseconds() + NBDServer.resourcePause
                         continue
                     }
                     configuration.logger.error("accept on \(sockets[i]) failed: \(String(cString: strerror(errno)))")
                     break outer
                 }
-                if sockets[i].isTCP { IO.setNoDelay(fd) }
-                startConnection(fd: fd, via: sockets[i])
+                switch startConnection(fd: fd, via: sockets[i], index: i) {
+                case .admitted(cut: .none), .stopping:
+                    break
+                case .admitted(cut: .some(_)):
+                    reports[i].cut += 1
+                    reports[i].cutLimit = sockets[i].isTCP ? configuration.tcpConnections.negotiating
+                        : configuration.unixConnections.negotiating
+                case .refused(let limit):
+                    reports[i].refused += 1
+                    reports[i].refusedLimit = limit
+                }
             }
+            now = Clock.monotonicNanoseconds()
+            for i in reports.indices { report(i, now: now) }
+        }
+        for i in reports.indices where !reports[i].isEmpty {
+            configuration.logger.error(reports[i].line(for: sockets[i]))
         }
         for l in sockets { l.closeAndUnlink() }
         registry.withLock {
@@ -179,12 +292,16 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
         }
     }
 
-    private func startConnection(fd: Int32, via socket: ListeningSocket) {
-        let c = Connection(server: self, inFD: fd, outFD: fd, ownsFDs: true, label: "connection \(fd) on \(socket)")
-        guard register(c) else {
+    private func startConnection(fd: Int32, via socket: ListeningSocket, index: Int) -> Admission {
+        if socket.isTCP { IO.setNoDelay(fd) }
+        let c = Connection(server: self, inFD: fd, outFD: fd, ownsFDs: true, listener: index,
+                           label: "connection \(fd) on \(socket)")
+        let admission = admit(c)
+        guard case .admitted(let cut) = admission else {
             close(fd)
-            return
+            return admission
         }
+        cut?.cutNegotiation()
         do {
             try Threads.spawn(name: "nbd-conn") { [self] in
                 c.run()
@@ -195,23 +312,62 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
             unregister(c)
             close(fd)
         }
+        return admission
     }
 
-    private func register(_ c: Connection) -> Bool {
+    enum Admission {
+        /// Registered; `cut` is the negotiating connection it displaces (close it).
+        case admitted(cut: Connection?)
+        /// The listening socket's slots are all taken.
+        case refused(limit: Int)
+        case stopping
+    }
+
+    /// Registers a connection in a slot of its listening socket (none for stdio).
+    private func admit(_ c: Connection) -> Admission {
         registry.withLock {
-            guard !stopping else { return false }
-            guard connections.count < configuration.maxConnections else {
-                configuration.logger.error("refusing a connection: \(configuration.maxConnections) already open")
-                return false
+            guard !stopping else { return .stopping }
+            var cut: Connection?
+            if let i = c.listener {
+                let limits = slots[i].limits
+                guard slots[i].open < limits.open else { return .refused(limit: limits.open) }
+                if slots[i].negotiating.count >= limits.negotiating {
+                    let oldest = slots[i].negotiating.removeFirst()
+                    oldest.phase = .cut
+                    cut = oldest
+                }
+                slots[i].open += 1
+                slots[i].negotiating.append(c)
             }
             connections[ObjectIdentifier(c)] = c
+            return .admitted(cut: cut)
+        }
+    }
+
+    /// The connection finished negotiating: its slot no longer counts as negotiating. False if
+    /// it was cut meanwhile (then it must close).
+    func enterTransmission(_ c: Connection) -> Bool {
+        registry.withLock {
+            guard c.phase == .negotiating else { return false }
+            c.phase = .transmitting
+            if let i = c.listener, let k = slots[i].negotiating.firstIndex(where: { $0 === c }) {
+                slots[i].negotiating.remove(at: k)
+            }
             return true
         }
     }
 
+    func registryPhase(of c: Connection) -> Connection.Phase { registry.withLock { c.phase } }
+
     private func unregister(_ c: Connection) {
         registry.withLock {
             connections[ObjectIdentifier(c)] = nil
+            if let i = c.listener, i < slots.count {
+                slots[i].open -= 1
+                if c.phase == .negotiating, let k = slots[i].negotiating.firstIndex(where: { $0 === c }) {
+                    slots[i].negotiating.remove(at: k)
+                }
+            }
             registry.broadcast()
         }
     }

@@ -103,6 +103,10 @@ struct Serve: ParsableCommand {
     var noAutoCompact = false
     @Option(help: ArgumentHelp("Microseconds a busy connection polls for its next request before sleeping (default 50, 0 = off).", valueName: "us"))
     var busyPollUs: Int?
+    @Option(help: ArgumentHelp("Seconds an NBD client may take to negotiate before it is closed (default 10, 0 = no limit).", valueName: "seconds"))
+    var handshakeLimit: String?
+    @Option(help: ArgumentHelp("Memory all NBD connections may hold in requests over 256 KiB; past it they wait (default 256M).", valueName: "size"))
+    var payloadBudget: String?
     @Flag(help: "Serve one NBD connection, then exit: on a socket-activation socket (nbdinfo/nbdcopy '[ CMD ]') or stdin/stdout.")
     var stdio = false
     @Flag(help: "Check the configuration, print the devices and exit.")
@@ -157,6 +161,13 @@ struct Serve: ParsableCommand {
         if noMlock { s.lockMemory = false }
         if noAutoCompact { s.autoCompact = false }
         if let us = busyPollUs { s.busyPollMicroseconds = us }
+        if let v = handshakeLimit {
+            guard let d = Double(v), DaemonSettings.handshakeLimitRange.contains(d) else {
+                throw .invalidValue("invalid handshake limit '\(v)' (seconds, 0...3600, 0 = none)")
+            }
+            s.handshakeLimitSeconds = d
+        }
+        if let v = payloadBudget { s.payloadBudgetBytes = try ByteSize.parse(v) }
         try s.validate()
         loaded.settings = s
         return loaded
@@ -206,7 +217,9 @@ struct Serve: ParsableCommand {
             FileSystem.writeAll(1, out)
             return
         }
-        let factory = ZramDeviceFactory(log: log, busyPoll: .microseconds(loaded.settings.busyPollMicroseconds))
+        let factory = ZramDeviceFactory(log: log, busyPoll: .microseconds(loaded.settings.busyPollMicroseconds),
+                                        handshakeLimit: .milliseconds(Int(loaded.settings.handshakeLimitSeconds * 1000)),
+                                        payloadBudget: Int(loaded.settings.payloadBudgetBytes))
         if stdio {
             try factory.serveStdio(loaded.settings.devices)
             return

@@ -217,6 +217,14 @@ public enum ConfigFile {
                     throw fail("expected microseconds 0...10000, got '\(v)'")
                 }
                 settings.busyPollMicroseconds = n
+            case "handshake-limit":
+                guard let d = Double(v), DaemonSettings.handshakeLimitRange.contains(d) else {
+                    throw fail("expected seconds 0...3600 (0 = none), got '\(v)'")
+                }
+                settings.handshakeLimitSeconds = d
+            case "payload-budget":
+                do { settings.payloadBudgetBytes = try ByteSize.parse(v) } catch { throw fail(error.description) }
+                guard settings.payloadBudgetBytes <= DaemonSettings.payloadBudgetMax else { throw fail("at most 1T, got '\(v)'") }
             default:
                 warnings.append("\(e.file):\(e.line): unknown key '\(key)' in [zramnbd], ignored")
             }

@@ -162,6 +162,16 @@ public struct DaemonSettings: Sendable, Equatable {
 
     static let statsIntervalRangeText = "0.01...86400"
 
+    /// Seconds an NBD client may take from connecting to entering transmission
+    /// (NBDServer.Configuration.handshakeLimit): idle connections cannot hold the sockets' slots.
+    /// 0 = no limit.
+    public var handshakeLimitSeconds: Double = 10
+    public static let handshakeLimitRange = 0.0...3600.0
+    /// Bytes all NBD connections together may hold in big request buffers (over 256 KiB;
+    /// NBDServer.Configuration.payloadBudget): past it they wait instead of allocating.
+    public var payloadBudgetBytes: UInt64 = 256 << 20
+    public static let payloadBudgetMax: UInt64 = 1 << 40
+
     public init() {}
 
     public func validate() throws(DaemonError) {
@@ -181,6 +191,12 @@ public struct DaemonSettings: Sendable, Equatable {
         if let m = metricsListen { _ = try HostPort.parse(m) }
         guard DaemonSettings.busyPollRange.contains(busyPollMicroseconds) else {
             throw .invalidValue("invalid busy poll \(busyPollMicroseconds) µs (0...10000)")
+        }
+        guard DaemonSettings.handshakeLimitRange.contains(handshakeLimitSeconds) else {
+            throw .invalidValue("invalid handshake limit \(handshakeLimitSeconds) s (0...3600, 0 = none)")
+        }
+        guard payloadBudgetBytes <= DaemonSettings.payloadBudgetMax else {
+            throw .invalidValue("invalid payload budget \(payloadBudgetBytes) bytes (at most 1T)")
         }
     }
 }

@@ -87,10 +87,16 @@ public final class ZramDeviceFactory: DeviceFactory {
     private var activated: [(fd: Int32, path: String?)]
 
     let busyPoll: Duration
+    let handshakeLimit: Duration
+    /// One budget for the connections of every device.
+    let payloadBudget: PayloadBudget
 
-    public init(log: Log, busyPoll: Duration = .zero) {
+    public init(log: Log, busyPoll: Duration = .zero, handshakeLimit: Duration = .seconds(10),
+                payloadBudget: Int = 256 << 20) {
         self.log = log
         self.busyPoll = busyPoll
+        self.handshakeLimit = handshakeLimit
+        self.payloadBudget = PayloadBudget(bytes: payloadBudget)
         activated = Endpoint.systemdSockets().compactMap {
             guard case .listeningSocket(let fd) = $0 else { return nil }
             return (fd, Sockets.unixPath(of: fd))
@@ -100,6 +106,8 @@ public final class ZramDeviceFactory: DeviceFactory {
     func configuration(_ catalog: ExportCatalog) -> NBDServer.Configuration {
         var c = NBDServer.Configuration(catalog: catalog)
         c.busyPoll = busyPoll
+        c.handshakeLimit = handshakeLimit
+        c.payloadBudget = payloadBudget
         let log = self.log
         // Errors always; per-connection chatter only with -vv.
         c.logger = NBDLogger(level: log.level >= .debug ? .debug : .error) { level, message in

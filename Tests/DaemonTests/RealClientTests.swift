@@ -56,8 +56,10 @@ import TestSupport
     /// swap on our export. Skips with a reason where ../shared or qemu is absent (scripts/kernel-nbd.sh).
     @Test(.timeLimit(.minutes(20)))
     func linuxKernelClientFilesystemTrimAndSwap() throws {
+        // qemu's chardev connects to the socket when the VM starts; the guest's nbd-client speaks
+        // through it only after boot (10-20 s under TCG): longer than the default handshake limit.
         try runSuite({ ["/bin/bash", Self.packageRoot + "/scripts/kernel-nbd.sh", $0.socket, "fs,trim,swap"] },
-                     size: "1G",
+                     size: "1G", extra: ["--handshake-limit", "0"],
                      environment: ["KNBD_EXPORT": "zram0", "KNBD_S_FS_RAND_FILES": "2", "KNBD_S_FS_TREE_COPIES": "1",
                                    "KNBD_S_SWAP_DISCARD": "1", "KNBD_TIMEOUT": "900"],
                      timeout: .seconds(960))

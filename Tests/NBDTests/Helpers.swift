@@ -104,14 +104,19 @@ final class TestServer: @unchecked Sendable {
     let server: NBDServer
     let backend: MemoryBackend
     let socketPath: String
+    /// The TCP port (127.0.0.1) when the server also listens on TCP.
+    private(set) var tcpPort: UInt16 = 0
     var uri: String { "nbd+unix:///?socket=\(socketPath)" }
     func uri(export: String) -> String { "nbd+unix:///\(export)?socket=\(socketPath)" }
 
     init(size: UInt64 = 16 << 20, exports extra: [Export] = [], readOnly: Bool = false,
          maxInFlight: Int = 64,
          limits: NegotiationLimits = NegotiationLimits(), grace: Duration = .seconds(5),
-         busyPoll: Duration = .zero,
-         logLevel: NBDLogger.Level = .off, backend customBackend: (any BlockBackend)? = nil) throws {
+         busyPoll: Duration = .zero, handshakeLimit: Duration = .seconds(10),
+         tcp: Bool = false, unixConnections: ConnectionLimits = ConnectionLimits(),
+         tcpConnections: ConnectionLimits = ConnectionLimits(), payloadBudget: PayloadBudget? = nil,
+         logLevel: NBDLogger.Level = .off, logSink: (@Sendable (NBDLogger.Level, String) -> Void)? = nil,
+         backend customBackend: (any BlockBackend)? = nil) throws {
         backend = try MemoryBackend(size: size)
         let main = Export(name: "disk", description: "test disk", backend: customBackend ?? backend, readOnly: readOnly)
         var config = NBDServer.Configuration(catalog: try ExportCatalog([main] + extra, defaultExport: "disk"))
@@ -119,10 +124,15 @@ final class TestServer: @unchecked Sendable {
         config.limits = limits
         config.stopGrace = grace
         config.busyPoll = busyPoll
-        config.logger = NBDLogger(level: logLevel)
+        config.handshakeLimit = handshakeLimit
+        config.unixConnections = unixConnections
+        config.tcpConnections = tcpConnections
+        if let payloadBudget { config.payloadBudget = payloadBudget }
+        config.logger = logSink.map { NBDLogger(level: logLevel, sink: $0) } ?? NBDLogger(level: logLevel)
         server = try NBDServer(config)
         socketPath = dir.file("nbd.sock")
-        try server.listen(on: [.unix(path: socketPath)])
+        let sockets = try server.listen(on: [.unix(path: socketPath)] + (tcp ? [.tcp(host: "127.0.0.1", port: 0)] : []))
+        tcpPort = sockets.last?.port ?? 0
     }
 
     deinit { server.stop() }
@@ -150,9 +160,30 @@ final class RawClient {
         guard r == 0 else { throw TestError("connect \(unixPath): errno \(errno)") }
     }
 
+    init(tcpPort: UInt16) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = tcpPort.bigEndian
+        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard r == 0 else { throw TestError("connect 127.0.0.1:\(tcpPort): errno \(errno)") }
+    }
+
     init(fd: Int32) { self.fd = fd }
 
     deinit { close(fd) }
+
+    /// Sends what fits without blocking; the bytes taken, 0 when the socket is full, -1 on error.
+    func sendWithoutBlocking(_ bytes: [UInt8]) -> Int {
+        let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress!, bytes.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+        if n < 0 { return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1 }
+        return n
+    }
 
     func send(_ bytes: [UInt8]) throws {
         var done = 0
@@ -313,4 +344,26 @@ final class Background: @unchecked Sendable {
     }
     /// True if the work finished within `seconds`.
     func wait(seconds: Double = 20) -> Bool { done.wait(timeout: .now() + seconds) == .success }
+}
+
+/// Log lines a test server wrote, for tests that check what was logged (and how often).
+final class LogLines: @unchecked Sendable {  // @unchecked: `lines` is guarded by `lock`
+    private let lock = NSLock()
+    private var lines: [String] = []
+
+    var sink: @Sendable (NBDLogger.Level, String) -> Void {
+        { [self] _, message in lock.withLock { lines.append(message) } }
+    }
+
+    /// The lines that contain `text`.
+    func matching(_ text: String) -> [String] { lock.withLock { lines.filter { $0.contains(text) } } }
+
+    /// The sum of the numbers that follow `word` ("refused 3 connections" counts 3).
+    func total(after word: String) -> Int {
+        matching(word + " ").reduce(0) { sum, line in
+            let words = line.split(separator: " ")
+            guard let i = words.firstIndex(where: { $0 == word }), i + 1 < words.count else { return sum }
+            return sum + (Int(words[i + 1]) ?? 0)
+        }
+    }
 }
