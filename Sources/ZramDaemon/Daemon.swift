@@ -41,6 +41,7 @@ public final class Daemon {
         var control: ControlServer?
         var metrics: MetricsServer?
         do {
+            try host.preparePublishing()
             for spec in settings.devices { try host.add(spec) }
             try host.exportUnclaimedSockets()
             if let path = settings.controlSocket { control = try ControlServer(path: path) }
