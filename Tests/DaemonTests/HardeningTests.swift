@@ -192,3 +192,126 @@ struct ControlSocketHardeningTests {
         #expect(dir.read("zram0.sock") == "not a socket either\n")
     }
 }
+
+/// A free TCP port on 127.0.0.1 (bound, read back, released).
+func freeTCPPort() throws -> UInt16 {
+    let l = try Sockets.listenTCP(host: "127.0.0.1", port: 0)
+    close(l.fd)
+    return l.port ?? 0
+}
+
+/// A TCP connection to 127.0.0.1:`port`, or nil.
+func connectTCP(_ port: UInt16) -> Int32? {
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = port.bigEndian
+    addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    let fd = socket(AF_INET, Sockets.stream, 0)
+    let ok = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard ok == 0 else { close(fd); return nil }
+    return fd
+}
+
+/// A peer that sends a request one byte every 0.3 s and never finishes it, connecting again
+/// whenever the server drops it, until `stop`.
+final class Trickler: @unchecked Sendable {   // @unchecked: the vars are guarded by `lock`
+    private let lock = NSLockish()
+    private var stopping = false
+    private var done = false
+    private var count = 0
+
+    init(_ connect: @escaping @Sendable () -> Int32?) throws {
+        try Threads.spawn(name: "trickler") { [self] in
+            while !lock.with({ stopping }) {
+                guard let fd = connect() else { pause(0.05); continue }
+                lock.with { count += 1 }
+                var byte = UInt8(ascii: "G")
+                while !lock.with({ stopping }), send(fd, &byte, 1, Int32(MSG_NOSIGNAL)) == 1 { pause(0.3) }
+                close(fd)
+            }
+            lock.with { done = true }
+        }
+    }
+
+    /// Connections made so far.
+    var connections: Int { lock.with { count } }
+
+    func stop() {
+        lock.with { stopping = true }
+        _ = waitUntil(5) { lock.with { done } }
+    }
+
+    private func pause(_ seconds: Double) {
+        var ts = timespec(tv_sec: 0, tv_nsec: Int(seconds * 1e9))
+        nanosleep(&ts, nil)
+    }
+}
+
+@Suite("Issue 13: control and metrics off the main loop")
+struct SlowPeerTests {
+    @Test("peers trickling requests hold neither the stats files, the watchdog, status, other scrapes nor SIGTERM")
+    func slowPeers() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let port = try freeTCPPort()
+        let d = try RunningDaemon(dir, extra: ["--metrics-listen", "127.0.0.1:\(port)"], environment: ["WATCHDOG_USEC": "400000"])
+        let control = d.control
+        let peers = [try Trickler { connectTCP(port) }, try Trickler { connectTCP(port) },
+                     try Trickler { try? Sockets.connectUnix(control) }]
+        defer { for p in peers { p.stop() } }
+        #expect(waitUntil(5) { peers.allSatisfy { $0.connections > 0 } })
+
+        // The stats files follow the data on schedule (every 0.2 s here).
+        let client = try NBDClient(socket: d.socket)
+        #expect(client.write([UInt8](repeating: 0x42, count: 1 << 20), at: 0) == 0)
+        client.close()
+        #expect(waitUntil(5) { d.mmStat().first == 1 << 20 }, "mm_stat: \(d.mmStat())")
+        // The watchdog keeps being pinged: drop what is queued, then a fresh ping arrives.
+        _ = d.notify.receive(until: "\u{0}never", timeout: 0)
+        #expect(d.notify.receive(until: "WATCHDOG=1", timeout: 2000) != nil)
+        // status answers at once.
+        let started = SystemInfo.now()
+        let status = try Subprocess.run([zramnbdBinary, "status", "--bytes", "--control-socket", control],
+                                        outputPrefix: dir.file("status"), timeout: .seconds(10))
+        #expect(status.succeeded && status.stdout.contains("zram0"), "\(status.stderr)")
+        #expect(SystemInfo.now() - started < 3, "status took \(SystemInfo.now() - started) s")
+        // So does another scrape.
+        let fd = try #require(connectTCP(port))
+        defer { close(fd) }
+        #expect(FileSystem.writeAll(fd, "GET /metrics HTTP/1.0\r\n\r\n"))
+        let scrape = String(decoding: Sockets.readMessage(fd, limit: 1 << 20, timeout: 3000, stopAtNewline: false) ?? [], as: UTF8.self)
+        #expect(scrape.hasPrefix("HTTP/1.0 200 OK\r\n") && scrape.contains("zramnbd_orig_data_bytes{device=\"zram0\"} 1048576\n"))
+        // And SIGTERM ends the daemon promptly.
+        d.process.signal(SIGTERM)
+        #expect(d.process.wait(timeout: .seconds(4)) == .exited(0), "\(d.process.stderr)")
+        #expect(!FileSystem.exists(d.stats) && !FileSystem.exists(control))
+    }
+
+    @Test("a refused peer is told 'permission denied', not 'no reply' or killed by SIGPIPE")
+    func refusedPeer() throws {
+        guard geteuid() == 0 else { print("skipping: running a client as another user needs root"); return }
+        guard let setpriv = findTool("setpriv") else { print("skipping: setpriv is not installed"); return }
+        let dir = TempDir()
+        defer { dir.remove() }
+        let d = try RunningDaemon(dir)
+        let asNobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", zramnbdBinary]
+        let probe = try Subprocess.run(asNobody + ["--help"], outputPrefix: dir.file("probe"))
+        guard probe.succeeded else {
+            print("skipping: user nobody cannot run \(zramnbdBinary): \(probe.stderr)")
+            _ = d.stop()
+            return
+        }
+        // Open the socket up, as if its directory had been made world-writable: the credential
+        // check is what refuses nobody now.
+        #expect(chmod(dir.path, 0o711) == 0 && chmod(d.control, 0o666) == 0)
+        for args in [["status", "--control-socket", d.control], ["ctl", "--control-socket", d.control, "zram0", "compact"]] {
+            let r = try Subprocess.run(asNobody + args, outputPrefix: dir.file("nobody"), timeout: .seconds(20))
+            #expect(r.termination == .exited(1), "\(args): \(r.termination) \(r.stderr)")
+            #expect(r.stderr.contains("permission denied") && !r.stderr.contains("no reply"), "\(args): \(r.stderr)")
+        }
+        #expect(try d.ctl(["show"]).succeeded)   // root still is served
+        #expect(d.stop() == .exited(0))
+    }
+}
