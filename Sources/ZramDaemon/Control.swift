@@ -1,48 +1,224 @@
-// The control socket: server side (run on the daemon's control thread) and client side (the
-// `status` and `ctl` commands).
+// The control socket (server and the client the `status` and `ctl` commands use) and the HTTP
+// /metrics responder. Neither server runs on the daemon's control loop: each has a few worker
+// threads (ConnectionWorkers) that accept a connection and serve it within its deadline, so a
+// slow or stalled peer holds one worker for a bounded time, never the other workers and never
+// the loop that refreshes the stats, pings the watchdog and handles SIGTERM.
 #if canImport(Glibc)
 import Glibc
 #endif
 import Posix
 
+/// How long one control or metrics connection may take, and how many are served at once.
+enum ConnectionLimits {
+    /// Seconds a peer has to send its whole request (not per byte: a trickle does not extend it).
+    static let request = 2.0
+    /// Seconds we spend writing a reply to a peer that reads slowly or not at all.
+    static let reply = 5.0
+    /// Worker threads per server.
+    static let workers = 4
+}
+
+/// One accepted connection whose every wait is bounded by a deadline and cut short when the
+/// server stops (`stop` becomes readable).
+struct PeerConnection {
+    let fd: Int32
+    /// Readable once the server stops; -1: never.
+    let stop: Int32
+
+    /// Waits for `events` on the connection until `deadline` (monotonic seconds); false on a
+    /// timeout, an error or the server stopping.
+    func wait(_ events: Int32, until deadline: Double) -> Bool {
+        while true {
+            let ms = ((deadline - SystemInfo.now()) * 1000).rounded(.up)
+            guard ms > 0 else { return false }
+            var fds = [pollfd(fd: fd, events: Int16(events), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, stop >= 0 ? 2 : 1, Int32(min(ms, 60_000)))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            if n == 0 { continue }   // re-check the deadline
+            if stop >= 0, fds[1].revents != 0 { return false }
+            return fds[0].revents != 0
+        }
+    }
+
+    /// Reads until the peer shuts its side, `limit` bytes, or (`line`) a newline, all before
+    /// `deadline`. Nil on a timeout, an error or the server stopping.
+    func readRequest(limit: Int, line: Bool, until deadline: Double) -> [UInt8]? {
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while out.count < limit {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, min($0.count, limit - out.count), Int32(MSG_DONTWAIT)) }
+            if n > 0 {
+                out += chunk[0..<n]
+                if line, chunk[0..<n].contains(UInt8(ascii: "\n")) { break }
+                continue
+            }
+            if n == 0 { break }
+            if errno == EINTR { continue }
+            guard errno == EAGAIN || errno == EWOULDBLOCK, wait(POLLIN, until: deadline) else { return nil }
+        }
+        return out
+    }
+
+    /// Writes all of `text` before `deadline`; false if the peer did not take it in time or went
+    /// away. Never raises SIGPIPE.
+    @discardableResult
+    func write(_ text: String, until deadline: Double) -> Bool {
+        let bytes = Array(text.utf8)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + done, $0.count - done, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if n > 0 { done += n; continue }
+            if n < 0, errno == EINTR { continue }
+            guard n < 0, errno == EAGAIN || errno == EWOULDBLOCK, wait(POLLOUT, until: deadline) else { return false }
+        }
+        return true
+    }
+}
+
+/// A few threads serving one listening socket: each accepts a connection and serves it to the
+/// end (within the connection's deadlines) before it accepts the next one.
+final class ConnectionWorkers: @unchecked Sendable {   // @unchecked: the vars are guarded by `lock`; the rest is immutable
+    private let listener: Int32
+    /// Written once by `stop`; every worker polls the read end and leaves when it is readable.
+    private let wake: (read: Int32, write: Int32)
+    private var wakeClosed = false
+    private let lock = ConditionLock()
+    private var running = 0
+    private var stopped = false
+
+    /// Starts `count` threads named `name`-N on `listener` (made non-blocking: workers race for
+    /// each connection and the losers must not block in accept).
+    init(name: String, listener: Int32, count: Int, serve: @escaping @Sendable (PeerConnection) -> Void) throws(DaemonError) {
+        self.listener = listener
+        do { wake = try IO.makePipe() } catch { throw DaemonError(error) }
+        _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
+        for i in 0..<count {
+            lock.withLock { running += 1 }
+            do {
+                try Threads.spawn(name: "\(name)-\(i)") { [self] in
+                    loop(serve)
+                    lock.withLock {
+                        running -= 1
+                        lock.broadcast()
+                    }
+                }
+            } catch {
+                lock.withLock { running -= 1 }
+                stop()
+                throw DaemonError(error)
+            }
+        }
+    }
+
+    private func loop(_ serve: (PeerConnection) -> Void) {
+        while true {
+            var fds = [pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0), pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, -1)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            if fds[0].revents != 0 || fds[1].revents & Int16(POLLERR | POLLNVAL) != 0 { return }
+            guard fds[1].revents & Int16(POLLIN) != 0 else { continue }
+            guard let conn = Sockets.accept(listener) else {
+                // Another worker took it, or the peer left (EAGAIN, ECONNABORTED). Out of
+                // descriptors (EMFILE, ENFILE, ENOBUFS): the connection stays queued, so pause
+                // instead of spinning on it.
+                if errno != EAGAIN, errno != EWOULDBLOCK, errno != EINTR, errno != ECONNABORTED {
+                    _ = poll(&fds, 1, 100)
+                }
+                continue
+            }
+            serve(PeerConnection(fd: conn, stop: wake.read))
+            close(conn)
+        }
+    }
+
+    /// Tells every worker to leave (connections in progress are dropped at their next wait) and
+    /// waits up to `seconds` for them; a worker inside a host call finishes it first.
+    func stop(waitingAtMost seconds: Double = 5) {
+        lock.lock()
+        defer { lock.unlock() }
+        if !stopped {
+            stopped = true
+            var one: UInt8 = 1
+            _ = Glibc.write(wake.write, &one, 1)
+        }
+        let deadline = Clock.deadline(after: seconds)
+        while running > 0, lock.wait(until: deadline) {}
+        // The pipe stays open while a late worker may still poll it.
+        if running == 0, !wakeClosed {
+            wakeClosed = true
+            close(wake.read)
+            close(wake.write)
+        }
+    }
+}
+
 /// Accepts control connections; each one is a single request and reply.
 final class ControlServer {
     let path: String
     let fd: Int32
+    /// The socket file we bound: close() removes it only while it is still that file.
+    private let socketFile: FileIdentity?
+    private var workers: ConnectionWorkers?
+    private var closed = false
 
     /// Listens on `path` with mode 0600: only root (and the daemon's own user) may connect. A
     /// stale socket file (nobody accepts on it) is replaced; a live one is an error, so two
-    /// daemons never steal each other's socket. Missing directories are created.
+    /// daemons never steal each other's socket; anything else at the path (a file, a link) is
+    /// refused and left alone. Missing directories are created.
     init(path: String) throws(DaemonError) {
         self.path = path
         do { _ = try Sockets.unixAddress(path) } catch { throw DaemonError(error) }  // before any mkdir
         let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? ""
         if !dir.isEmpty { try FileSystem.makeDirectories(dir) }
         do { fd = try Sockets.listenUnix(path, mode: 0o600, backlog: 64) } catch { throw DaemonError(error) }
+        socketFile = FileSystem.identity(path)
     }
 
-    /// Serves one pending connection with `handler` (call when `fd` is readable).
+    /// Serves connections on `threads` worker threads with `handler` until `close`.
+    func start(threads: Int = ConnectionLimits.workers, _ handler: @escaping @Sendable (ControlRequest) -> ControlReply) throws(DaemonError) {
+        workers = try ConnectionWorkers(name: "zramnbd-ctl", listener: fd, count: threads) { conn in
+            ControlServer.serve(conn, handler)
+        }
+    }
+
+    /// Serves one connection on the calling thread, waiting up to 2 s for it (tests).
     func serveOne(_ handler: (ControlRequest) -> ControlReply) {
-        guard let conn = Sockets.accept(fd) else { return }
+        guard Sockets.waitReadable(fd, timeout: 2000), let conn = Sockets.accept(fd) else { return }
         defer { Glibc.close(conn) }
+        ControlServer.serve(PeerConnection(fd: conn, stop: -1), handler)
+    }
+
+    /// One request and its reply, within the connection limits.
+    static func serve(_ conn: PeerConnection, _ handler: (ControlRequest) -> ControlReply) {
+        let start = SystemInfo.now()
         // The socket mode already keeps others out; the credential check also covers a socket
-        // directory someone made world-writable.
-        if let uid = Sockets.peerUID(conn), uid != 0, uid != geteuid() {
-            FileSystem.writeAll(conn, ControlReply.error("permission denied").text)
+        // directory someone made world-writable. The refusal is sent without reading the request.
+        if let uid = Sockets.peerUID(conn.fd), uid != 0, uid != geteuid() {
+            conn.write(ControlReply.error("permission denied").text, until: start + ConnectionLimits.reply)
             return
         }
-        guard let bytes = Sockets.readMessage(conn, limit: 65536, timeout: 2000, stopAtNewline: true),
+        guard let bytes = conn.readRequest(limit: 65536, line: true, until: start + ConnectionLimits.request),
               let line = String(decoding: bytes, as: UTF8.self).split(separator: "\n").first else {
             return
         }
         let reply: ControlReply
         do throws(DaemonError) { reply = handler(try ControlRequest.parse(String(line))) } catch { reply = .error(error.description) }
-        FileSystem.writeAll(conn, reply.text)
+        conn.write(reply.text, until: SystemInfo.now() + ConnectionLimits.reply)
     }
 
+    /// Stops the workers, closes the socket and removes its file (again: nothing).
     func close() {
+        guard !closed else { return }
+        closed = true
+        workers?.stop()
         Glibc.close(fd)
-        unlink(path)
+        if let s = socketFile, FileSystem.identity(path) == s { unlink(path) }
     }
 }
 
@@ -59,15 +235,36 @@ public enum ControlClient {
             throw DaemonError(error)
         }
         defer { close(fd) }
-        guard FileSystem.writeAll(fd, request.line + "\n") else { throw .errno("write \(socket)") }
+        // A daemon that refuses us replies and closes without reading the request: our write may
+        // then fail (EPIPE, without a SIGPIPE) while its reply waits in our socket, so read it anyway.
+        let sent = PeerConnection(fd: fd, stop: -1).write(request.line + "\n", until: SystemInfo.now() + Double(timeout) / 1000)
+        let writeErrno = errno
         shutdown(fd, Int32(SHUT_WR))
-        guard let bytes = Sockets.readMessage(fd, limit: 16 << 20, timeout: timeout, stopAtNewline: false) else {
+        let bytes = readReply(fd, timeout: timeout)
+        if bytes.isEmpty {
+            if !sent { throw .system("write \(socket)", errno: writeErrno) }
             throw .control("no reply from the daemon on \(socket)")
         }
         switch try ControlReply.parse(String(decoding: bytes, as: UTF8.self)) {
         case .ok(let lines): return lines
         case .error(let m): throw .control(m)
         }
+    }
+
+    /// The reply: everything until the daemon closes (at most 16 MiB), each wait bounded by
+    /// `timeout` ms. An error after the reply (ECONNRESET: the daemon closed with our request
+    /// unread) ends it like a close; an incomplete reply fails to parse.
+    static func readReply(_ fd: Int32, timeout: Int32) -> [UInt8] {
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while out.count < 16 << 20 {
+            guard Sockets.waitReadable(fd, timeout: timeout) else { return out.last == UInt8(ascii: "\n") ? out : [] }
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0, errno == EINTR { continue }
+            if n <= 0 { break }
+            out += chunk[0..<n]
+        }
+        return out
     }
 }
 
@@ -76,6 +273,8 @@ final class MetricsServer {
     let fd: Int32
     /// The bound port (useful when asked for port 0).
     let port: UInt16
+    private var workers: ConnectionWorkers?
+    private var closed = false
 
     init(address: HostPort) throws(DaemonError) {
         do {
@@ -87,10 +286,23 @@ final class MetricsServer {
         }
     }
 
+    /// Serves scrapes on `threads` worker threads with the text `body` renders, until `close`.
+    func start(threads: Int = ConnectionLimits.workers, _ body: @escaping @Sendable () -> String) throws(DaemonError) {
+        workers = try ConnectionWorkers(name: "zramnbd-http", listener: fd, count: threads) { conn in
+            MetricsServer.serve(conn, body)
+        }
+    }
+
+    /// Serves one connection on the calling thread, waiting up to 2 s for it (tests).
     func serveOne(_ body: () -> String) {
-        guard let conn = Sockets.accept(fd) else { return }
+        guard Sockets.waitReadable(fd, timeout: 2000), let conn = Sockets.accept(fd) else { return }
         defer { Glibc.close(conn) }
-        guard let bytes = Sockets.readMessage(conn, limit: 8192, timeout: 2000, stopAtNewline: true) else { return }
+        MetricsServer.serve(PeerConnection(fd: conn, stop: -1), body)
+    }
+
+    static func serve(_ conn: PeerConnection, _ body: () -> String) {
+        let start = SystemInfo.now()
+        guard let bytes = conn.readRequest(limit: 8192, line: true, until: start + ConnectionLimits.request) else { return }
         let requestLine = String(decoding: bytes, as: UTF8.self).split(separator: "\r\n").first ?? ""
         let parts = requestLine.split(separator: " ")
         let ok = parts.count >= 2 && (parts[0] == "GET" || parts[0] == "HEAD")
@@ -100,8 +312,14 @@ final class MetricsServer {
             + "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
             + "Content-Length: \(content.utf8.count)\r\nConnection: close\r\n\r\n"
         if parts.first != "HEAD" { response += content }
-        FileSystem.writeAll(conn, response)
+        conn.write(response, until: SystemInfo.now() + ConnectionLimits.reply)
     }
 
-    func close() { Glibc.close(fd) }
+    /// Stops the workers and closes the socket (again: nothing).
+    func close() {
+        guard !closed else { return }
+        closed = true
+        workers?.stop()
+        Glibc.close(fd)
+    }
 }

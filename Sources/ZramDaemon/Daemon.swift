@@ -1,5 +1,9 @@
-// `zramnbd serve`: start the devices, then one control thread polls signals, the control socket,
-// the metrics socket and the stats timer. The NBD server threads run on their own.
+// `zramnbd serve`: start the devices, then the control loop polls signals, memory pressure and
+// the stats and watchdog timers. The control socket and the metrics endpoint are served on their
+// own worker threads (Control.swift) with deadlines, so no client can hold the loop: the stats
+// files, the watchdog ping and SIGTERM never wait for a peer. The NBD server threads run on their
+// own. DeviceHost is not thread-safe: the loop and the workers reach it only through SharedHost,
+// one lock held for a host call and never while waiting on a peer.
 //
 // The daemon's words:
 //   device          one zram device, named like the kernel's ("zram0"); its name is also its export name
@@ -7,7 +11,7 @@
 //   settings        the specs plus the daemon-wide options (DaemonSettings)
 //   page store      the compressed pages of a device (PageStore; ZramPageStore over ZramDevice)
 //   export          the NBD side of a device (ExportHandle), made by the device factory (DeviceFactory)
-//   host            the running devices, driven from the control thread (DeviceHost)
+//   host            the running devices (DeviceHost), reached through one lock (SharedHost)
 //   control request a line on the control socket (ControlRequest; device actions in ControlActions.swift),
 //                   answered by a control reply; status and show bodies are control records
 //   snapshot        one device's counters at one moment (DeviceSnapshot), rendered to its stats
@@ -17,6 +21,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 public final class Daemon {
     let settings: DaemonSettings
@@ -38,25 +43,32 @@ public final class Daemon {
             // Before the devices: their memory is locked as it is touched (MCL_FUTURE).
             for p in SwapSafety.apply() { log.warning(p) }
         }
+        let shared = SharedHost(host)
         var control: ControlServer?
         var metrics: MetricsServer?
+        var status = ""
         do {
+            try host.preparePublishing()
             for spec in settings.devices { try host.add(spec) }
             try host.exportUnclaimedSockets()
             if let path = settings.controlSocket { control = try ControlServer(path: path) }
             if let m = settings.metricsListen { metrics = try MetricsServer(address: try HostPort.parse(m)) }
+            status = host.summary()
+            log.info("ready: \(host.deviceNames.count) device(s)\(control.map { ", control socket " + $0.path } ?? "")")
+            // From here on the host is shared with the workers.
+            try control?.start { request in shared.with { $0.handle(request) } }
+            try metrics?.start { shared.with { $0.prometheusText() } }
         } catch {
             control?.close()
-            host.stopAll()
+            metrics?.close()
+            shared.with { $0.stopAll() }
             throw error
         }
         defer {
             control?.close()
             metrics?.close()
         }
-        var status = host.summary()
         notifier.notify("READY=1\nSTATUS=\(status)")
-        log.info("ready: \(host.deviceNames.count) device(s)\(control.map { ", control socket " + $0.path } ?? "")")
 
         let interval = settings.statsInterval
         var nextStats = SystemInfo.now() + interval
@@ -67,8 +79,6 @@ public final class Daemon {
         if settings.autoCompact, pressure == nil { log.info("no PSI memory trigger: automatic compaction is off") }
 
         var fds = [pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0)]
-        if let c = control { fds.append(pollfd(fd: c.fd, events: Int16(POLLIN), revents: 0)) }
-        if let m = metrics { fds.append(pollfd(fd: m.fd, events: Int16(POLLIN), revents: 0)) }
         if let p = pressure { fds.append(pollfd(fd: p.fd, events: Int16(POLLPRI), revents: 0)) }
 
         while true {
@@ -83,47 +93,59 @@ public final class Daemon {
                 for sig in signals.drain() {
                     if sig == SIGHUP {
                         log.info("SIGHUP: configuration changes need a restart (or ctl add/remove); refreshing stats")
-                        host.refreshStats(force: true)
+                        shared.with { $0.refreshStats(force: true) }
                         continue
                     }
                     log.info("signal \(sig): stopping")
                     notifier.notify("STOPPING=1\nSTATUS=stopping")
-                    host.stopAll()
+                    // No new control request once the devices start to go.
+                    control?.close()
+                    metrics?.close()
+                    shared.with { $0.stopAll() }
                     return 0
                 }
             }
-            var i = 1
-            if let c = control {
-                if fds[i].revents != 0 { c.serveOne { host.handle($0) } }
-                i += 1
-            }
-            if let m = metrics {
-                if fds[i].revents != 0 { m.serveOne { host.prometheusText() } }
-                i += 1
-            }
             if pressure != nil {
-                if fds[i].revents & Int16(POLLERR | POLLNVAL) != 0 {
+                if fds[1].revents & Int16(POLLERR | POLLNVAL) != 0 {
                     log.warning("the PSI memory trigger failed: automatic compaction is off")
-                    fds[i].fd = -1   // poll ignores it from now on
-                } else if fds[i].revents & Int16(POLLPRI) != 0 {
-                    host.compactUnderPressure()
+                    fds[1].fd = -1   // poll ignores it from now on
+                } else if fds[1].revents & Int16(POLLPRI) != 0 {
+                    shared.with { $0.compactUnderPressure() }
                 }
             }
 
             let after = SystemInfo.now()
+            // The ping first: it needs nothing from the host.
+            if let w = nextWatchdog, after >= w, let period = notifier.watchdogInterval {
+                notifier.notify("WATCHDOG=1")
+                nextWatchdog = after + period
+            }
             if after >= nextStats {
-                host.refreshStats()
-                let s = host.summary()
+                let s = shared.with { h in
+                    h.refreshStats()
+                    return h.summary()
+                }
                 if s != status {
                     status = s
                     notifier.notify("STATUS=\(s)")
                 }
                 nextStats = after + interval
             }
-            if let w = nextWatchdog, after >= w, let period = notifier.watchdogInterval {
-                notifier.notify("WATCHDOG=1")
-                nextWatchdog = after + period
-            }
         }
+    }
+}
+
+/// The host behind one lock: the control loop, the control workers and the metrics workers call
+/// DeviceHost only through `with`, one call at a time. The lock is held for the host call alone,
+/// never while a peer is read from or written to.
+final class SharedHost: @unchecked Sendable {   // @unchecked: `host` is only touched under `lock`
+    private let host: DeviceHost
+    private let lock = ConditionLock()
+
+    init(_ host: DeviceHost) { self.host = host }
+
+    @discardableResult
+    func with<R>(_ body: (DeviceHost) -> R) -> R {
+        lock.withLock { body(host) }
     }
 }

@@ -59,6 +59,8 @@ public final class DeviceHost {
     /// Serves every device on activated sockets no device claimed (socket activation).
     private var sharedExport: (any ExportHandle)?
     var prometheusFile: String?
+    /// The open Prometheus file (its directory checked once), after the first publication.
+    private var prometheus: PublishedFile?
     var log: Log
 
     public init(factory: any DeviceFactory, prometheusFile: String? = nil, log: Log = Log()) {
@@ -74,6 +76,12 @@ public final class DeviceHost {
             throw .device("no device '\(name)' (have: \(deviceNames.isEmpty ? "none" : deviceNames.joined(separator: ", ")))")
         }
         return d
+    }
+
+    /// Opens the Prometheus file's directory now, so a missing or unsafe one stops the start
+    /// with a clear message instead of an error at every refresh.
+    public func preparePublishing() throws(DaemonError) {
+        if let path = prometheusFile, prometheus == nil { prometheus = try PublishedFile(path: path) }
     }
 
     /// Creates the store, its stats directory and its export (zram's hot_add + disksize).
@@ -132,7 +140,8 @@ public final class DeviceHost {
             d.stats?.remove()
         }
         devices.removeAll()
-        if let p = prometheusFile { unlinkQuietly(p) }
+        prometheus?.remove()   // only if it is still the file we wrote
+        prometheus = nil
     }
 
     // MARK: control
@@ -253,7 +262,10 @@ public final class DeviceHost {
 
     private func publishPrometheus() {
         guard let path = prometheusFile else { return }
-        do { try FileSystem.writeAtomically(path, prometheusText()) } catch {
+        do {
+            try preparePublishing()
+            try prometheus?.write(prometheusText())
+        } catch {
             log.error("cannot write \(path): \(error)")
         }
     }
@@ -314,8 +326,3 @@ enum MountTable {
     }
 }
 
-func unlinkQuietly(_ path: String) { _ = unlink(path) }
-
-#if canImport(Glibc)
-import Glibc
-#endif
