@@ -166,7 +166,11 @@ struct StatsFileHardeningTests {
         defer { host.stopAll() }
         var spec = DeviceSpec(name: "zram1", diskSize: 16 << 20)
         spec.statsDir = dir.file("zram0")
-        #expect(throws: DaemonError.device("stats directory \(dir.file("zram0")) is used by another device")) { try host.add(spec) }
+        // DeviceHost.add refuses it before the directory's own lock is asked.
+        #expect(throws: DaemonError.self) { try host.add(spec) }
+        #expect(throws: DaemonError.invalidValue("zram1: stats directory \(dir.file("zram0")) collides with zram0's \(dir.file("zram0"))")) {
+            try host.add(spec)
+        }
         #expect(dir.read("zram0/disksize") == "67108864\n")
     }
 }
