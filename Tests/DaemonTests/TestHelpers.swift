@@ -140,3 +140,14 @@ func runProcess(_ argv: [String], in dir: TempDir, tag: String = "cmd") throws -
     let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     return Finished(status: code, stdout: dir.read("\(tag).stdout") ?? "", stderr: dir.read("\(tag).stderr") ?? "")
 }
+
+/// A config text that must be refused with an error starting with `message` (exit status 2).
+func expectConfigRefused(_ text: String, _ message: String) {
+    do {
+        _ = try ConfigFile.parse([("b.conf", text)], ramMiB: 1000)
+        Issue.record("accepted: \(text)")
+    } catch {
+        #expect(error.description.hasPrefix(message), "\(error)")
+        #expect(error.exitStatus == 2)
+    }
+}
