@@ -93,7 +93,6 @@ final class ReplyBuffer {
         iovCount += 1
     }
 
-    /// A data buffer of at least `count` bytes (contents not kept).
     /// A data buffer of at least `count` bytes (contents not kept). Over DataBuffers' sizes it
     /// waits for room in the payload budget.
     func reserveData(_ count: Int) -> UnsafeMutableRawPointer {

@@ -8,8 +8,9 @@ import Glibc
 #endif
 import Posix
 
-/// How long one control or metrics connection may take, and how many are served at once.
-enum ConnectionLimits {
+/// How long one control or metrics connection may take, and how many are served at once (the
+/// NBD server's ConnectionLimits are its sockets' slots, another thing).
+enum PeerLimits {
     /// Seconds a peer has to send its whole request (not per byte: a trickle does not extend it).
     static let request = 2.0
     /// Seconds we spend writing a reply to a peer that reads slowly or not at all.
@@ -181,7 +182,7 @@ final class ControlServer {
     }
 
     /// Serves connections on `threads` worker threads with `handler` until `close`.
-    func start(threads: Int = ConnectionLimits.workers, _ handler: @escaping @Sendable (ControlRequest) -> ControlReply) throws(DaemonError) {
+    func start(threads: Int = PeerLimits.workers, _ handler: @escaping @Sendable (ControlRequest) -> ControlReply) throws(DaemonError) {
         workers = try ConnectionWorkers(name: "zramnbd-ctl", listener: fd, count: threads) { conn in
             ControlServer.serve(conn, handler)
         }
@@ -200,16 +201,16 @@ final class ControlServer {
         // The socket mode already keeps others out; the credential check also covers a socket
         // directory someone made world-writable. The refusal is sent without reading the request.
         if let uid = Sockets.peerUID(conn.fd), uid != 0, uid != geteuid() {
-            conn.write(ControlReply.error("permission denied").text, until: start + ConnectionLimits.reply)
+            conn.write(ControlReply.error("permission denied").text, until: start + PeerLimits.reply)
             return
         }
-        guard let bytes = conn.readRequest(limit: 65536, line: true, until: start + ConnectionLimits.request),
+        guard let bytes = conn.readRequest(limit: 65536, line: true, until: start + PeerLimits.request),
               let line = String(decoding: bytes, as: UTF8.self).split(separator: "\n").first else {
             return
         }
         let reply: ControlReply
         do throws(DaemonError) { reply = handler(try ControlRequest.parse(String(line))) } catch { reply = .error(error.description) }
-        conn.write(reply.text, until: SystemInfo.now() + ConnectionLimits.reply)
+        conn.write(reply.text, until: SystemInfo.now() + PeerLimits.reply)
     }
 
     /// Stops the workers, closes the socket and removes its file (again: nothing).
@@ -287,7 +288,7 @@ final class MetricsServer {
     }
 
     /// Serves scrapes on `threads` worker threads with the text `body` renders, until `close`.
-    func start(threads: Int = ConnectionLimits.workers, _ body: @escaping @Sendable () -> String) throws(DaemonError) {
+    func start(threads: Int = PeerLimits.workers, _ body: @escaping @Sendable () -> String) throws(DaemonError) {
         workers = try ConnectionWorkers(name: "zramnbd-http", listener: fd, count: threads) { conn in
             MetricsServer.serve(conn, body)
         }
@@ -302,7 +303,7 @@ final class MetricsServer {
 
     static func serve(_ conn: PeerConnection, _ body: () -> String) {
         let start = SystemInfo.now()
-        guard let bytes = conn.readRequest(limit: 8192, line: true, until: start + ConnectionLimits.request) else { return }
+        guard let bytes = conn.readRequest(limit: 8192, line: true, until: start + PeerLimits.request) else { return }
         let requestLine = String(decoding: bytes, as: UTF8.self).split(separator: "\r\n").first ?? ""
         let parts = requestLine.split(separator: " ")
         let ok = parts.count >= 2 && (parts[0] == "GET" || parts[0] == "HEAD")
@@ -312,7 +313,7 @@ final class MetricsServer {
             + "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
             + "Content-Length: \(content.utf8.count)\r\nConnection: close\r\n\r\n"
         if parts.first != "HEAD" { response += content }
-        conn.write(response, until: SystemInfo.now() + ConnectionLimits.reply)
+        conn.write(response, until: SystemInfo.now() + PeerLimits.reply)
     }
 
     /// Stops the workers and closes the socket (again: nothing).
