@@ -1,6 +1,6 @@
 // swift-tools-version: 6.1
 // zramnbd: Linux zram (zsmalloc + LZ4/Zstd page store) served over NBD.
-// Dependencies point one way: zramnbd -> ZramDaemon -> {NBD, ZramDevice -> {ZsPool, Codec}}, and
+// Dependencies point one way: zramnbd -> ZramDaemon -> {TLS -> NBD, ZramDevice -> {ZsPool, Codec}}, and
 // every module -> Posix (the one layer over libc: locks, threads, mmap, sockets, fds, the page size).
 import PackageDescription
 
@@ -18,6 +18,7 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
+        .systemLibrary(name: "CGnuTLS", pkgConfig: "gnutls", providers: [.apt(["libgnutls28-dev"])]),
 
         // The system layer: pthread locks and threads, the monotonic clock, memory reservations,
         // fd I/O, unix and TCP sockets. No dependencies; everything else talks to libc through it.
@@ -30,9 +31,11 @@ let package = Package(
         .target(name: "ZramDevice", dependencies: ["ZsPool", "Codec", "Posix"]),
         // The NBD protocol and server; talks to any block backend, knows nothing of compression.
         .target(name: "NBD", dependencies: ["Posix"], exclude: ["DESIGN.md"]),
+        // NBD's TLS (STARTTLS) through GnuTLS: certificates, pre-shared keys, the channel.
+        .target(name: "TLS", dependencies: ["NBD", "CGnuTLS", "Posix"]),
         // The daemon: CLI, config, stats files, control socket; wires devices to NBD exports.
         .target(name: "ZramDaemon", dependencies: [
-            "ZramDevice", "NBD", "Codec", "Posix",
+            "ZramDevice", "NBD", "TLS", "Codec", "Posix",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "zramnbd", dependencies: ["ZramDaemon"]),
@@ -43,7 +46,7 @@ let package = Package(
         .target(name: "TestSupport"),
         .testTarget(name: "ZsPoolTests", dependencies: ["ZsPool", "TestSupport"]),
         .testTarget(name: "ZramDeviceTests", dependencies: ["ZramDevice", "Codec", "CLZ4", "CZstd", "TestSupport"]),
-        .testTarget(name: "NBDTests", dependencies: ["NBD", "CNBD", "TestSupport"]),
+        .testTarget(name: "NBDTests", dependencies: ["NBD", "TLS", "CNBD", "TestSupport"]),
         .testTarget(name: "DaemonTests", dependencies: ["ZramDaemon", "Posix", "CNBD", "TestSupport"]),
     ]
 )

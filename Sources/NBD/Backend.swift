@@ -77,12 +77,18 @@ public struct Export: Sendable {
     public var description: String
     public var backend: any BlockBackend
     public var readOnly: Bool
+    /// Who may use it beyond the listener's TLS mode (an extension of nbdkit's rules): nil lets
+    /// in anyone the listener does; a list only TLS peers authenticated under one of the names
+    /// (PSK username, certificate DN or CN). Everyone else is refused it and LIST hides it.
+    public var allowedPeers: [String]?
 
-    public init(name: String, description: String = "", backend: any BlockBackend, readOnly: Bool = false) {
+    public init(name: String, description: String = "", backend: any BlockBackend, readOnly: Bool = false,
+                allowedPeers: [String]? = nil) {
         self.name = name
         self.description = description
         self.backend = backend
         self.readOnly = readOnly
+        self.allowedPeers = allowedPeers
     }
 }
 

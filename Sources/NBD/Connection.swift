@@ -15,6 +15,10 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     let label: String
     /// Index of the listening socket whose slot this connection holds (nil: stdio).
     let listener: Int?
+    /// What the listening socket asks of the client.
+    let tlsMode: TLSMode
+    /// Set at STARTTLS: from then on every byte goes through it. Used by the connection's thread only.
+    private var tls: (any TLSChannel)?
     /// Where the connection is, for its listener's slots; guarded by the server's registry lock.
     var phase = Phase.negotiating
 
@@ -30,12 +34,13 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     private var stopRequested = false
     private var closed = false
 
-    init(server: NBDServer, inFD: Int32, outFD: Int32, ownsFDs: Bool, listener: Int?, label: String) {
+    init(server: NBDServer, inFD: Int32, outFD: Int32, ownsFDs: Bool, listener: Int?, tls: TLSMode, label: String) {
         self.server = server
         self.inFD = inFD
         self.outFD = outFD
         self.ownsFDs = ownsFDs
         self.listener = listener
+        tlsMode = tls
         self.label = label
         log = server.configuration.logger
     }
@@ -44,7 +49,7 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
         log.info("\(label): new connection")
         let reason: String
         if let session = negotiate(), server.enterTransmission(self) {
-            log.info("\(label): serving export '\(session.export.name)' (size \(session.size), flags 0x\(String(session.flags.rawValue, radix: 16)), \(session.structuredReplies ? "structured" : "simple") replies)")
+            log.info("\(label): serving export '\(session.export.name)' (size \(session.size), flags 0x\(String(session.flags.rawValue, radix: 16)), \(session.structuredReplies ? "structured" : "simple") replies\(tls == nil ? "" : ", TLS"))")
             lock.withLock {
                 transmitting = true
                 // stop() came while we negotiated: end after this GO like any other connection.
@@ -54,13 +59,15 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
             let engine = ConnectionEngine(inFD: inFD, outFD: outFD, session: session,
                                           maxInFlight: server.configuration.maxInFlight,
                                           busyPoll: server.configuration.busyPoll,
-                                          payloadBudget: server.configuration.payloadBudget, log: log)
+                                          payloadBudget: server.configuration.payloadBudget, tls: tls, log: log)
             reason = engine.run()
         } else {
             reason = server.registryPhase(of: self) == .cut ? "cut while negotiating: newer connections needed the slot"
                 : "negotiation ended"
         }
         log.info("\(label): closing: \(reason)")
+        tls?.close()
+        tls = nil
         lock.withLock {
             closed = true
             if ownsFDs {
@@ -101,29 +108,48 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
         let limit = server.configuration.handshakeLimit
         let deadline = limit > .zero ? Clock.deadline(after: limit.seconds) : nil
         guard send(Negotiation.hello, before: deadline) else { return nil }
-        var negotiation = Negotiation(catalog: server.configuration.catalog, limits: server.configuration.limits)
+        var negotiation = Negotiation(catalog: server.configuration.catalog, limits: server.configuration.limits, tls: tlsMode)
         var stopping = false
         var graceDeadline: timespec?
         var next = Negotiation.Next.readClientFlags
         while true {
+            let step: Negotiation.Step
             switch next {
             case .transmission(let session):
                 return session
             case .close(let reason):
                 log.info("\(label): closing during negotiation: \(reason)")
                 return nil
+            case .startTLS:
+                guard let channel = startTLS(until: deadline) else { return nil }
+                step = negotiation.tlsEstablished(peerNames: channel.peerNames)
             case .readClientFlags, .readOptionHeader, .readOptionPayload:
-                break
+                guard let count = next.byteCount,
+                      let bytes = receive(count, deadline, &negotiation, &stopping, &graceDeadline) else { return nil }
+                step = negotiation.receive(bytes[...])
             }
-            guard let count = next.byteCount,
-                  let bytes = receive(count, deadline, &negotiation, &stopping, &graceDeadline) else { return nil }
-            let step = negotiation.receive(bytes[...])
             for line in step.log { log.debug(line) }
             if !step.reply.isEmpty && !send(step.reply, before: deadline) {
                 log.info("\(label): client went away during negotiation")
                 return nil
             }
             next = step.next
+        }
+    }
+
+    /// The server side of the TLS handshake; the channel, or nil (logged) if it failed.
+    private func startTLS(until deadline: timespec?) -> (any TLSChannel)? {
+        // NBDServer.init refuses a TLS mode without a TLSServer.
+        guard let tlsServer = server.configuration.tlsServer else { return nil }
+        switch tlsServer.handshake(inFD: inFD, outFD: outFD, until: deadline) {
+        case .failure(let why):
+            log.info("\(label): TLS handshake failed: \(why)")
+            return nil
+        case .success(let channel):
+            let who = channel.peerNames.first.map { " as '\($0)'" } ?? ""
+            log.info("\(label): TLS\(who): \(channel.summary)")
+            tls = channel
+            return channel
         }
     }
 
@@ -137,8 +163,9 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
             var fds = [pollfd(fd: inFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: server.stopSignalFD, events: Int16(POLLIN), revents: 0)]
             let watched: nfds_t = stopping ? 1 : 2
-            let timeout = [deadline, graceDeadline].compactMap { $0.map(Clock.millisecondsUntil) }.min() ?? -1
-            let r = poll(&fds, watched, timeout)
+            let timeout = Clock.earliest(deadline, graceDeadline).map(Clock.millisecondsUntil) ?? -1
+            // Bytes TLS has decrypted already are not in the socket for poll to see.
+            let r = tls?.hasBufferedInput == true ? 1 : poll(&fds, watched, timeout)
             if r < 0 {
                 if errno == EINTR { continue }
                 return nil
@@ -157,7 +184,10 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
                 graceDeadline = Clock.deadline(after: server.configuration.stopGrace.seconds)
                 continue
             }
-            let n = bytes.withUnsafeMutableBytes { read(inFD, $0.baseAddress! + got, count - got) }
+            let n = bytes.withUnsafeMutableBytes { raw in
+                guard let tls else { return read(inFD, raw.baseAddress! + got, count - got) }
+                return tls.read(into: raw.baseAddress! + got, count: count - got, until: Clock.earliest(deadline, graceDeadline))
+            }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return nil }
             got += n
@@ -169,6 +199,10 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     /// or on error. Sockets are written without blocking; anything else (stdio) blocks.
     private func send(_ bytes: [UInt8], before deadline: timespec?) -> Bool {
         bytes.withUnsafeBytes { raw in
+            if let tls {
+                var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress), iov_len: raw.count)
+                return tls.write(&iov, count: 1, until: deadline)
+            }
             var done = 0
             while done < raw.count {
                 let n = Glibc.send(outFD, raw.baseAddress! + done, raw.count - done, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))

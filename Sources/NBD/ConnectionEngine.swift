@@ -15,6 +15,8 @@ final class ConnectionEngine {
     private let handler: RequestHandler
     private let log: NBDLogger
     private let maxInFlight: Int
+    /// Set when the client upgraded with STARTTLS: every byte goes through it.
+    private let tls: (any TLSChannel)?
 
     // The input buffer holds several of the usual big requests (nbdcopy's 256 KiB writes, the
     // kernel client's 128 KiB), so their payloads are used where read() put them: unparsed bytes
@@ -50,7 +52,7 @@ final class ConnectionEngine {
     private var broken = false
 
     init(inFD: Int32, outFD: Int32, session: Session, maxInFlight: Int, busyPoll: Duration = .zero,
-         payloadBudget: PayloadBudget = PayloadBudget(bytes: .max), log: NBDLogger) {
+         payloadBudget: PayloadBudget = PayloadBudget(bytes: .max), tls: (any TLSChannel)? = nil, log: NBDLogger) {
         spare = SpareBuffer(budget: payloadBudget)
         self.inFD = inFD
         self.outFD = outFD
@@ -58,8 +60,10 @@ final class ConnectionEngine {
         handler = RequestHandler(session)
         self.log = log
         self.maxInFlight = max(1, maxInFlight)
+        self.tls = tls
         let (seconds, attoseconds) = busyPoll.components
-        busyPollNanoseconds = max(0, Int(clamping: seconds) &* 1_000_000_000 &+ Int(attoseconds / 1_000_000_000))
+        // Busy polling peeks at the socket, which under TLS holds records, not requests.
+        busyPollNanoseconds = tls != nil ? 0 : max(0, Int(clamping: seconds) &* 1_000_000_000 &+ Int(attoseconds / 1_000_000_000))
         replies.reserveCapacity(self.maxInFlight)
         iovsCapacity = self.maxInFlight * ReplyBuffer.iovCapacity
         iovs = .allocate(capacity: iovsCapacity)
@@ -136,7 +140,7 @@ final class ConnectionEngine {
         data.copyMemory(from: input + start + Wire.requestSize, byteCount: buffered)
         start = 0
         end = 0
-        guard IO.readFully(inFD, data + buffered, length - buffered) else { return false }
+        guard readFully(data + buffered, length - buffered) else { return false }
         answer(header, command, payload: UnsafeRawPointer(data))  // the same reply: WRITE needs no data of its own
         return true
     }
@@ -168,13 +172,13 @@ final class ConnectionEngine {
             for i in 0..<pending where ok {
                 let r = replies[i]
                 if n + r.iovCount > iovsCapacity {
-                    ok = IO.writeFully(outFD, iovs, n)
+                    ok = writeFully(iovs, n)
                     n = 0
                 }
                 (iovs + n).update(from: r.iov, count: r.iovCount)
                 n += r.iovCount
             }
-            if ok { ok = IO.writeFully(outFD, iovs, n) }
+            if ok { ok = writeFully(iovs, n) }
             if !ok {
                 broken = true
                 log.info("cannot send replies (\(String(cString: strerror(errno)))); dropping the rest")
@@ -208,15 +212,36 @@ final class ConnectionEngine {
     }
 
     private func readBlocking() -> Bool {
+        let n = readSome(input + end, ConnectionEngine.inputCapacity - end)
+        guard n > 0 else { return false }
+        end += n
+        return true
+    }
+
+    /// What read(2) returns, from the socket or through TLS; EINTR retried.
+    @inline(__always)
+    private func readSome(_ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int {
+        if let tls { return tls.read(into: buffer, count: count, until: nil) }
         while true {
-            let n = read(inFD, input + end, ConnectionEngine.inputCapacity - end)
-            if n > 0 {
-                end += n
-                return true
-            }
+            let n = read(inFD, buffer, count)
             if n < 0 && errno == EINTR { continue }
-            return false
+            return n
         }
+    }
+
+    private func readFully(_ buffer: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+        var got = 0
+        while got < count {
+            let n = readSome(buffer + got, count - got)
+            if n <= 0 { return false }
+            got += n
+        }
+        return true
+    }
+
+    private func writeFully(_ iov: UnsafeMutablePointer<iovec>, _ count: Int) -> Bool {
+        if let tls { return tls.write(iov, count: count, until: nil) }
+        return IO.writeFully(outFD, iov, count)
     }
 
     /// Polls the socket for up to `nanoseconds`: true/false when data/EOF came, nil when it
@@ -250,8 +275,7 @@ final class ConnectionEngine {
         start = 0
         end = 0
         while left > 0 {
-            let n = read(inFD, input, min(left, ConnectionEngine.inputCapacity))
-            if n < 0 && errno == EINTR { continue }
+            let n = readSome(input, min(left, ConnectionEngine.inputCapacity))
             if n <= 0 { return false }
             left -= n
         }

@@ -15,6 +15,9 @@ public struct Negotiation: Sendable {
         case transmission(Session)
         /// Hang up (after sending the reply, if any).
         case close(reason: String)
+        /// Run the TLS handshake (after sending the reply, NBD_OPT_STARTTLS's ACK), then call
+        /// `tlsEstablished(peerNames:)`; hang up if it fails.
+        case startTLS
 
         /// Bytes to read next; nil once negotiation is over.
         public var byteCount: Int? {
@@ -22,7 +25,7 @@ public struct Negotiation: Sendable {
             case .readClientFlags: return Wire.clientFlagsSize
             case .readOptionHeader: return Wire.optionHeaderSize
             case .readOptionPayload(let n): return n
-            case .transmission, .close: return nil
+            case .transmission, .close, .startTLS: return nil
             }
         }
     }
@@ -57,22 +60,28 @@ public struct Negotiation: Sendable {
         /// The export the last SET_META_CONTEXT named, if it selected base:allocation.
         var metaContextExport: String?
         var shuttingDown: Bool
+        /// Set once TLS is up: the names the peer authenticated as (maybe none). nil: in the clear.
+        var peer: [String]?
     }
 
     private enum State: Sendable {
         case awaitingClientFlags(shuttingDown: Bool)
         case awaitingOptionHeader(Options)
         case awaitingOptionPayload(Options, code: UInt32, length: Int)
+        case awaitingTLSHandshake(Options)
         case finished
     }
 
     public let catalog: ExportCatalog
     public let limits: NegotiationLimits
+    /// What the listening socket asks of the client.
+    public let tls: TLSMode
     private var state = State.awaitingClientFlags(shuttingDown: false)
 
-    public init(catalog: ExportCatalog, limits: NegotiationLimits = NegotiationLimits()) {
+    public init(catalog: ExportCatalog, limits: NegotiationLimits = NegotiationLimits(), tls: TLSMode = .off) {
         self.catalog = catalog
         self.limits = limits
+        self.tls = tls
     }
 
     // MARK: - Events
@@ -87,6 +96,8 @@ public struct Negotiation: Sendable {
             return receiveOptionHeader(bytes)
         case .awaitingOptionPayload:
             return receiveOptionPayload(bytes)
+        case .awaitingTLSHandshake:
+            return fail("data while the TLS handshake was due")
         case .finished:
             return fail("data after the negotiation ended")
         }
@@ -108,6 +119,10 @@ public struct Negotiation: Sendable {
             o.shuttingDown = true
             state = .awaitingOptionPayload(o, code: code, length: length)
             next = .readOptionPayload(length)
+        case .awaitingTLSHandshake(var o):
+            o.shuttingDown = true
+            state = .awaitingTLSHandshake(o)
+            next = .startTLS
         case .finished:
             return Step(reply: [], next: .close(reason: "server is stopping"), log: [])
         }
@@ -155,21 +170,25 @@ public struct Negotiation: Sendable {
         let name = OptionCode.name(code)
         let received = "client sent \(name) with \(payload.count) bytes of data"
         var step: Step
+        let inTheClearButRequired = tls == .require && o.peer == nil
         switch OptionCode(rawValue: code) {
-        case .exportName:
-            step = exportName(payload, o)
         case .abort:
             step = Step(reply: optionReply(code, .ack), next: .close(reason: "client sent NBD_OPT_ABORT"),
                         log: ["client aborted negotiation; replying to \(name) with NBD_REP_ACK and closing"])
+        case .exportName where inTheClearButRequired:
+            step = failure("NBD_OPT_EXPORT_NAME in the clear, but this socket requires TLS")
+        case .exportName:
+            step = exportName(payload, o)
         case _ where o.shuttingDown:
             step = error(code, .errShutdown, "server is shutting down")
         case _ where !o.clientFlags.contains(.fixedNewstyle):
             step = error(code, .errInvalid, "only NBD_OPT_EXPORT_NAME is allowed without fixed newstyle")
+        case .startTLS:
+            step = startTLS(payload, o)
+        case _ where inTheClearButRequired:
+            step = error(code, .errTLSRequired, "this socket requires TLS: send NBD_OPT_STARTTLS first")
         case .list:
             step = list(payload, &o)
-        case .startTLS:
-            step = payload.isEmpty ? error(code, .errPolicy, "TLS is not configured on this server")
-                : error(code, .errInvalid, "NBD_OPT_STARTTLS takes no data")
         case .info, .go:
             step = infoOrGo(code, payload, o)
         case .structuredReply:
@@ -182,9 +201,24 @@ public struct Negotiation: Sendable {
         step.log.insert(received, at: 0)
         switch step.next {
         case .transmission, .close: state = .finished
+        case .startTLS: state = .awaitingTLSHandshake(o)
         default: state = .awaitingOptionHeader(o)
         }
         return step
+    }
+
+    /// The TLS handshake that `.startTLS` asked for succeeded; the peer authenticated under
+    /// `peerNames` (maybe none). What was settled in the clear is forgotten, as nbdkit does: a
+    /// man in the middle could have chosen it.
+    public mutating func tlsEstablished(peerNames: [String]) -> Step {
+        guard case .awaitingTLSHandshake(var o) = state else { return fail("TLS handshake out of order") }
+        o.peer = peerNames
+        o.structuredReplies = false
+        o.metaContextExport = nil
+        state = .awaitingOptionHeader(o)
+        let who = peerNames.isEmpty ? "an anonymous peer" : "'\(peerNames[0])'"
+        return Step(reply: [], next: .readOptionHeader,
+                    log: ["TLS is up with \(who); options settled in the clear are forgotten"])
     }
 
     /// Hang up: the state becomes finished.

@@ -6,7 +6,7 @@ extension Negotiation {
         let name = String(decoding: payload, as: UTF8.self)
         guard !o.shuttingDown else { return failure("NBD_OPT_EXPORT_NAME while shutting down") }
         guard payload.count <= Wire.maxStringLength, !payload.contains(0),
-              let export = catalog.lookup(name) else {
+              let export = catalog.lookup(name), export.admits(o.peer) else {
             // EXPORT_NAME has no error reply: hanging up is the only answer.
             return failure("NBD_OPT_EXPORT_NAME: export '\(name)' not available")
         }
@@ -28,7 +28,7 @@ extension Negotiation {
         o.optionLimit += limits.maxOptions * catalog.exports.count
         var reply: [UInt8] = []
         var log: [String] = []
-        for e in catalog.exports {
+        for e in catalog.exports where e.admits(o.peer) {
             var w = ByteWriter()
             w.u32(UInt32(e.name.utf8.count))
             w.raw(e.name.utf8)
@@ -72,6 +72,7 @@ extension Negotiation {
         guard !nameBytes.contains(0), let export = catalog.lookup(name) else {
             return error(code, .errUnknown, "export '\(name)' not available")
         }
+        if let refusal = refusal(code, export, o) { return refusal }
         let session = Session(export: export, structuredReplies: o.structuredReplies,
                               metaContextID: metaContextID(for: export, o))
         log.append("\(optName): client asked for export '\(name)' -> '\(export.name)' with info [\(requested.map(\.description).joined(separator: ", "))]")
@@ -127,6 +128,7 @@ extension Negotiation {
         guard !nameBytes.contains(0), let export = catalog.lookup(name) else {
             return error(code, .errUnknown, "export '\(name)' not available")
         }
+        if let refusal = refusal(code, export, o) { return refusal }
 
         let baseAllocation = Array(MetaContext.baseAllocation.utf8)
         let matched: Bool
@@ -150,7 +152,27 @@ extension Negotiation {
                     log: ["replying to \(optName) for export '\(export.name)' with \(matched ? "base:allocation" : "no contexts") and NBD_REP_ACK"])
     }
 
+    func startTLS(_ payload: ArraySlice<UInt8>, _ o: Options) -> Step {
+        let code = OptionCode.startTLS.rawValue
+        guard payload.isEmpty else { return error(code, .errInvalid, "NBD_OPT_STARTTLS takes no data") }
+        guard tls != .off else { return error(code, .errPolicy, "TLS is not configured on this server") }
+        guard o.peer == nil else { return error(code, .errInvalid, "TLS is already on") }
+        return Step(reply: optionReply(code, .ack), next: .startTLS,
+                    log: ["replying to NBD_OPT_STARTTLS with NBD_REP_ACK; the TLS handshake follows"])
+    }
+
     // MARK: - Helpers
+
+    /// The reply refusing an export this client may not use (Export.allowedPeers), or nil. In
+    /// the clear that is ERR_TLS_REQD where the socket offers TLS (the spec's reply for "TLS
+    /// first, then you may"), else, like to a TLS peer with another name, ERR_POLICY.
+    func refusal(_ code: UInt32, _ export: Export, _ o: Options) -> Step? {
+        guard !export.admits(o.peer) else { return nil }
+        if o.peer == nil && tls != .off {
+            return error(code, .errTLSRequired, "export '\(export.name)' is only served over TLS")
+        }
+        return error(code, .errPolicy, "export '\(export.name)' is not served to this peer")
+    }
 
     func metaContextID(for export: Export, _ o: Options) -> UInt32? {
         guard o.structuredReplies, o.metaContextExport == export.name else { return nil }

@@ -61,6 +61,11 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
         /// payloads over the input buffer): a connection that finds it spent waits, it stops
         /// reading. Share one budget between servers to bound them together (the daemon does).
         public var payloadBudget = PayloadBudget(bytes: 256 << 20)
+        /// What clients of unix sockets (and stdio) and of TCP sockets are asked for; anything
+        /// but .off needs `tlsServer`.
+        public var unixTLS = TLSMode.off
+        public var tcpTLS = TLSMode.off
+        public var tlsServer: (any TLSServer)?
         public var logger: NBDLogger = .disabled
 
         public init(catalog: ExportCatalog) {
@@ -90,6 +95,9 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
     private var stopped = false
 
     public init(_ configuration: Configuration) throws(NBDError) {
+        guard configuration.tlsServer != nil || (configuration.unixTLS == .off && configuration.tcpTLS == .off) else {
+            throw .invalidConfiguration("TLS is \(configuration.unixTLS == .off ? configuration.tcpTLS : configuration.unixTLS) but no TLS credentials are configured")
+        }
         self.configuration = configuration
         let fds: (read: Int32, write: Int32)
         do { fds = try IO.makePipe() } catch { throw NBDError(error) }
@@ -139,7 +147,7 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
     /// returns when it is done. `closeWhenDone` closes the descriptors afterwards.
     public func serve(input: Int32, output: Int32, closeWhenDone: Bool = false) {
         let c = Connection(server: self, inFD: input, outFD: output, ownsFDs: closeWhenDone, listener: nil,
-                           label: input == output ? "fd \(input)" : "fds \(input)/\(output)")
+                           tls: configuration.unixTLS, label: input == output ? "fd \(input)" : "fds \(input)/\(output)")
         guard case .admitted = admit(c) else { return }
         c.run()
         unregister(c)
@@ -295,7 +303,7 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
     private func startConnection(fd: Int32, via socket: ListeningSocket, index: Int) -> Admission {
         if socket.isTCP { IO.setNoDelay(fd) }
         let c = Connection(server: self, inFD: fd, outFD: fd, ownsFDs: true, listener: index,
-                           label: "connection \(fd) on \(socket)")
+                           tls: socket.isTCP ? configuration.tcpTLS : configuration.unixTLS, label: "connection \(fd) on \(socket)")
         let admission = admit(c)
         guard case .admitted(let cut) = admission else {
             close(fd)

@@ -64,6 +64,25 @@ public enum IO {
         return true
     }
 
+    /// A whole file, at most `limit` bytes of it (more is an EFBIG error).
+    public static func readFile(_ path: String, limit: Int = .max) throws(PosixError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .lastError("open \(path)") }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .lastError("read \(path)")
+            }
+            if n == 0 { return bytes }
+            guard bytes.count + n <= limit else { throw .system("read \(path)", errno: EFBIG) }
+            bytes += chunk[0..<n]
+        }
+    }
+
     /// A pipe whose both ends are close-on-exec.
     public static func makePipe() throws(PosixError) -> (read: Int32, write: Int32) {
         var fds: [Int32] = [0, 0]

@@ -64,6 +64,13 @@ public enum Clock {
         return now.tv_sec &* 1_000_000_000 &+ now.tv_nsec
     }
 
+    /// The earlier of two deadlines, where nil is none.
+    public static func earliest(_ a: timespec?, _ b: timespec?) -> timespec? {
+        guard let a else { return b }
+        guard let b else { return a }
+        return (a.tv_sec, a.tv_nsec) <= (b.tv_sec, b.tv_nsec) ? a : b
+    }
+
     /// Milliseconds until `deadline` (0 if it passed), for poll().
     public static func millisecondsUntil(_ deadline: timespec) -> Int32 {
         var now = timespec()

@@ -31,21 +31,7 @@ enum FileSystem {
     }
 
     static func readBytes(_ path: String) throws(DaemonError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .errno("open \(path)") }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw .errno("read \(path)")
-            }
-            if n == 0 { break }
-            bytes += chunk[0..<n]
-        }
-        return bytes
+        do { return try IO.readFile(path) } catch { throw DaemonError(error) }
     }
 
     /// The directory part ("." when there is none) and the file name of `path`.

@@ -116,9 +116,11 @@ final class TestServer: @unchecked Sendable {
          tcp: Bool = false, unixConnections: ConnectionLimits = ConnectionLimits(),
          tcpConnections: ConnectionLimits = ConnectionLimits(), payloadBudget: PayloadBudget? = nil,
          logLevel: NBDLogger.Level = .off, logSink: (@Sendable (NBDLogger.Level, String) -> Void)? = nil,
-         backend customBackend: (any BlockBackend)? = nil) throws {
+         backend customBackend: (any BlockBackend)? = nil,
+         tls: (mode: TLSMode, server: any TLSServer)? = nil, allowedPeers: [String]? = nil) throws {
         backend = try MemoryBackend(size: size)
-        let main = Export(name: "disk", description: "test disk", backend: customBackend ?? backend, readOnly: readOnly)
+        let main = Export(name: "disk", description: "test disk", backend: customBackend ?? backend, readOnly: readOnly,
+                          allowedPeers: allowedPeers)
         var config = NBDServer.Configuration(catalog: try ExportCatalog([main] + extra, defaultExport: "disk"))
         config.maxInFlight = maxInFlight
         config.limits = limits
@@ -128,6 +130,11 @@ final class TestServer: @unchecked Sendable {
         config.unixConnections = unixConnections
         config.tcpConnections = tcpConnections
         if let payloadBudget { config.payloadBudget = payloadBudget }
+        if let tls {
+            config.unixTLS = tls.mode
+            config.tcpTLS = tls.mode
+            config.tlsServer = tls.server
+        }
         config.logger = logSink.map { NBDLogger(level: logLevel, sink: $0) } ?? NBDLogger(level: logLevel)
         server = try NBDServer(config)
         socketPath = dir.file("nbd.sock")

@@ -91,6 +91,63 @@ import Testing
         #expect(parseOptionReplies(send(&n, .startTLS, [0]).reply).first?.type == OptionReplyType.errInvalid.rawValue)
     }
 
+    func startedWithTLS(_ mode: TLSMode) -> Negotiation {
+        var n = Negotiation(catalog: catalog, tls: mode)
+        _ = n.receiveClientFlags(3)
+        return n
+    }
+
+    func isStartTLS(_ next: Negotiation.Next) -> Bool {
+        if case .startTLS = next { return true }
+        return false
+    }
+
+    @Test func requireAnswersEveryOptionButStartTLSAndAbortWithTLSRequired() {
+        var n = startedWithTLS(.require)
+        for (code, payload) in [(OptionCode.list, [UInt8]()), (.info, infoPayload("zram0")), (.go, infoPayload("zram0")),
+                                (.structuredReply, []), (.listMetaContext, metaPayload("zram0", ["base:"]))] {
+            let step = send(&n, code, payload)
+            #expect(parseOptionReplies(step.reply).map(\.type) == [OptionReplyType.errTLSRequired.rawValue], "\(code)")
+            #expect(isOptionLoop(step.next))
+        }
+        // Unknown options too: the client learns nothing before TLS.
+        #expect(parseOptionReplies(send(&n, 99).reply).first?.type == OptionReplyType.errTLSRequired.rawValue)
+        // EXPORT_NAME has no error reply, so it is a hang-up.
+        #expect(isClose(send(&n, .exportName, Array("zram0".utf8)).next))
+        var aborting = startedWithTLS(.require)
+        #expect(isClose(send(&aborting, .abort).next))
+    }
+
+    @Test func startTLSAcksOnceThenOptionsAreServed() {
+        var n = startedWithTLS(.require)
+        #expect(parseOptionReplies(send(&n, .startTLS, [0]).reply).first?.type == OptionReplyType.errInvalid.rawValue,
+                "STARTTLS carries no data")
+        let step = send(&n, .startTLS)
+        #expect(parseOptionReplies(step.reply).map(\.type) == [OptionReplyType.ack.rawValue])
+        #expect(isStartTLS(step.next))
+        #expect(isOptionLoop(n.tlsEstablished(peerNames: ["alice"]).next))
+        #expect(parseOptionReplies(send(&n, .startTLS).reply).first?.type == OptionReplyType.errInvalid.rawValue,
+                "a second STARTTLS is invalid")
+        #expect(parseOptionReplies(send(&n, .list).reply).last?.type == OptionReplyType.ack.rawValue)
+    }
+
+    /// Anything negotiated in the clear is forgotten at STARTTLS (a man in the middle could
+    /// have injected it), so structured replies must be asked for again.
+    @Test func startTLSForgetsStructuredReplies() {
+        var n = startedWithTLS(.on)
+        #expect(parseOptionReplies(send(&n, .structuredReply).reply).first?.type == OptionReplyType.ack.rawValue)
+        #expect(isStartTLS(send(&n, .startTLS).next))
+        _ = n.tlsEstablished(peerNames: [])
+        let go = send(&n, .go, infoPayload("zram0"))
+        guard case .transmission(let session) = go.next else { Issue.record("\(go.next)"); return }
+        #expect(!session.structuredReplies)
+    }
+
+    @Test func tlsEstablishedOutOfOrderCloses() {
+        var n = startedWithTLS(.on)
+        #expect(isClose(n.tlsEstablished(peerNames: []).next))
+    }
+
     @Test func abortAcksThenCloses() {
         var n = started()
         let step = send(&n, .abort)
