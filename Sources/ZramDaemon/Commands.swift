@@ -1,5 +1,6 @@
 // The command line: `zramnbd serve | status | ctl`.
 import ArgumentParser
+import NBD
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -87,6 +88,18 @@ struct Serve: ParsableCommand {
     var statsDir: String?
     @Flag(help: "Export the device read-only.")
     var readOnly = false
+    @Option(help: ArgumentHelp("Only these TLS identities (PSK users, certificate CNs) may use the export.", valueName: "name,..."))
+    var tlsIdentities: String?
+
+    @Option(help: ArgumentHelp("NBD over TLS: off, on (clients choose) or require (default on with credentials, else off; "
+                               + "TCP beyond loopback is always require unless off).", valueName: "mode"))
+    var tls: String?
+    @Option(help: ArgumentHelp("TLS certificates directory: ca-cert.pem, server-cert.pem, server-key.pem, ca-crl.pem.", valueName: "dir"))
+    var tlsCertificates: String?
+    @Flag(help: "Clients must present a certificate signed by the CA in --tls-certificates.")
+    var tlsVerifyPeer = false
+    @Option(help: ArgumentHelp("TLS pre-shared keys: psktool's USER:HEXKEY lines.", valueName: "file"))
+    var tlsPsk: String?
 
     @Option(parsing: .unconditional,
             help: ArgumentHelp("Seconds between stats refreshes, \(DaemonSettings.statsIntervalRangeText) (default 1).", valueName: "seconds"))
@@ -116,7 +129,7 @@ struct Serve: ParsableCommand {
 
     var deviceFlagsGiven: Bool {
         device != nil || size != nil || algorithm != nil || level != nil || chainSize != nil || memLimit != nil
-            || socket != nil || listen != nil || statsDir != nil || readOnly
+            || socket != nil || listen != nil || statsDir != nil || readOnly || tlsIdentities != nil
     }
 
     /// The settings these options ask for. `ramMiB` is MemTotal (for default sizes and expressions).
@@ -168,6 +181,13 @@ struct Serve: ParsableCommand {
             s.handshakeLimitSeconds = d
         }
         if let v = payloadBudget { s.payloadBudgetBytes = try ByteSize.parse(v) }
+        if let v = tls {
+            guard let m = TLSMode(rawValue: v) else { throw .invalidValue("invalid --tls '\(v)': expected off, on or require") }
+            s.tls.mode = m
+        }
+        if let v = tlsCertificates { s.tls.certificates = ConfigFile.optionalPath(v) }
+        if let v = tlsPsk { s.tls.psk = ConfigFile.optionalPath(v) }
+        if tlsVerifyPeer { s.tls.verifyPeer = true }
         try s.validate()
         loaded.settings = s
         return loaded
@@ -204,6 +224,7 @@ struct Serve: ParsableCommand {
         }
         if let d = statsDir { spec.statsDir = ConfigFile.optionalPath(d) }
         spec.readOnly = readOnly
+        if let t = tlsIdentities { spec.tlsIdentities = try ConfigFile.parseIdentities(t) }
         return spec
     }
 
@@ -211,15 +232,24 @@ struct Serve: ParsableCommand {
         let log = Log(level: verbose >= 2 ? .debug : verbose == 1 ? .info : (stdio ? .warning : .info))
         let loaded = try settings(ramMiB: SystemInfo.memTotalMiB())
         for w in loaded.warnings { log.warning(w) }
+        let tlsServer = try loaded.settings.tls.loadServer()
         if check {
             var out = loaded.files.isEmpty ? "configuration: command line\n" : "configuration: \(loaded.files.joined(separator: ", "))\n"
             for d in loaded.settings.devices { out += Serve.describe(d) + "\n" }
+            out += loaded.settings.tls.describe(loaded.settings.devices) + "\n"
             FileSystem.writeAll(1, out)
             return
         }
+        let tls = loaded.settings.tls, devices = loaded.settings.devices
+        if tlsServer != nil || devices.contains(where: { $0.listen != nil }) { log.info("nbd: " + tls.describe(devices)) }
+        for d in devices {
+            guard let l = d.listen, tls.inTheClearBeyondLoopback(l) else { continue }
+            log.warning("\(d.name): \(l) is not loopback and --tls=off serves it in the clear: whoever reaches it can read and overwrite the device")
+        }
         let factory = ZramDeviceFactory(log: log, busyPoll: .microseconds(loaded.settings.busyPollMicroseconds),
                                         handshakeLimit: .milliseconds(Int(loaded.settings.handshakeLimitSeconds * 1000)),
-                                        payloadBudget: Int(loaded.settings.payloadBudgetBytes))
+                                        payloadBudget: Int(loaded.settings.payloadBudgetBytes),
+                                        tls: loaded.settings.tls, tlsServer: tlsServer)
         if stdio {
             try factory.serveStdio(loaded.settings.devices)
             return
@@ -237,6 +267,7 @@ struct Serve: ParsableCommand {
         if let l = d.listen { parts.append("listen=\(l)") }
         parts.append("stats-dir=\(d.statsDir ?? "none")")
         if d.readOnly { parts.append("read-only") }
+        if let ids = d.tlsIdentities { parts.append("tls-identities=\(ids.joined(separator: ","))") }
         parts.append(d.mountPoint.map { "fs=\(d.effectiveFsType) mount-point=\($0)" } ?? "swap-priority=\(d.swapPriority)")
         parts.append("options=\(d.options)")
         return parts.joined(separator: " ")

@@ -3,6 +3,8 @@
 //   /etc/zramnbd.conf, then /etc/zramnbd.conf.d/*.conf in file-name order; a later file's value
 //   for a key replaces an earlier one. One [zramN] section per device, [zramnbd] for the daemon.
 
+import NBD
+
 /// Result of reading the configuration: the settings plus warnings ("file:line: ...") to print.
 public struct LoadedConfig: Sendable {
     public var settings: DaemonSettings
@@ -160,6 +162,8 @@ public enum ConfigFile {
                 spec.chainSize = n
             case "read-only":
                 spec.readOnly = try check { () throws(DaemonError) in try parseBool(v) }
+            case "tls-identities":
+                spec.tlsIdentities = try check { () throws(DaemonError) in try parseIdentities(v) }
             default:
                 warnings.append("\(e.file):\(e.line): unknown key '\(key)' in [\(s.name)], ignored")
             }
@@ -222,6 +226,13 @@ public enum ConfigFile {
                     throw fail("expected seconds 0...3600 (0 = none), got '\(v)'")
                 }
                 settings.handshakeLimitSeconds = d
+            case "tls":
+                guard let m = TLSMode(rawValue: v) else { throw fail("expected off, on or require, got '\(v)'") }
+                settings.tls.mode = m
+            case "tls-certificates": settings.tls.certificates = optionalPath(v)
+            case "tls-psk": settings.tls.psk = optionalPath(v)
+            case "tls-verify-peer":
+                do { settings.tls.verifyPeer = try parseBool(v) } catch { throw fail(error.description) }
             case "payload-budget":
                 do { settings.payloadBudgetBytes = try ByteSize.parse(v) } catch { throw fail(error.description) }
                 guard settings.payloadBudgetBytes <= DaemonSettings.payloadBudgetMax else { throw fail("at most 1T, got '\(v)'") }
@@ -242,6 +253,13 @@ public enum ConfigFile {
         do { return try SizeExpression(text).bytes(ramMiB: ramMiB) } catch {
             throw ByteSize.looksLikeMemparse(text) ? memparse : error
         }
+    }
+
+    /// "alice bob" or "alice,bob": the TLS identities an export is limited to.
+    static func parseIdentities(_ v: String) throws(DaemonError) -> [String] {
+        let names = v.split(whereSeparator: { $0 == "," || $0 == " " }).map(String.init)
+        guard !names.isEmpty else { throw .invalidValue("expected one or more names, got '\(v)'") }
+        return names
     }
 
     static func optionalPath(_ v: String) -> String? { v.isEmpty || v == "none" ? nil : v }

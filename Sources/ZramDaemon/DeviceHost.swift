@@ -228,7 +228,8 @@ public final class DeviceHost {
         f += [
             ("connections", "\(d.export?.activeConnections ?? 0)"),
             ("socket", d.spec.socket ?? ""), ("listen", d.spec.listen ?? ""), ("stats_dir", d.spec.statsDir ?? ""),
-            ("read_only", d.spec.readOnly ? "1" : "0"), ("chain_size", "\(d.spec.chainSize)"),
+            ("read_only", d.spec.readOnly ? "1" : "0"), ("tls_identities", d.spec.tlsIdentities?.joined(separator: ",") ?? ""),
+            ("chain_size", "\(d.spec.chainSize)"),
             ("swap_priority", "\(d.spec.swapPriority)"), ("fs_type", d.spec.effectiveFsType),
             ("mount_point", d.spec.mountPoint ?? ""), ("options", d.spec.options),
             ("nbd_device", d.nbdDevice ?? ""), ("mountpoint", MountTable.usage(of: d.nbdDevice)),

@@ -1,5 +1,6 @@
 // What the daemon is asked to run: devices and daemon-wide settings, before anything exists.
 import Codec
+import NBD
 import ZramDevice
 
 /// One device as configured: the zram attributes, how it is exported, where stats go, and how the
@@ -26,6 +27,9 @@ public struct DeviceSpec: Sendable, Equatable {
     /// Directory of sysfs-like stats files; nil = none.
     public var statsDir: String?
     public var readOnly = false
+    /// The TLS identities (PSK usernames, client certificate CNs or DNs) that may use the export;
+    /// nil = every client the socket admits.
+    public var tlsIdentities: [String]?
     // Used by the swap/fs setup tools, reported by `ctl DEVICE show`.
     public var swapPriority: Int = 100
     /// "swap" or a mkfs type; nil = swap, or ext2 with a mount point (zram-generator's rule).
@@ -118,6 +122,9 @@ public struct DeviceSpec: Sendable, Equatable {
         if let level { try Self.validateLevel(level, for: algorithm) }
         try Self.validateChainSize(chainSize)
         if let listen { _ = try HostPort.parse(listen) }
+        if let ids = tlsIdentities, ids.isEmpty || ids.contains(where: \.isEmpty) {
+            throw .invalidValue("\(name): tls-identities needs at least one name")
+        }
         guard (-1...32767).contains(swapPriority) else {
             throw .invalidValue("\(name): swap priority \(swapPriority) is outside -1...32767")
         }
@@ -170,6 +177,7 @@ public struct DaemonSettings: Sendable, Equatable {
     /// Bytes all NBD connections together may hold in big request buffers (over 256 KiB;
     /// NBDServer.Configuration.payloadBudget): past it they wait instead of allocating.
     public var payloadBudgetBytes: UInt64 = 256 << 20
+    public var tls = TLSSettings()
     public static let payloadBudgetMax: UInt64 = 1 << 40
 
     public init() {}
@@ -184,7 +192,9 @@ public struct DaemonSettings: Sendable, Equatable {
                 throw .invalidValue("socket \(s) is used by two devices")
             }
             try d.checkStatsDir(against: Array(devices[..<i]))
+            try tls.check(d)
         }
+        try tls.validate()
         guard DaemonSettings.statsIntervalRange.contains(statsInterval) else {
             throw .invalidValue("invalid stats interval \(statsInterval) (seconds, \(DaemonSettings.statsIntervalRangeText))")
         }

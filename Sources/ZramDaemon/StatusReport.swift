@@ -61,7 +61,7 @@ public enum StatusReport {
     /// The device's counters (ZramStats.fields, disksize included) and the record's other numbers.
     static let numericKeys = Set(ZramStats.fields.map(\.name))
         .union(["level", "streams", "connections", "chain_size", "swap_priority"])
-    static let nullableKeys: Set<String> = ["socket", "listen", "stats_dir", "mount_point", "nbd_device", "mountpoint"]
+    static let nullableKeys: Set<String> = ["socket", "listen", "stats_dir", "tls_identities", "mount_point", "nbd_device", "mountpoint"]
 
     static func fixed2(_ d: Double) -> String {
         // Records come from the daemon's reply: any number must print, never trap.

@@ -90,10 +90,15 @@ public final class ZramDeviceFactory: DeviceFactory {
     let handshakeLimit: Duration
     /// One budget for the connections of every device.
     let payloadBudget: PayloadBudget
+    let tls: TLSSettings
+    /// Loaded from `tls` once (TLSSettings.loadServer); shared by every connection.
+    let tlsServer: (any TLSServer)?
 
     public init(log: Log, busyPoll: Duration = .zero, handshakeLimit: Duration = .seconds(10),
-                payloadBudget: Int = 256 << 20) {
+                payloadBudget: Int = 256 << 20, tls: TLSSettings = TLSSettings(), tlsServer: (any TLSServer)? = nil) {
         self.log = log
+        self.tls = tls
+        self.tlsServer = tlsServer
         self.busyPoll = busyPoll
         self.handshakeLimit = handshakeLimit
         self.payloadBudget = PayloadBudget(bytes: payloadBudget)
@@ -103,8 +108,15 @@ public final class ZramDeviceFactory: DeviceFactory {
         }
     }
 
-    func configuration(_ catalog: ExportCatalog) -> NBDServer.Configuration {
+    /// `listen`: the TCP address the server will listen on, whose TLS mode may differ from the
+    /// unix sockets' (TLSSettings.tcpMode).
+    func configuration(_ catalog: ExportCatalog, listen: String? = nil) throws(DaemonError) -> NBDServer.Configuration {
         var c = NBDServer.Configuration(catalog: catalog)
+        if let tlsServer {
+            c.tlsServer = tlsServer
+            c.unixTLS = tls.effectiveMode
+            c.tcpTLS = try listen.map { l throws(DaemonError) in try tls.tcpMode(l) } ?? tls.effectiveMode
+        }
         c.busyPoll = busyPoll
         c.handshakeLimit = handshakeLimit
         c.payloadBudget = payloadBudget
@@ -118,13 +130,14 @@ public final class ZramDeviceFactory: DeviceFactory {
 
     static func export(_ store: ZramPageStore, _ spec: DeviceSpec) -> Export {
         Export(name: spec.name, description: "zramnbd \(spec.algorithm) \(ByteSize.human(spec.diskSize))",
-               backend: store, readOnly: spec.readOnly)
+               backend: store, readOnly: spec.readOnly, allowedPeers: spec.tlsIdentities)
     }
 
     public func makeStore(_ spec: DeviceSpec) throws(DaemonError) -> any PageStore { try ZramPageStore(spec) }
 
     public func export(_ store: any PageStore, spec: DeviceSpec) throws(DaemonError) -> any ExportHandle {
         guard let zram = store as? ZramPageStore else { throw .device("\(spec.name): not a zram store") }
+        try tls.check(spec)  // devices added at run time (ctl add) get the start-up rules
         var endpoints: [Endpoint] = []
         if let path = spec.socket {
             if let i = activated.firstIndex(where: { $0.path == path }) {
@@ -143,7 +156,7 @@ public final class ZramDeviceFactory: DeviceFactory {
         }
         do {
             let catalog = try ExportCatalog([ZramDeviceFactory.export(zram, spec)], defaultExport: spec.name)
-            let server = try NBDServer(configuration(catalog))
+            let server = try NBDServer(configuration(catalog, listen: spec.listen))
             if !endpoints.isEmpty { try server.listen(on: endpoints) }
             return NBDExport(server: server)
         } catch {

@@ -43,7 +43,7 @@ struct ConnectionSettingsTests {
     func configuration() throws {
         let factory = ZramDeviceFactory(log: Log(level: .error), handshakeLimit: .milliseconds(1500), payloadBudget: 32 << 20)
         let catalog = try ExportCatalog([Export(name: "d", backend: try MemoryBackend(size: 1 << 20))])
-        let a = factory.configuration(catalog), b = factory.configuration(catalog)
+        let a = try factory.configuration(catalog), b = try factory.configuration(catalog)
         #expect(a.handshakeLimit == .milliseconds(1500))
         #expect(a.payloadBudget.limit == 32 << 20)
         #expect(a.payloadBudget === b.payloadBudget)  // one budget for every device

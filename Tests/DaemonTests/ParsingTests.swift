@@ -227,7 +227,7 @@ struct ServeOptionTests {
     func flags() throws {
         let cmd = try Serve.parse(["--device", "zram5", "--size", "1G", "--algorithm", "zstd", "--level", "7",
                                    "--chain-size", "4", "--mem-limit", "256M", "--socket", "/tmp/z5.sock",
-                                   "--listen", ":10809", "--stats-dir", "/tmp/z5", "--read-only",
+                                   "--listen", ":10809", "--tls=off", "--stats-dir", "/tmp/z5", "--read-only",
                                    "--control-socket", "none", "--no-mlock", "--stats-interval", "2",
                                    "--busy-poll-us", "200"])
         let s = try cmd.settings(ramMiB: 8000).settings
