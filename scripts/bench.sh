@@ -7,8 +7,9 @@
 #
 #   scripts/bench.sh [--quick] [--only WORKLOAD] [--out DIR] [--targets LIST] [--bin PATH] [--no-build]
 #     --quick          small corpora, sub-second fio runs: under a minute (the test suite runs it)
-#     --only W         seq | rand | latency | memory | scaling | pool (seq and memory share one
-#                      pass; pool = the zsmalloc port's own micro-benchmark, zspool-bench, full runs only)
+#     --only W         seq | rand | latency | memory | scaling | tls | pool (seq and memory share one
+#                      pass; tls = unix vs TCP vs TCP+TLS (PSK) for zramnbd and nbdkit; pool = the
+#                      zsmalloc port's own micro-benchmark, zspool-bench, full runs only)
 #     --out DIR        where report.txt, results.tsv and raw fio output go
 #                      (default /tmp/zramnbd-bench-<date>)
 #     --targets LIST   comma list out of kzram,nbdkit-zstd,nbdkit-sparse,zramnbd-lz4,zramnbd-zstd
@@ -40,7 +41,7 @@ while (($#)); do
 	esac
 	shift
 done
-case $ONLY in all|seq|rand|latency|memory|scaling|pool) ;; *) echo "bench.sh: unknown workload $ONLY" >&2; exit 2 ;; esac
+case $ONLY in all|seq|rand|latency|memory|scaling|tls|pool) ;; *) echo "bench.sh: unknown workload $ONLY" >&2; exit 2 ;; esac
 want() { [[ $ONLY == all || $ONLY == "$1" ]]; }
 
 # Quick mode keeps every code path but the 2-job and split-CPU repeats, with sub-second fio runs
@@ -55,7 +56,9 @@ mkdir -p "$OUT/raw"
 : >"$OUT/results.tsv"
 WORK=$(mktemp -d /tmp/zramnbd-bench-work.XXXXXX)
 SOCK=$WORK/nbd.sock
-URI="nbd+unix:///zram0?socket=$SOCK"   # zramnbd's export name; nbdkit memory takes any
+UNIX_URI="nbd+unix:///zram0?socket=$SOCK"   # zramnbd's export name; nbdkit memory takes any
+URI=$UNIX_URI
+TRANSPORT=unix   # unix | tcp | tls (127.0.0.1:$PORT, TLS with the PSK in $PSK): tls_pass sets it
 NCPU=$(nproc)
 
 T_START=$EPOCHREALTIME
@@ -193,17 +196,22 @@ start_target() {   # start_target TARGET BYTES: a fresh, empty device of exactly
 	local argv
 	case $t in
 	nbdkit-zstd|nbdkit-sparse)
-		argv=(nbdkit -f --exit-with-parent -U "$SOCK" memory "$size" "allocator=${t#nbdkit-}") ;;
+		argv=(nbdkit -f --exit-with-parent)
+		if [[ $TRANSPORT == unix ]]; then argv+=(-U "$SOCK"); else argv+=(-i 127.0.0.1 -p "$PORT"); fi
+		[[ $TRANSPORT == tls ]] && argv+=(--tls=require "--tls-psk=$PSK")
+		argv+=(memory "$size" "allocator=${t#nbdkit-}") ;;
 	zramnbd-lz4|zramnbd-zstd)
 		# Its own control socket (none): a system daemon or a test may hold the default one.
 		argv=("$BIN" serve --device zram0 --size "$size" --chain-size 8 --socket "$SOCK"
 			--stats-dir "$WORK/stats" --stats-interval 0.2 --control-socket none --no-mlock)
-		if [[ $t == zramnbd-lz4 ]]; then argv+=(--algorithm lz4); else argv+=(--algorithm zstd --level 3); fi ;;
+		if [[ $t == zramnbd-lz4 ]]; then argv+=(--algorithm lz4); else argv+=(--algorithm zstd --level 3); fi
+		[[ $TRANSPORT != unix ]] && argv+=(--listen "127.0.0.1:$PORT")
+		[[ $TRANSPORT == tls ]] && argv+=(--tls=require --tls-psk "$PSK") ;;
 	esac
 	"${argv[@]}" >>"$OUT/raw/$t.server.log" 2>&1 &
 	SERVER=$!
 	for _ in $(seq 100); do
-		[[ -S $SOCK ]] && nbdinfo --size "$URI" >/dev/null 2>&1 && return 0
+		{ [[ -S $SOCK || $TRANSPORT != unix ]]; } && nbdinfo --size "$URI" >/dev/null 2>&1 && return 0
 		kill -0 "$SERVER" 2>/dev/null || break
 		sleep 0.1
 	done
@@ -367,12 +375,48 @@ scaling_pass() {   # 5. nbdcopy of the ext4 corpus with 1, 2, 4 connections
 	done
 }
 
+tls_pass() {   # 7. the same device over the unix socket, TCP, and TCP with TLS (PSK)
+	local t=$1 name path bytes t0 t1 t2 s op
+	is_nbd "$t" || return 0
+	IFS=: read -r name path bytes <<<"${CORPORA[0]}"
+	for TRANSPORT in unix tcp tls; do
+		case $TRANSPORT in
+		unix) URI=$UNIX_URI ;;
+		tcp) URI="nbd://127.0.0.1:$PORT/zram0" ;;
+		tls) URI="nbds://bench@127.0.0.1:$PORT/zram0?tls-psk-file=$PSK" ;;
+		esac
+		log "$t over $TRANSPORT: nbdcopy $name, 4k random QD32 (nbd-iops)"
+		start_target "$t" "$bytes" || break
+		t0=$(now); write_corpus "$t" "$path"; t1=$(now); read_back "$t"; t2=$(now)
+		put "$t" "tls.$TRANSPORT.write" "$(awk -v b="$bytes" -v s="$(elapsed "$t0" "$t1")" 'BEGIN { printf "%.1f", b / s / 1e6 }')"
+		put "$t" "tls.$TRANSPORT.read" "$(awk -v b="$bytes" -v s="$(elapsed "$t1" "$t2")" 'BEGIN { printf "%.1f", b / s / 1e6 }')"
+		verify "$t" "$path"
+		for op in write read; do
+			if s=$("$WORK/nbd-iops" "$URI" "$op" 32 "${RUNTIME%ms}$([[ $RUNTIME == *ms ]] && echo e-3)" 2>>"$OUT/raw/$t.nbd-iops.log"); then
+				put "$t" "tls.$TRANSPORT.rand$op" "$s"
+			else
+				broke "$t: nbd-iops $op over $TRANSPORT failed (see $OUT/raw/$t.nbd-iops.log)"
+			fi
+		done
+		stop_target "$t"
+	done
+	TRANSPORT=unix URI=$UNIX_URI
+}
+
 # ---------------------------------------------------------------- run
+if want tls; then
+	PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	PSK=$WORK/bench.psk
+	psktool -u bench -p "$PSK" >/dev/null
+	gcc -O2 -o "$WORK/nbd-iops" "$HELPERS/nbd-iops.c" $(pkg-config --cflags --libs libnbd) || broke "cannot build nbd-iops"
+	put - info.tls "$(gnutls-cli --version | head -1); kernel TLS (kTLS): $(grep -qw tls /proc/sys/net/ipv4/tcp_available_ulp && echo available || echo 'not in this kernel (no tls ULP): GnuTLS does the records')"
+fi
 START=$(now)
 for t in "${TARGETS[@]}"; do
 	if active "$t" && { want seq || want memory; }; then corpus_pass "$t"; fi
 	if active "$t" && { want rand || want latency || want scaling; }; then rand_pass "$t"; fi
 	if active "$t" && want scaling; then scaling_pass "$t"; fi
+	if active "$t" && want tls && [[ $t == zramnbd-lz4 || $t == nbdkit-sparse ]]; then tls_pass "$t"; fi
 done
 # 6. The pool alone (no compression, no NBD): the zsmalloc port's own numbers. Release build
 # only, so full runs only.

@@ -248,6 +248,19 @@ def table(path, only):
         out.extend(f"  {line}" for _, line in pool)
         out.append("")
 
+    # 7. transports
+    if want("tls") and r.has("tls."):
+        t = Table("7. Transports: unix socket, TCP 127.0.0.1, TCP with TLS (PSK, --tls=require)",
+                  "nbdcopy of the ext4 corpus in MB/s, 4k random QD32 in IOPS (nbd-iops, libnbd aio: "
+                  "fio's nbd engine cannot open TLS key files), higher is better", fmt_mbs)
+        for tr in ("unix", "tcp", "tls"):
+            for op in ("write", "read"):
+                t.row(f"{tr} nbdcopy {op}", {x: r.num(x, f"tls.{tr}.{op}") for x in TARGETS})
+        for tr in ("unix", "tcp", "tls"):
+            for op in ("write", "read"):
+                t.row(f"{tr} 4k rand{op}", {x: r.num(x, f"tls.{tr}.rand{op}") for x in TARGETS}, fmt_iops)
+        t.render(out)
+
     verdicts(r, corpora).render(out)
     if r.notes:
         out.append("Notes")
