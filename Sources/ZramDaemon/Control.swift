@@ -89,12 +89,20 @@ final class ConnectionWorkers: @unchecked Sendable {   // @unchecked: the vars a
     private let lock = ConditionLock()
     private var running = 0
     private var stopped = false
+    /// A descriptor held back (/dev/null) so this socket can accept when NBD connections have
+    /// taken every other one: closed to accept, reopened after. -1 = none, or lent out.
+    private var reserve: Int32 = -1
+    private let wantsReserve: Bool
 
     /// Starts `count` threads named `name`-N on `listener` (made non-blocking: workers race for
-    /// each connection and the losers must not block in accept).
-    init(name: String, listener: Int32, count: Int, serve: @escaping @Sendable (PeerConnection) -> Void) throws(DaemonError) {
+    /// each connection and the losers must not block in accept). With `reserveDescriptor`, one
+    /// connection at a time is served even when the process is out of descriptors.
+    init(name: String, listener: Int32, count: Int, reserveDescriptor: Bool = false,
+         serve: @escaping @Sendable (PeerConnection) -> Void) throws(DaemonError) {
         self.listener = listener
         do { wake = try IO.makePipe() } catch { throw DaemonError(error) }
+        wantsReserve = reserveDescriptor
+        if reserveDescriptor { reserve = open("/dev/null", O_RDONLY | O_CLOEXEC) }
         _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
         for i in 0..<count {
             lock.withLock { running += 1 }
@@ -124,18 +132,42 @@ final class ConnectionWorkers: @unchecked Sendable {   // @unchecked: the vars a
             }
             if fds[0].revents != 0 || fds[1].revents & Int16(POLLERR | POLLNVAL) != 0 { return }
             guard fds[1].revents & Int16(POLLIN) != 0 else { continue }
-            guard let conn = Sockets.accept(listener) else {
+            var conn = Sockets.accept(listener)
+            if conn == nil, errno == EMFILE || errno == ENFILE, let spare = takeReserve() {
+                close(spare)
+                conn = Sockets.accept(listener)
+            }
+            guard let conn else {
+                let e = errno
+                refillReserve()
                 // Another worker took it, or the peer left (EAGAIN, ECONNABORTED). Out of
                 // descriptors (EMFILE, ENFILE, ENOBUFS): the connection stays queued, so pause
                 // instead of spinning on it.
-                if errno != EAGAIN, errno != EWOULDBLOCK, errno != EINTR, errno != ECONNABORTED {
+                if e != EAGAIN, e != EWOULDBLOCK, e != EINTR, e != ECONNABORTED {
                     _ = poll(&fds, 1, 100)
                 }
                 continue
             }
             serve(PeerConnection(fd: conn, stop: wake.read))
             close(conn)
+            refillReserve()
         }
+    }
+
+    private func takeReserve() -> Int32? {
+        lock.withLock {
+            guard reserve >= 0 else { return nil }
+            defer { reserve = -1 }
+            return reserve
+        }
+    }
+
+    /// Reopens the reserve if it is lent out or could not be opened; failing that (something
+    /// else took the descriptor), the next connection tries again.
+    private func refillReserve() {
+        guard wantsReserve, lock.withLock({ reserve < 0 }) else { return }
+        let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        lock.withLock { if reserve < 0 { reserve = fd } else if fd >= 0 { close(fd) } }
     }
 
     /// Tells every worker to leave (connections in progress are dropped at their next wait) and
@@ -155,6 +187,7 @@ final class ConnectionWorkers: @unchecked Sendable {   // @unchecked: the vars a
             wakeClosed = true
             close(wake.read)
             close(wake.write)
+            if reserve >= 0 { close(reserve); reserve = -1 }
         }
     }
 }
@@ -183,7 +216,9 @@ final class ControlServer {
 
     /// Serves connections on `threads` worker threads with `handler` until `close`.
     func start(threads: Int = PeerLimits.workers, _ handler: @escaping @Sendable (ControlRequest) -> ControlReply) throws(DaemonError) {
-        workers = try ConnectionWorkers(name: "zramnbd-ctl", listener: fd, count: threads) { conn in
+        // The control socket is how an operator sees and fixes a daemon that is out of
+        // descriptors, so it keeps one back.
+        workers = try ConnectionWorkers(name: "zramnbd-ctl", listener: fd, count: threads, reserveDescriptor: true) { conn in
             ControlServer.serve(conn, handler)
         }
     }

@@ -39,6 +39,7 @@ public final class Daemon {
     public func run() throws(DaemonError) -> Int32 {
         // Before any thread exists, so every thread inherits the blocked mask.
         let signals = try SignalEvents()
+        if let low = DescriptorLimit.raise() { log.warning(low) }
         if settings.lockMemory {
             // Before the devices: their memory is locked as it is touched (MCL_FUTURE).
             for p in SwapSafety.apply() { log.warning(p) }

@@ -47,6 +47,25 @@ public enum SwapSafety {
     }
 }
 
+public enum DescriptorLimit {
+    /// Raises the soft RLIMIT_NOFILE to the hard one (at most 65536): every NBD connection holds
+    /// a descriptor, and systemd's default soft limit of 1024 would run out before the sockets'
+    /// connection limits do. The daemon polls, so descriptors above 1024 are fine. A line for
+    /// the log when the limit stays low.
+    public static func raise() -> String? {
+        var limit = rlimit()
+        let nofile = __rlimit_resource_t(7)   // RLIMIT_NOFILE (a macro Swift does not import)
+        guard getrlimit(nofile, &limit) == 0 else { return nil }
+        let wanted = min(limit.rlim_max, 65536)
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted
+            _ = setrlimit(nofile, &limit)
+            _ = getrlimit(nofile, &limit)
+        }
+        return limit.rlim_cur < 4096 ? "only \(limit.rlim_cur) file descriptors (RLIMIT_NOFILE): set LimitNOFILE higher for many NBD connections" : nil
+    }
+}
+
 /// Whether this process has capability `bit` (linux/capability.h numbering) in its effective set.
 func hasCapability(_ bit: Int) -> Bool {
     guard let status = try? FileSystem.readText("/proc/self/status"),

@@ -19,11 +19,12 @@ final class RunningDaemon {
 
     let notify: NotifyListener
 
+    /// `wrapper`: a command that runs the daemon (prlimit ...).
     init(_ dir: TempDir, size: String = "64M", extra: [String] = [], lockMemory: Bool = false,
-         environment: [String: String] = [:]) throws {
+         environment: [String: String] = [:], wrapper: [String] = []) throws {
         self.dir = dir
         notify = try NotifyListener(path: dir.file("notify.sock"))
-        var args = [zramnbdBinary, "serve", "--device", "zram0", "--size", size, "--socket", dir.file("zram0.sock"),
+        var args = wrapper + [zramnbdBinary, "serve", "--device", "zram0", "--size", size, "--socket", dir.file("zram0.sock"),
                     "--stats-dir", dir.file("stats"), "--control-socket", dir.file("control.sock"),
                     "--stats-interval", "0.2", "--prometheus-file", dir.file("zramnbd.prom")] + extra
         if !lockMemory { args.append("--no-mlock") }

@@ -319,3 +319,49 @@ struct SlowPeerTests {
         #expect(d.stop() == .exited(0))
     }
 }
+
+/// NBD connections that take every descriptor the daemon may have must not lock out the
+/// operator: the control socket keeps one back (issue 13, "a slot kept for the control path").
+@Suite("descriptors")
+struct DescriptorTests {
+    @Test("status still answers when NBD clients hold every descriptor")
+    func controlSlot() throws {
+        let dir = TempDir()
+        // A hard limit the daemon cannot raise, well under the unix socket's 256 connections.
+        let d = try RunningDaemon(dir, wrapper: ["/usr/bin/prlimit", "--nofile=64:64", "--"])
+        defer { _ = d.stop() }
+        #expect(d.process.stderr.contains("only 64 file descriptors"), "\(d.process.stderr)")
+        dir.write("flood.py", """
+            import nbd, subprocess, sys, time
+            def connect(uri):
+                # Out of descriptors the daemon leaves a connection in the backlog: give up
+                # after 2 s instead of waiting for its greeting forever.
+                h = nbd.NBD()
+                h.aio_connect_uri(uri)
+                deadline = time.monotonic() + 2
+                while not h.aio_is_ready():
+                    if h.aio_is_dead() or h.aio_is_closed() or time.monotonic() > deadline:
+                        return None
+                    h.poll(100)
+                return h
+            handles = []
+            for i in range(120):
+                h = connect(sys.argv[1])
+                if h is None:
+                    break
+                handles.append(h)
+            r = subprocess.run(sys.argv[2:], capture_output=True, text=True, timeout=30)
+            print(len(handles), r.returncode)
+            print(r.stdout + r.stderr)
+            """)
+        let r = try Subprocess.run(["/usr/bin/python3", dir.file("flood.py"), d.uri, zramnbdBinary, "status", "--control-socket", d.control],
+                                   outputPrefix: dir.file("flood"), timeout: .seconds(60))
+        let words = r.stdout.split(whereSeparator: \.isWhitespace)
+        #expect(r.succeeded, "\(r.stderr)")
+        #expect(words.count >= 2 && Int(words[0]).map { $0 < 64 } == true, "the flood ran out of descriptors: \(r.stdout)")
+        #expect(words.count >= 2 && words[1] == "0", "status failed while the daemon was out of descriptors: \(r.stdout)")
+        #expect(r.stdout.contains("zram0"), "\(r.stdout)")
+        // Once the flood is gone the daemon serves NBD again.
+        #expect(try runProcess(["/usr/bin/nbdinfo", "--size", d.uri], in: dir, tag: "after").status == 0)
+    }
+}
