@@ -64,4 +64,32 @@ import TestSupport
                                    "KNBD_S_SWAP_DISCARD": "1", "KNBD_TIMEOUT": "900"],
                      timeout: .seconds(960))
     }
+
+    /// nbd-client's own TLS (GnuTLS, its userspace proxy in front of nbd.ko) against --tls=require
+    /// with verified client certificates and an export limited to alice: ext4 on top.
+    @Test(.timeLimit(.minutes(10)))
+    func linuxKernelClientOverTLS() throws {
+        let keysDir = TempDir()
+        defer { keysDir.remove() }
+        let keys = try TLSFixture.make(in: keysDir)
+        // The harness puts only scenario scripts into the guest, and runs them after nbd-client
+        // has connected: each key file goes in as one, "exit 0" ahead of the PEM block (GnuTLS
+        // looks for the BEGIN line and skips what precedes it).
+        var scenarios: [String] = []
+        for (file, name) in [("ca-cert.pem", "tls-ca"), ("client-cert.pem", "tls-cert"), ("client-key.pem", "tls-key")] {
+            let pem = try String(contentsOfFile: keys.aliceDirectory + "/" + file, encoding: .utf8)
+            keysDir.write(name + ".sh", "exit 0\n" + pem)
+            scenarios.append(keysDir.file(name + ".sh"))
+        }
+        let guestKeys = "/knbd/scenarios"
+        try runSuite({ ["/bin/bash", Self.packageRoot + "/scripts/kernel-nbd.sh", $0.socket, (scenarios + ["fs"]).joined(separator: ",")] },
+                     size: "512M",
+                     extra: ["--handshake-limit", "0", "--tls=require", "--tls-certificates", keys.serverDirectory,
+                             "--tls-verify-peer", "--tls-identities", "alice"],
+                     environment: ["KNBD_EXPORT": "zram0", "KNBD_S_FS_RAND_FILES": "1", "KNBD_S_FS_TREE_COPIES": "1",
+                                   "KNBD_S_FS_TEXT_MB": "16", "KNBD_TIMEOUT": "300",
+                                   "KNBD_CLIENT_OPTS": "-b 4096 -cacertfile \(guestKeys)/tls-ca.sh -certfile \(guestKeys)/tls-cert.sh "
+                                       + "-keyfile \(guestKeys)/tls-key.sh -tlshostname localhost"],
+                     timeout: .seconds(360))
+    }
 }
