@@ -5,23 +5,7 @@
 // internal API. Checked: nothing traps, every size that parses is within the stated limit (16 TiB,
 // ByteSize.maximum), and what a printer prints parses back to the same value. A violation traps.
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// A violated invariant: says which on stderr (an -O precondition drops its message), then traps.
-private func check(_ ok: @autoclosure () -> Bool, _ what: @autoclosure () -> String = "invariant") {
-    if !ok() { fail(what()) }
-}
-
-private func fail(_ what: String) -> Never {
-    fputs("fuzz check failed: \(what)\n", stderr)
-    abort()
-}
-
 private let ramChoices: [Double] = [0, 1, 512, 7_900, 65_536, 1_073_741_824]
-
-private func text(_ bytes: ArraySlice<UInt8>) -> String { String(decoding: bytes, as: UTF8.self) }
 
 private func be64(_ bytes: ArraySlice<UInt8>) -> UInt64 {
     bytes.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }

@@ -10,16 +10,6 @@
 import Glibc
 #endif
 
-/// A violated invariant: says which on stderr (an -O precondition drops its message), then traps.
-private func check(_ ok: @autoclosure () -> Bool, _ what: @autoclosure () -> String = "invariant") {
-    if !ok() { fail(what()) }
-}
-
-private func fail(_ what: String) -> Never {
-    fputs("fuzz check failed: \(what)\n", stderr)
-    abort()
-}
-
 // Exports the fuzzer negotiates against, made once.
 nonisolated(unsafe) private var catalog: ExportCatalog?
 

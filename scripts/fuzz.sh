@@ -3,9 +3,11 @@
 #   scripts/fuzz.sh [SECONDS]     the NBD target (handshake state machine with TLS off/on/required,
 #                                 request parsing/validation, error chunk encoder, connection
 #                                 engine) for SECONDS, default 30: what the test suite runs
-#   scripts/fuzz.sh --long [N]    every target for N inputs each (default 10000000): nbd, config
-#                                 (config file, size expressions, memparse sizes, `ctl add`
-#                                 settings) and control (control-socket requests, records, replies)
+#   scripts/fuzz.sh --long [N] [TARGET...]
+#                                 every target (or those named) for N inputs each, side by side
+#                                 (default 10000000): nbd, config (config file, size expressions,
+#                                 memparse sizes, `ctl add` settings) and control (control-socket
+#                                 requests, records, replies, the server's per-connection code)
 # Uses the libFuzzer and ASan runtimes that ship with the Swift toolchain
 # (/opt/swift/usr/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a): no Debian clang needed.
 # Growing corpora and any crash reproducers land in fuzz-out/ (git-ignored); seeds are in
@@ -17,10 +19,17 @@ long=0
 if [[ ${1:-} == --long ]]; then
 	long=1
 	runs=${2:-10000000}
-	[[ $runs =~ ^[0-9]+$ ]] || { echo "usage: fuzz.sh [SECONDS] | --long [N]" >&2; exit 2; }
+	[[ $runs =~ ^[0-9]+$ ]] || { echo "usage: fuzz.sh [SECONDS] | --long [N] [TARGET...]" >&2; exit 2; }
+	targets=("${@:3}")
+	((${#targets[@]})) || targets=(nbd config control)
+	for t in "${targets[@]}"; do
+		[[ $t =~ ^(nbd|config|control)$ ]] || { echo "fuzz.sh: unknown target '$t' (nbd, config, control)" >&2; exit 2; }
+	done
 else
 	seconds=${1:-30}
+	targets=(nbd)
 fi
+wants() { [[ " ${targets[*]} " == *" $1 "* ]]; }
 mkdir -p "$out"
 
 # Posix, the system layer every module imports (nothing there parses input): one object,
@@ -35,10 +44,12 @@ build_module() { # NAME DIR [swiftc options...]
 build_module Posix Posix
 
 # The NBD sources and the fuzz entry form one module, so the entry can use internal API.
-swiftc -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld -module-name NBD -I "$out/mod" \
-	"$root"/Sources/NBD/*.swift "$root"/Fuzz/FuzzNBD.swift "$out/mod/Posix.o" -o "$out/nbd-fuzz"
+if wants nbd; then
+	swiftc -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld -module-name NBD -I "$out/mod" \
+		"$root"/Sources/NBD/*.swift "$root"/Fuzz/FuzzNBD.swift "$root"/Fuzz/FuzzSupport.swift "$out/mod/Posix.o" -o "$out/nbd-fuzz"
+fi
 
-if ((long)); then
+if wants config || wants control; then
 	# The daemon's parsers import ZramDevice (size limits, chain sizes) and Codec (algorithm
 	# names), which need ZsPool; built whole, without coverage. The daemon files below are the
 	# ones that parse input and build without ArgumentParser, NBD or TLS.
@@ -50,19 +61,16 @@ if ((long)); then
 		daemon+=("$root/Sources/ZramDaemon/$f.swift")
 	done
 	for target in config control; do
+		wants "$target" || continue
 		entry=Fuzz/Fuzz${target^}.swift
 		swiftc -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld -module-name ZramDaemon \
 			-I "$out/mod" -I "$root/Sources/CLZ4" -I "$root/Sources/CZstd" \
-			"${daemon[@]}" "$root/$entry" \
+			"${daemon[@]}" "$root/$entry" "$root"/Fuzz/FuzzSupport.swift \
 			"$out"/mod/{ZramDevice,Codec,ZsPool,Posix}.o -llz4 -lzstd -o "$out/$target-fuzz"
 	done
-	# -runs counts every input, the corpus replayed at the start included.
-	budget=(-runs="$runs")
-	targets=(nbd config control)
-else
-	budget=(-max_total_time="$seconds")
-	targets=(nbd)
 fi
+# -runs counts every input, the corpus replayed at the start included.
+if ((long)); then budget=(-runs="$runs"); else budget=(-max_total_time="$seconds"); fi
 
 # One target: its corpus, its log, its verdict. Returns libFuzzer's exit status.
 run_target() { # TARGET

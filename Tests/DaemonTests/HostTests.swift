@@ -192,7 +192,7 @@ struct ControlProtocolTests {
         #expect(kv.elementsEqual([("\u{301}a", "\u{301}b")], by: { $0 == $1 }))
         // The server's request line ends at the LF byte, even after a CR.
         var fds: [Int32] = [0, 0]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        #expect(socketpair(AF_UNIX, Sockets.stream, 0, &fds) == 0)
         defer { close(fds[0]); close(fds[1]) }
         #expect(FileSystem.writeAll(fds[1], "status zram0\r\nframe zram0\n"))
         ControlServer.serve(PeerConnection(fd: fds[0], stop: -1)) { .ok([$0.line]) }
