@@ -121,7 +121,8 @@ public struct ControlRecord: Equatable, Sendable {
     }
 
     static func unescape(_ s: String) -> String {
-        guard s.contains("%") else { return s }
+        // The byte, not the Character: after a prepend mark (U+0600) "%" is part of one Character.
+        guard s.utf8.contains(UInt8(ascii: "%")) else { return s }
         var bytes: [UInt8] = []
         let u = Array(s.utf8)
         var i = 0

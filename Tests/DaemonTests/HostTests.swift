@@ -184,7 +184,8 @@ struct ControlProtocolTests {
         #expect(ControlReply.error("a\r\nb").text == "error a  b\n")
         #expect(try ControlReply.parse("ok\nline\r\n") == .ok(["line\r"]))
         #expect(try ControlReply.parse("error \u{301}x\n") == .error("\u{301}x"))
-        let fields = [("k", "\u{301}v"), ("\u{301}k", "x")]
+        #expect(ControlRecord.unescape("\u{600}%41") == "\u{600}A")
+        let fields = [("k", "\u{301}v"), ("\u{301}k", "x"), ("\u{600}\u{8}", "")]
         #expect(ControlRecord.parse(ControlRecord(fields).line).fields.elementsEqual(fields, by: { $0 == $1 }))
         #expect(try ControlAction.keyValues(["a=\u{301}b"]).elementsEqual([("a", "\u{301}b")], by: { $0 == $1 }))
         let add = ControlRequest.add("zram1", [("\u{301}a", "\u{301}b")])
