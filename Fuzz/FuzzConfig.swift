@@ -119,15 +119,5 @@ private func fuzzSmall(_ input: ArraySlice<UInt8>) {
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
-    guard size > 0 else { return 0 }
-    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
-    let rest = bytes.dropFirst()
-    switch bytes[0] % 5 {
-    case 0: fuzzByteSize(rest)
-    case 1: fuzzExpression(rest)
-    case 2: fuzzConfigFile(rest)
-    case 3: fuzzAdd(rest)
-    default: fuzzSmall(rest)
-    }
-    return 0
+    dispatch(data, size, [fuzzByteSize, fuzzExpression, fuzzConfigFile, fuzzAdd, fuzzSmall])
 }

@@ -106,14 +106,5 @@ private func fuzzServe(_ input: ArraySlice<UInt8>) {
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
-    guard size > 0 else { return 0 }
-    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
-    let rest = bytes.dropFirst()
-    switch bytes[0] % 4 {
-    case 0: fuzzRecords(rest)
-    case 1: fuzzRequests(rest)
-    case 2: fuzzReplies(rest)
-    default: fuzzServe(rest)
-    }
-    return 0
+    dispatch(data, size, [fuzzRecords, fuzzRequests, fuzzReplies, fuzzServe])
 }

@@ -16,3 +16,11 @@ func fail(_ what: String) -> Never {
 
 /// Fuzz bytes as text, invalid UTF-8 repaired as the daemon's readers do.
 func text(_ bytes: ArraySlice<UInt8>) -> String { String(decoding: bytes, as: UTF8.self) }
+
+/// The body of LLVMFuzzerTestOneInput: the first byte picks one of `parts`, which gets the rest.
+func dispatch(_ data: UnsafePointer<UInt8>, _ size: Int, _ parts: [(ArraySlice<UInt8>) -> Void]) -> Int32 {
+    guard size > 0 else { return 0 }
+    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    parts[Int(bytes[0]) % parts.count](bytes.dropFirst())
+    return 0
+}
