@@ -1,5 +1,5 @@
 // libFuzzer entry for the NBD module: the handshake (client flags, option headers and payloads
-// through the Negotiation state machine), transmission requests (header parsing and validation),
+// through the Negotiation state machine, on sockets with TLS off, on and required), transmission requests (header parsing and validation),
 // and the shipped connection engine itself, fed the input as a client's byte stream over a pipe
 // against a RAM disk. Built by scripts/fuzz.sh together with Sources/NBD/*.swift into one module,
 // so it sees internal API too. Every reply the state machine produces is checked for framing, every
@@ -17,8 +17,10 @@ private func makeCatalog() -> ExportCatalog {
     if let c = catalog { return c }
     let a = try! MemoryBackend(size: 1 << 20)
     let b = try! MemoryBackend(size: 64 << 10)
+    // "secret" is only for a TLS peer named alice (Export.allowedPeers).
     let c = try! ExportCatalog([Export(name: "zram0", description: "first", backend: a),
-                                Export(name: "ro", description: "", backend: b, readOnly: true)],
+                                Export(name: "ro", description: "", backend: b, readOnly: true),
+                                Export(name: "secret", description: "", backend: b, allowedPeers: ["alice"])],
                                defaultExport: "zram0")
     catalog = c
     return c
@@ -28,17 +30,36 @@ private func makeCatalog() -> ExportCatalog {
 private func checkOptionReplies(_ bytes: [UInt8]) {
     var i = 0
     while i < bytes.count {
-        precondition(bytes.count - i >= 20, "truncated option reply")
+        check(bytes.count - i >= 20, "truncated option reply")
         let magic = bytes[i..<(i + 8)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        precondition(magic == Wire.optionReplyMagic, "bad option reply magic")
+        check(magic == Wire.optionReplyMagic, "bad option reply magic")
         let length = bytes[(i + 16)..<(i + 20)].reduce(0) { $0 << 8 | Int($1) }
-        precondition(bytes.count - i - 20 >= length, "option reply length overruns")
+        check(bytes.count - i - 20 >= length, "option reply length overruns")
         i += 20 + length
     }
 }
 
-private func fuzzNegotiation(_ input: ArraySlice<UInt8>) {
-    var n = Negotiation(catalog: makeCatalog(), limits: NegotiationLimits(maxOptions: 64, maxOptionLength: 4096))
+/// Option reply types of an option phase: each reply's type, in order.
+private func optionReplyTypes(_ bytes: [UInt8]) -> [UInt32] {
+    var types: [UInt32] = []
+    var i = 0
+    while i + 20 <= bytes.count {
+        types.append(bytes[(i + 12)..<(i + 16)].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+        i += 20 + bytes[(i + 16)..<(i + 20)].reduce(0) { $0 << 8 | Int($1) }
+    }
+    return types
+}
+
+/// The handshake through `receive(_:)`, as Connection drives it, on a socket whose TLS mode
+/// (off, on, require) and the peer's TLS names come from `mode` (the dispatch byte, so the
+/// seeds of the first corpus stay in the clear). Checks the TLS rules: no STARTTLS where TLS is
+/// off; where it is required, nothing but errors (and ACKs to ABORT/STARTTLS) before the
+/// upgrade and no transmission; an export limited to peers is only entered by one of them.
+private func fuzzNegotiation(_ input: ArraySlice<UInt8>, mode: UInt8) {
+    let tls: TLSMode = [.off, .on, .require][Int(mode / 3 % 3)]
+    let names: [String] = [[], ["alice"], ["CN=mallory,O=x", "mallory"]][Int(mode / 9 % 3)]
+    var n = Negotiation(catalog: makeCatalog(), limits: NegotiationLimits(maxOptions: 64, maxOptionLength: 4096), tls: tls)
+    var peer: [String]?
     var rest = input
     func take(_ k: Int) -> ArraySlice<UInt8>? {
         guard rest.count >= k else { return nil }
@@ -46,28 +67,61 @@ private func fuzzNegotiation(_ input: ArraySlice<UInt8>) {
         return rest.prefix(k)
     }
     guard let flags = take(4) else { return }
-    var step = n.receiveClientFlags(flags.reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+    var step = n.receive(flags)
+    var lastCode: UInt32 = 0
     while true {
+        if tls == .require && peer == nil {
+            // Only STARTTLS's ACK, ABORT's ACK and errors go out in the clear on a TLS-only socket.
+            for t in optionReplyTypes(step.reply) {
+                check(t & 0x8000_0000 != 0 || lastCode == OptionCode.startTLS.rawValue
+                             || lastCode == OptionCode.abort.rawValue, "a reply in the clear where TLS is required")
+            }
+        }
         switch step.next {
         case .readClientFlags:
-            preconditionFailure("client flags asked twice")
+            fail("client flags asked twice")
         case .readOptionHeader:
             guard let h = take(16) else { return }
-            step = n.receiveOptionHeader(h)
-            precondition(step.reply.isEmpty)
+            lastCode = h.dropFirst(8).prefix(4).reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            step = n.receive(h)
+            check(step.reply.isEmpty)
         case .readOptionPayload(let k):
-            precondition(k <= 4096, "payload above the limit accepted")
+            check(k <= 4096, "payload above the limit accepted")
             // Short inputs still exercise the payload parser with what is left.
             let p = take(k) ?? rest
             rest = []
-            step = n.receiveOptionPayload(p)
+            step = n.receive(p)
             if case .transmission = step.next {} else { checkOptionReplies(step.reply) }
             if p.count < k { return }
+        case .startTLS:
+            check(tls != .off, "STARTTLS accepted where TLS is off")
+            check(peer == nil, "STARTTLS accepted twice")
+            check(step.reply == optionReply(OptionCode.startTLS.rawValue, .ack))
+            // The next input byte picks what the driver does: the handshake succeeds, the
+            // client sends options without doing it (a confused or hostile client), or the
+            // server begins shutting down first.
+            switch take(1)?.first.map({ $0 % 4 }) {
+            case nil: return
+            case 1:
+                step = n.receive(rest.prefix(16))
+                guard case .close = step.next else { fail("options accepted in place of the TLS handshake") }
+                return
+            case 2:
+                step = n.beginShutdown()
+                guard case .startTLS = step.next else { fail("shutdown skipped the TLS handshake") }
+                fallthrough
+            default:
+                peer = names
+                step = n.tlsEstablished(peerNames: names)
+                check(step.reply.isEmpty)
+            }
         case .transmission(let session):
-            precondition(session.size > 0)
-            precondition(session.flags.contains(.hasFlags))
-            precondition(!session.flags.contains(.sendDF) || session.structuredReplies)
-            if session.metaContextID != nil { precondition(session.structuredReplies) }
+            check(session.size > 0)
+            check(session.flags.contains(.hasFlags))
+            check(!session.flags.contains(.sendDF) || session.structuredReplies)
+            if session.metaContextID != nil { check(session.structuredReplies) }
+            check(tls != .require || peer != nil, "transmission in the clear where TLS is required")
+            check(session.export.admits(peer), "export entered by a peer it does not admit")
             return
         case .close:
             return
@@ -94,23 +148,23 @@ private func fuzzRequests(_ input: ArraySlice<UInt8>) {
             guard let h = RequestHeader.parse(p) else { continue }
             switch rules.validate(h) {
             case .refuse(let errno, _):
-                precondition(errno != .enotsup, "ENOTSUP outside FAST_ZERO")
+                check(errno != .enotsup, "ENOTSUP outside FAST_ZERO")
             case .hangUp:
-                precondition(h.type == CommandType.write.rawValue)
+                check(h.type == CommandType.write.rawValue)
             case .disconnect:
-                precondition(h.type == CommandType.disconnect.rawValue)
+                check(h.type == CommandType.disconnect.rawValue)
             case .serve(let c):
                 switch c {
                 case .read(let o, let l, _), .write(let o, let l, _):
-                    precondition(l > 0 && l <= Int(rules.maxPayload))
-                    precondition(o <= size && UInt64(l) <= size - o)
-                    if case .write = c { precondition(!flags.contains(.readOnly)) }
+                    check(l > 0 && l <= Int(rules.maxPayload))
+                    check(o <= size && UInt64(l) <= size - o)
+                    if case .write = c { check(!flags.contains(.readOnly)) }
                 case .trim(let o, let l, _), .writeZeroes(let o, let l, _, _, _):
-                    precondition(l > 0 && o <= size && l <= size - o)
-                    precondition(!flags.contains(.readOnly))
+                    check(l > 0 && o <= size && l <= size - o)
+                    check(!flags.contains(.readOnly))
                 case .cache(let o, let l), .blockStatus(let o, let l, _):
-                    precondition(l > 0 && o <= size && l <= size - o)
-                    if case .blockStatus = c { precondition(structured && rules.metaContextID != nil) }
+                    check(l > 0 && o <= size && l <= size - o)
+                    if case .blockStatus = c { check(structured && rules.metaContextID != nil) }
                 case .flush:
                     break
                 }
@@ -121,7 +175,7 @@ private func fuzzRequests(_ input: ArraySlice<UInt8>) {
             let n = buffer.withUnsafeMutableBytes {
                 StructuredReply.error(into: $0.baseAddress!, cookie: h.cookie, error: .einval, message: text)
             }
-            precondition(n <= StructuredReply.maxErrorSize)
+            check(n <= StructuredReply.maxErrorSize)
         }
     }
 }
@@ -140,7 +194,7 @@ private func fuzzEngine(_ input: ArraySlice<UInt8>) {
     // Fuzz inputs are small: the whole stream fits the pipe, so writing cannot block.
     let stream = Array(input.dropFirst().prefix(60_000))
     let written = stream.withUnsafeBytes { write(toEngine[1], $0.baseAddress, $0.count) }
-    precondition(stream.isEmpty || written == stream.count)
+    check(stream.isEmpty || written == stream.count)
     close(toEngine[1])
     // Replies go through a pipe drained by the fuzzer thread after the engine stops; to never
     // block the engine, the read end is emptied on a second thread meanwhile.
@@ -150,7 +204,7 @@ private func fuzzEngine(_ input: ArraySlice<UInt8>) {
     let reader = fromEngine[0]
     var thread = pthread_t()
     let box = Unmanaged.passRetained(DrainJob(fd: reader, out: drained)).toOpaque()
-    precondition(pthread_create(&thread, nil, { raw in
+    check(pthread_create(&thread, nil, { raw in
         let job = Unmanaged<DrainJob>.fromOpaque(raw!).takeRetainedValue()
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -183,22 +237,22 @@ private final class DrainJob {
 private func checkTransmissionReplies(_ bytes: [UInt8], structured: Bool) {
     func be32(_ i: Int) -> UInt32 { bytes[i..<(i + 4)].reduce(UInt32(0)) { $0 << 8 | UInt32($1) } }
     guard !bytes.isEmpty else { return }
-    precondition(bytes.count >= Wire.simpleReplySize, "truncated reply")
+    check(bytes.count >= Wire.simpleReplySize, "truncated reply")
     guard structured else {
-        precondition(be32(0) == Wire.simpleReplyMagic, "bad simple reply magic")
+        check(be32(0) == Wire.simpleReplyMagic, "bad simple reply magic")
         return
     }
     var i = 0
     while i < bytes.count {
-        precondition(bytes.count - i >= Wire.simpleReplySize, "truncated reply")
+        check(bytes.count - i >= Wire.simpleReplySize, "truncated reply")
         if be32(i) == Wire.simpleReplyMagic {
             i += Wire.simpleReplySize
             continue
         }
-        precondition(be32(i) == Wire.structuredReplyMagic, "bad reply magic")
-        precondition(bytes.count - i >= Wire.chunkHeaderSize, "truncated chunk header")
+        check(be32(i) == Wire.structuredReplyMagic, "bad reply magic")
+        check(bytes.count - i >= Wire.chunkHeaderSize, "truncated chunk header")
         let length = Int(be32(i + 16))
-        precondition(bytes.count - i - Wire.chunkHeaderSize >= length, "chunk length overruns")
+        check(bytes.count - i - Wire.chunkHeaderSize >= length, "chunk length overruns")
         i += Wire.chunkHeaderSize + length
     }
 }
@@ -208,7 +262,7 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     guard size > 0 else { return 0 }
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     switch bytes[0] % 3 {
-    case 0: fuzzNegotiation(bytes.dropFirst())
+    case 0: fuzzNegotiation(bytes.dropFirst(), mode: bytes[0])
     case 1: fuzzRequests(bytes.dropFirst())
     default: fuzzEngine(bytes.dropFirst())
     }

@@ -285,32 +285,36 @@ struct AlgorithmList {
     }
 
     static func parse(_ value: String) throws(DaemonError) -> [Entry] {
+        // By scalars: a blank followed by a combining mark is one Character, and would not
+        // separate entries when the printed list (joined by blanks) is read again.
+        let u = value.unicodeScalars
+        func text(_ s: Substring.UnicodeScalarView) -> String { String(Substring(s)) }
         var entries: [Entry] = []
-        var i = value.startIndex
-        while i < value.endIndex {
-            while i < value.endIndex, value[i] == " " || value[i] == "\t" { i = value.index(after: i) }
-            if i == value.endIndex { break }
+        var i = u.startIndex
+        while i < u.endIndex {
+            while i < u.endIndex, u[i] == " " || u[i] == "\t" { i = u.index(after: i) }
+            if i == u.endIndex { break }
             let start = i
-            while i < value.endIndex, value[i] != "(", value[i] != " ", value[i] != "\t" { i = value.index(after: i) }
-            let name = String(value[start..<i])
+            while i < u.endIndex, u[i] != "(", u[i] != " ", u[i] != "\t" { i = u.index(after: i) }
+            let name = text(u[start..<i])
             var params: [(String, String)] = []
-            if i < value.endIndex, value[i] == "(" {
-                guard let close = value[i...].firstIndex(of: ")") else {
+            if i < u.endIndex, u[i] == "(" {
+                guard let close = u[i...].firstIndex(of: ")") else {
                     throw .invalidValue("missing ')' in '\(value)'")
                 }
-                let inner = value[value.index(after: i)..<close]
+                let inner = u[u.index(after: i)..<close]
                 for p in inner.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\t" }) {
                     let kv = p.split(separator: "=", maxSplits: 1)
                     guard kv.count == 2, !kv[0].isEmpty else {
-                        throw .invalidValue("expected key=value in '\(inner)', got '\(p)'")
+                        throw .invalidValue("expected key=value in '\(text(inner))', got '\(text(p))'")
                     }
-                    params.append((String(kv[0]), String(kv[1])))
+                    params.append((text(kv[0]), text(kv[1])))
                 }
-                i = value.index(after: close)
+                i = u.index(after: close)
             }
-            let text = String(value[start..<i])
+            let entryText = text(u[start..<i])
             // A parameter group without a name applies to recompression as a whole.
-            entries.append(Entry(name: name, params: params, text: text))
+            entries.append(Entry(name: name, params: params, text: entryText))
         }
         if let first = entries.first, first.name.isEmpty {
             throw .invalidValue("the first entry must name an algorithm, got '\(first.text)'")

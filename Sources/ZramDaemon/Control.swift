@@ -239,12 +239,13 @@ final class ControlServer {
             conn.write(ControlReply.error("permission denied").text, until: start + PeerLimits.reply)
             return
         }
+        // The first line by bytes: in a String, "\r\n" is one Character that is not "\n".
         guard let bytes = conn.readRequest(limit: 65536, line: true, until: start + PeerLimits.request),
-              let line = String(decoding: bytes, as: UTF8.self).split(separator: "\n").first else {
+              let line = bytes.split(separator: UInt8(ascii: "\n")).first else {
             return
         }
         let reply: ControlReply
-        do throws(DaemonError) { reply = handler(try ControlRequest.parse(String(line))) } catch { reply = .error(error.description) }
+        do throws(DaemonError) { reply = handler(try ControlRequest.parse(String(decoding: line, as: UTF8.self))) } catch { reply = .error(error.description) }
         conn.write(reply.text, until: SystemInfo.now() + PeerLimits.reply)
     }
 

@@ -125,8 +125,10 @@ struct ControlAction: Sendable {
     static func keyValues(_ words: [String]) throws(DaemonError) -> [(String, String)] {
         var pairs: [(String, String)] = []
         for w in words {
-            guard let eq = w.firstIndex(of: "="), eq != w.startIndex else { throw .invalidValue("expected KEY=VALUE, got '\(w)'") }
-            pairs.append((String(w[..<eq]), String(w[w.index(after: eq)...])))
+            // The '=' scalar: a value starting with a combining mark makes "=" part of a Character.
+            let u = w.unicodeScalars
+            guard let eq = u.firstIndex(of: "="), eq != u.startIndex else { throw .invalidValue("expected KEY=VALUE, got '\(w)'") }
+            pairs.append((String(Substring(u[..<eq])), String(Substring(u[u.index(after: eq)...]))))
         }
         return pairs
     }

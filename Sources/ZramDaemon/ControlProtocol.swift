@@ -43,8 +43,10 @@ public enum ControlRequest: Equatable, Sendable {
     /// A request line: `status [DEVICE...]`, or a device action of `ControlAction.all` (the words
     /// `zramnbd ctl DEVICE ACTION ARGS...` sends as `ACTION DEVICE ARGS...`).
     public static func parse(_ line: String) throws(DaemonError) -> ControlRequest {
-        let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" })
-            .map { ControlRecord.unescape(String($0)) }
+        // Split on scalars, not Characters: "\r\n" is one Character, and a blank followed by a
+        // combining mark is one too, so a Character split misses those separators.
+        let words = line.unicodeScalars.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" })
+            .map { ControlRecord.unescape(String(Substring($0))) }
         if words.first == "status" {
             let devices = Array(words.dropFirst())
             for d in devices { try DeviceSpec.validateName(d) }
@@ -67,11 +69,15 @@ public enum ControlReply: Equatable, Sendable {
     }
 
     public static func parse(_ text: String) throws(DaemonError) -> ControlReply {
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        // Lines end at each "\n" scalar (a line ending in "\r" would swallow it as "\r\n").
+        var lines = text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).map { String(Substring($0)) }
         if lines.last == "" { lines.removeLast() }
         guard let first = lines.first else { throw .control("the daemon closed the connection without a reply") }
         if first == "ok" { return .ok(Array(lines.dropFirst())) }
-        if first.hasPrefix("error ") { return .error(String(first.dropFirst(6))) }
+        // By scalars: a message starting with a combining mark joins the blank into one Character.
+        if first.unicodeScalars.starts(with: "error ".unicodeScalars) {
+            return .error(String(Substring(first.unicodeScalars.dropFirst(6))))
+        }
         throw .control("unexpected reply from the daemon: '\(first)'")
     }
 }
@@ -91,9 +97,11 @@ public struct ControlRecord: Equatable, Sendable {
     public var line: String { fields.map { ControlRecord.escape($0.0) + "=" + ControlRecord.escape($0.1) }.joined(separator: " ") }
 
     public static func parse(_ line: String) -> ControlRecord {
-        ControlRecord(line.split(separator: " ").map { pair in
-            guard let eq = pair.firstIndex(of: "=") else { return (unescape(String(pair)), "") }
-            return (unescape(String(pair[..<eq])), unescape(String(pair[pair.index(after: eq)...])))
+        // On scalars, as ControlRequest.parse: a value starting with a combining mark would
+        // hide its '=' or the blank before it inside one Character.
+        ControlRecord(line.unicodeScalars.split(separator: " ").map { pair in
+            guard let eq = pair.firstIndex(of: "=") else { return (unescape(String(Substring(pair))), "") }
+            return (unescape(String(Substring(pair[..<eq]))), unescape(String(Substring(pair[pair.index(after: eq)...]))))
         })
     }
 
@@ -113,7 +121,8 @@ public struct ControlRecord: Equatable, Sendable {
     }
 
     static func unescape(_ s: String) -> String {
-        guard s.contains("%") else { return s }
+        // The byte, not the Character: after a prepend mark (U+0600) "%" is part of one Character.
+        guard s.utf8.contains(UInt8(ascii: "%")) else { return s }
         var bytes: [UInt8] = []
         let u = Array(s.utf8)
         var i = 0
@@ -132,7 +141,10 @@ public struct ControlRecord: Equatable, Sendable {
 }
 
 extension String {
+    /// Every CR and LF scalar a blank ("\r\n" is one Character, so mapping Characters missed it).
     func replacingNewlines() -> String {
-        String(map { $0 == "\n" || $0 == "\r" ? " " : $0 })
+        var out = String.UnicodeScalarView()
+        out.append(contentsOf: unicodeScalars.map { $0 == "\n" || $0 == "\r" ? " " : $0 })
+        return String(out)
     }
 }

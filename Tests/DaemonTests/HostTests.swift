@@ -176,6 +176,32 @@ struct ControlProtocolTests {
         #expect(throws: DaemonError.self) { try ControlReply.parse("") }
     }
 
+    // Found by scripts/fuzz.sh --long (control target): the protocol split lines and words on
+    // Characters, where "\r\n" is one Character that is neither "\r" nor "\n", and a blank, '='
+    // or "error " followed by a combining mark joins it into one Character.
+    @Test("framing and escaping hold for CR LF and combining marks")
+    func scalarFraming() throws {
+        #expect(ControlReply.error("a\r\nb").text == "error a  b\n")
+        #expect(try ControlReply.parse("ok\nline\r\n") == .ok(["line\r"]))
+        #expect(try ControlReply.parse("error \u{301}x\n") == .error("\u{301}x"))
+        #expect(ControlRecord.unescape("\u{600}%41") == "\u{600}A")
+        let fields = [("k", "\u{301}v"), ("\u{301}k", "x"), ("\u{600}\u{8}", "")]
+        #expect(ControlRecord.parse(ControlRecord(fields).line).fields.elementsEqual(fields, by: { $0 == $1 }))
+        #expect(try ControlAction.keyValues(["a=\u{301}b"]).elementsEqual([("a", "\u{301}b")], by: { $0 == $1 }))
+        let add = ControlRequest.add("zram1", [("\u{301}a", "\u{301}b")])
+        guard case .add(_, let kv) = try ControlRequest.parse(add.line) else { Issue.record("not add"); return }
+        #expect(kv.elementsEqual([("\u{301}a", "\u{301}b")], by: { $0 == $1 }))
+        // The server's request line ends at the LF byte, even after a CR.
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Sockets.stream, 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        #expect(FileSystem.writeAll(fds[1], "status zram0\r\nframe zram0\n"))
+        ControlServer.serve(PeerConnection(fd: fds[0], stop: -1)) { .ok([$0.line]) }
+        shutdown(fds[0], Int32(SHUT_WR))
+        let reply = Sockets.readMessage(fds[1], limit: 1 << 16, timeout: 5000, stopAtNewline: false) ?? []
+        #expect(String(decoding: reply, as: UTF8.self) == "ok\nstatus zram0\n")
+    }
+
     @Test("a request over a real control socket")
     func socketRoundTrip() throws {
         let dir = TempDir()

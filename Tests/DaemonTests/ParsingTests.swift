@@ -184,6 +184,17 @@ struct ConfigTests {
         #expect(c.warnings.contains("c.conf:6: algorithm parameter 'dict' is not supported, ignored"))
     }
 
+    // Found by scripts/fuzz.sh --long (config target): entries were split on Characters, and a
+    // tab followed by a combining mark is one Character, so it separated nothing; the list
+    // printed from the entries (joined by blanks) then read differently.
+    @Test("algorithm lists split on blank scalars")
+    func algorithmListScalars() throws {
+        let list = try AlgorithmList.parse("lz4\t\u{301}zstd(level=\u{301}1)")
+        #expect(list.map(\.name) == ["lz4", "\u{301}zstd"])
+        #expect(list[1].params.elementsEqual([("level", "\u{301}1")], by: { $0 == $1 }))
+        #expect(try AlgorithmList.parse(list.map(\.text).joined(separator: " ")) == list)
+    }
+
     @Test("size 0 and host-memory-limit drop a device, like zram-generator")
     func droppedDevices() throws {
         let c = try ConfigFile.parse([("d.conf", """
