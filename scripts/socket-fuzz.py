@@ -27,6 +27,7 @@ import socket
 import struct
 import subprocess
 import sys
+import traceback
 import tempfile
 import time
 
@@ -519,6 +520,9 @@ def main():
             raise Failure("the daemon died during the final checks")
     except (Failure, nbd.Error) as e:
         failure = f"{type(e).__name__}: {e}"
+    except Exception as e:   # a bug in this script: still report it and stop the daemon below
+        traceback.print_exc()
+        failure = f"socket-fuzz.py itself failed: {type(e).__name__}: {e}"
     finally:
         for s in hung:
             s.close()
