@@ -5,7 +5,7 @@ import TestSupport
 /// requests over its NBD socket, abrupt closes, hanging connections; the daemon must stay up,
 /// keep its stats files current and keep every pattern the libnbd reference client wrote.
 @Suite struct SocketFuzzTests {
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(6)))
     func daemonSurvivesMutatedTrafficOverItsSocket() throws {
         let dir = TempDir()
         defer { dir.remove() }
