@@ -10,11 +10,12 @@
 #                                 requests, records, replies, the server's per-connection code)
 # Uses the libFuzzer and ASan runtimes that ship with the Swift toolchain
 # (/opt/swift/usr/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a): no Debian clang needed.
-# Growing corpora and any crash reproducers land in fuzz-out/ (git-ignored); seeds are in
+# Growing corpora and any crash reproducers land in fuzz-out/ (git-ignored; FUZZ_OUT=DIR elsewhere,
+# which the tests use so that runs side by side do not share objects); seeds are in
 # Fuzz/corpus (nbd), Fuzz/corpus-config and Fuzz/corpus-control.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=$root/fuzz-out
+out=${FUZZ_OUT:-$root/fuzz-out}
 long=0
 if [[ ${1:-} == --long ]]; then
 	long=1
@@ -50,14 +51,16 @@ if wants nbd; then
 fi
 
 if wants config || wants control; then
-	# The daemon's parsers import ZramDevice (size limits, chain sizes) and Codec (algorithm
-	# names), which need ZsPool; built whole, without coverage. The daemon files below are the
-	# ones that parse input and build without ArgumentParser, NBD or TLS.
+	# The daemon's parsers import ZramDevice (size limits, chain sizes), Codec (algorithm
+	# names), which need ZsPool, and NBD (TLS modes and settings); built whole, without
+	# coverage. The daemon files below are the ones that parse input and build without
+	# ArgumentParser or the TLS module.
+	build_module NBD NBD
 	build_module ZsPool ZsPool
 	build_module Codec Codec -I "$root/Sources/CLZ4" -I "$root/Sources/CZstd"
 	build_module ZramDevice ZramDevice -I "$root/Sources/CLZ4" -I "$root/Sources/CZstd"
 	daemon=()
-	for f in DaemonError Sizes SizeExpression DeviceSpec ConfigFile FileSystem ControlProtocol ControlActions Control; do
+	for f in DaemonError Sizes SizeExpression DeviceSpec TLSSettings ConfigFile FileSystem ControlProtocol ControlActions Control; do
 		daemon+=("$root/Sources/ZramDaemon/$f.swift")
 	done
 	for target in config control; do
@@ -66,7 +69,7 @@ if wants config || wants control; then
 		swiftc -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld -module-name ZramDaemon \
 			-I "$out/mod" -I "$root/Sources/CLZ4" -I "$root/Sources/CZstd" \
 			"${daemon[@]}" "$root/$entry" "$root"/Fuzz/FuzzSupport.swift \
-			"$out"/mod/{ZramDevice,Codec,ZsPool,Posix}.o -llz4 -lzstd -o "$out/$target-fuzz"
+			"$out"/mod/{ZramDevice,Codec,ZsPool,NBD,Posix}.o -llz4 -lzstd -o "$out/$target-fuzz"
 	done
 fi
 # -runs counts every input, the corpus replayed at the start included. A long run trades ASan's

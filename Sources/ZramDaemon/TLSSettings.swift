@@ -1,8 +1,7 @@
 // Who may connect over NBD and how: the daemon's TLS settings (nbdkit's --tls flags), the rule
 // that a non-loopback TCP address is served only over TLS unless --tls=off says otherwise, and
-// the credentials, loaded once.
+// the credentials (loaded in TLSCredentials.swift).
 import NBD
-import TLS
 
 public struct TLSSettings: Sendable, Equatable {
     /// nil: not given, which is `on` with credentials and `off` without.
@@ -62,18 +61,6 @@ public struct TLSSettings: Sendable, Equatable {
 
     static func isLoopback(_ host: String) -> Bool {
         host == "localhost" || host == "::1" || host.hasPrefix("127.")
-    }
-
-    /// The TLS server for these settings; nil without credentials. Reads the key files now, so
-    /// a bad file stops the start (and `--check`) with its name.
-    public func loadServer() throws(DaemonError) -> (any TLSServer)? {
-        do {
-            if let psk { return try GnuTLSServer.psk(file: psk) }
-            if let certificates { return try GnuTLSServer.certificates(directory: certificates, verifyPeer: verifyPeer) }
-        } catch {
-            throw .invalidValue("TLS: \(error)")
-        }
-        return nil
     }
 
     /// The start-up line: what the unix sockets and each TCP address ask of clients.

@@ -9,7 +9,8 @@ import TestSupport
         let packageRoot = "/" + "\(#filePath)".split(separator: "/").dropLast(3).joined(separator: "/")
         let dir = TempDir()
         let result = try Subprocess.run(["/bin/bash", packageRoot + "/scripts/fuzz.sh", "30"],
-                                        outputPrefix: dir.path + "/fuzz", timeout: .seconds(200))
+                                        outputPrefix: dir.path + "/fuzz",
+                                        environment: ["FUZZ_OUT": dir.path + "/out"], timeout: .seconds(200))
         print(result.stderr.split(separator: "\n").suffix(4).joined(separator: "\n"))
         #expect(result.succeeded, "fuzz.sh: \(result.termination)\n\(result.stderr.suffix(3000))")
     }
