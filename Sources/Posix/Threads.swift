@@ -64,6 +64,15 @@ public enum Clock {
         return now.tv_sec &* 1_000_000_000 &+ now.tv_nsec
     }
 
+    /// CLOCK_BOOTTIME in whole seconds, truncated to 32 bits as zram's slot access times are
+    /// (ktime_get_boottime_seconds); it counts suspended time, as the kernel's does.
+    @inlinable @inline(__always)
+    public static func bootSeconds() -> UInt32 {
+        var now = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &now)
+        return UInt32(truncatingIfNeeded: now.tv_sec)
+    }
+
     /// The earlier of two deadlines, where nil is none.
     public static func earliest(_ a: timespec?, _ b: timespec?) -> timespec? {
         guard let a else { return b }

@@ -20,6 +20,7 @@ extension ZramPageStore: BlockBackend {
         case .noSpace: hostErrno = ENOSPC
         case .ioError: hostErrno = EIO
         case .outOfMemory: hostErrno = ENOMEM
+        case .noBackingDevice: hostErrno = ENODEV
         case .outOfRange, .notInitialized, .busy, .invalidArgument: hostErrno = EINVAL
         }
         return .request(NBDErrno.fromHost(hostErrno), message: describe(e))

@@ -33,6 +33,7 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
         case .ioError: return "a page failed to compress or decompress"
         case .notInitialized: return "device not initialised"
         case .busy: return "device busy"
+        case .noBackingDevice: return "no backing device (set one with backing-dev PATH)"
         case .invalidArgument(let m), .outOfMemory(let m): return m
         }
     }

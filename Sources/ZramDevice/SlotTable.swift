@@ -3,7 +3,9 @@ import Posix
 import Synchronization
 
 /// A slot's flags word, laid out as zram's: the low 13 bits hold the object size (0...4096), the
-/// flags sit above it. A value type over the raw word: every accessor is a mask or a shift.
+/// flags sit above it, and the high 32 bits hold the access time (zram's `ac_time`, a separate
+/// u32 in the kernel's table entry; here it fits the word, so a slot stays 16 bytes).
+/// A value type over the raw word: every accessor is a mask or a shift.
 struct SlotFlags: RawRepresentable, Equatable, Sendable {
     var rawValue: UInt64
 
@@ -20,6 +22,12 @@ struct SlotFlags: RawRepresentable, Equatable, Sendable {
     private static let incompressibleBit: UInt64 = 1 << 18
     private static let priorityShift: UInt64 = 19
     private static let priorityMask: UInt64 = 3 << 19
+    /// ZRAM_PP_SLOT: picked by a writeback run; any access or free clears it, which tells the run
+    /// that the copy it took is stale.
+    private static let postProcessingBit: UInt64 = 1 << 21
+    private static let accessTimeShift: UInt64 = 32
+    /// Everything an access clears (zram's mark_slot_accessed): idle, picked, and the old time.
+    private static let accessClears: UInt64 = idleBit | postProcessingBit | ~0 << accessTimeShift
 
     /// No bit at all: an untouched or freed slot, unlocked.
     static let empty = SlotFlags(rawValue: 0)
@@ -50,7 +58,7 @@ struct SlotFlags: RawRepresentable, Equatable, Sendable {
         set { setBit(Self.sameBit, newValue) }
     }
 
-    /// ZRAM_WB: written back to a backing device (never set: no writeback here).
+    /// ZRAM_WB: written back to the backing device; the handle word holds the block number.
     @inline(__always) var isWrittenBack: Bool {
         get { rawValue & Self.writtenBackBit != 0 }
         set { setBit(Self.writtenBackBit, newValue) }
@@ -62,7 +70,7 @@ struct SlotFlags: RawRepresentable, Equatable, Sendable {
         set { setBit(Self.hugeBit, newValue) }
     }
 
-    /// ZRAM_IDLE: marked idle (no writeback/recompression consumers yet; kept for layout fidelity).
+    /// ZRAM_IDLE: marked idle by `idle`; writeback type=idle picks these.
     @inline(__always) var isIdle: Bool {
         get { rawValue & Self.idleBit != 0 }
         set { setBit(Self.idleBit, newValue) }
@@ -78,6 +86,21 @@ struct SlotFlags: RawRepresentable, Equatable, Sendable {
     @inline(__always) var priority: Int {
         get { Int(truncatingIfNeeded: (rawValue & Self.priorityMask) >> Self.priorityShift) }
         set { rawValue = rawValue & ~Self.priorityMask | (UInt64(newValue) << Self.priorityShift) & Self.priorityMask }
+    }
+
+    /// ZRAM_PP_SLOT: a writeback run picked the slot and has not finished with it.
+    @inline(__always) var isPicked: Bool {
+        get { rawValue & Self.postProcessingBit != 0 }
+        set { setBit(Self.postProcessingBit, newValue) }
+    }
+
+    /// zram's `ac_time`: CLOCK_BOOTTIME seconds (as u32) of the last read or write; 0 = never.
+    @inline(__always) var accessTime: UInt32 { UInt32(truncatingIfNeeded: rawValue >> Self.accessTimeShift) }
+
+    /// zram's mark_slot_accessed: these flags after a read or write at `now`, with the idle and
+    /// picked marks cleared.
+    @inline(__always) func accessed(at now: UInt32) -> SlotFlags {
+        SlotFlags(rawValue: rawValue & ~Self.accessClears | UInt64(now) << Self.accessTimeShift)
     }
 
     @inline(__always) private mutating func setBit(_ bit: UInt64, _ on: Bool) {

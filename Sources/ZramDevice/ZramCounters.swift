@@ -15,6 +15,9 @@ enum ZramCounter: Int, CaseIterable, Sendable {
     case failedReads
     case failedWrites
     case notifyFree
+    case bdCount
+    case bdReads
+    case bdWrites
 
     /// How a counter's value is reported: as it is, or as a page count shown in bytes.
     enum Unit: Sendable {
@@ -35,6 +38,9 @@ enum ZramCounter: Int, CaseIterable, Sendable {
         case .failedReads: (\.failedReads, .count, false)
         case .failedWrites: (\.failedWrites, .count, false)
         case .notifyFree: (\.notifyFree, .count, false)
+        case .bdCount: (\.bdCount, .count, false)
+        case .bdReads: (\.bdReads, .count, false)
+        case .bdWrites: (\.bdWrites, .count, false)
         }
     }
 }

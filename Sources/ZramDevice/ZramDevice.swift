@@ -9,6 +9,10 @@
 // - counters: the device's statistics (ZramCounters, one relaxed atomic per ZramCounter), shown
 //   as a ZramStats and its sysfs texts.
 // - stream: one compressor with its buffers (CompressionStreams), held to (de)compress a page.
+// - backing device: the file or block device pages are written back to (Backing, zram's
+//   backing_dev); a block is one 4 KiB unit of it. Writeback moves a slot's page there.
+// - access time: a slot's last read or write (zram's ac_time), CLOCK_BOOTTIME seconds.
+// - run: one writeback (or idle marking) pass; runs are serialized by `runLock`.
 import Codec
 import Glibc
 import Posix
@@ -29,18 +33,23 @@ public struct SlotCensus: Sendable, Equatable {
     public var storedPages = 0
     public var samePages = 0
     public var hugePages = 0
-    /// Sum of stored object sizes: what compr_data_size should be.
+    /// Pages on the backing device: what bd_count should be.
+    public var writtenBackPages = 0
+    /// Sum of stored object sizes in the pool: what compr_data_size should be.
     public var comprBytes = 0
 }
 
-/// The pool and compression streams. Replaced as a whole by reset and algorithm changes, which
-/// hold the quiesce lock exclusively; I/O holds it shared and uses one PoolAndStreams for a whole request.
-final class PoolAndStreams: Sendable {
+/// Where a request's pages live: the pool, the compression streams and the backing device.
+/// Replaced as a whole by reset, algorithm and backing-device changes, which hold the quiesce
+/// lock exclusively; I/O holds it shared and uses one Storage for a whole request.
+final class Storage: Sendable {
     let pool: ZsPool
     let streams: CompressionStreams
-    init(pool: ZsPool, streams: CompressionStreams) {
+    let backing: Backing?
+    init(pool: ZsPool, streams: CompressionStreams, backing: Backing?) {
         self.pool = pool
         self.streams = streams
+        self.backing = backing
     }
 }
 
@@ -72,16 +81,27 @@ public final class ZramDevice: @unchecked Sendable {
     public var slotTableBytes: Int { slots.byteCount }
 
     let slots: SlotTable
-    private let quiesce = ReadWriteLock()
+    let quiesce = ReadWriteLock()
     /// Guarded by `quiesce`: read under shared, replaced under exclusive.
-    private var poolAndStreams: PoolAndStreams
+    var storage: Storage
+    /// Serializes runs (writeback, idle marking) and backing-device changes; taken before `quiesce`.
+    let runLock = ConditionLock()
+    /// writeback_limit, writeback_limit_enable, writeback_batch_size, compressed_writeback.
+    let writebackSettings = WritebackSettings()
     /// For tests that reach into the pool (e.g. to corrupt an object).
-    var poolAndStreamsForTesting: PoolAndStreams { quiesce.shared { poolAndStreams } }
+    var storageForTesting: Storage { quiesce.shared { storage } }
 
     /// Updated where the event happens; see ZramCounter for the list.
-    private let counters = ZramCounters()
+    let counters = ZramCounters()
+    /// Seconds for access times (CLOCK_BOOTTIME, as zram's); tests substitute their own.
+    let clock: @Sendable () -> UInt32
 
-    public init(_ config: ZramConfig) throws(ZramError) {
+    public convenience init(_ config: ZramConfig) throws(ZramError) {
+        try self.init(config, clock: { Clock.bootSeconds() })
+    }
+
+    init(_ config: ZramConfig, clock: @escaping @Sendable () -> UInt32) throws(ZramError) {
+        self.clock = clock
         guard ZramConfig.chainSizes.contains(config.chainSize) else {
             throw .invalidArgument("chain size \(config.chainSize) is not in \(ZramConfig.chainSizes)")
         }
@@ -94,12 +114,12 @@ public final class ZramDevice: @unchecked Sendable {
         pageCount = (config.diskSize + pageSize - 1) >> pageShift
         diskSize = pageCount << pageShift
         slots = try SlotTable(count: pageCount)
-        poolAndStreams = PoolAndStreams(pool: try Self.makePool(config.name, config.chainSize, pageCount),
-                          streams: try CompressionStreams(algorithm: config.algorithm, level: config.level))
+        storage = Storage(pool: try Self.makePool(config.name, config.chainSize, pageCount),
+                          streams: try CompressionStreams(algorithm: config.algorithm, level: config.level), backing: nil)
         counters.store(.memLimitPages, Self.pagesRoundedUp(config.memLimit))
     }
 
-    private static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int) throws(ZramError) -> ZsPool {
+    static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int) throws(ZramError) -> ZsPool {
         // Worst case fragmentation: one object per zspage chain. The pool only reserves address
         // space; its page numbers are 32-bit.
         do {
@@ -137,11 +157,11 @@ public final class ZramDevice: @unchecked Sendable {
     @inline(__always)
     private func readPages(into destination: UnsafeMutableRawPointer, offset: Int, length: Int, reportZeroes: Bool,
                            _ zero: (_ start: Int, _ length: Int) -> Void) throws(ZramError) {
-        try request(offset, length, failing: .failedReads) { (b) throws(ZramError) in
+        try request(offset, length, failing: .failedReads) { (b, now) throws(ZramError) in
             try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
                 let out = destination + done
-                let filled = n == pageSize ? try readPage(index, into: out, b, skipZero: reportZeroes)
-                    : try readPartial(index, inPage, n, into: out, b, skipZero: reportZeroes)
+                let filled = n == pageSize ? try readPage(index, into: out, b, now, skipZero: reportZeroes)
+                    : try readPartial(index, inPage, n, into: out, b, now, skipZero: reportZeroes)
                 if !filled { zero(done, n) }
             }
         }
@@ -151,11 +171,12 @@ public final class ZramDevice: @unchecked Sendable {
     /// pool and streams. A failure counts once in `failing` (as the kernel counts a failed bio).
     @inline(__always)
     private func request(_ offset: Int, _ length: Int, failing: ZramCounter,
-                         _ body: (PoolAndStreams) throws(ZramError) -> Void) throws(ZramError) {
+                         _ body: (Storage, _ now: UInt32) throws(ZramError) -> Void) throws(ZramError) {
         try checkRange(offset, length)
+        let now = clock()
         try quiesce.shared { () throws(ZramError) in
             do throws(ZramError) {
-                try body(poolAndStreams)
+                try body(storage, now)
             } catch {
                 counters.add(failing)
                 throw error
@@ -166,13 +187,13 @@ public final class ZramDevice: @unchecked Sendable {
     /// Writes `length` bytes from `source` at `offset`. Pages before a failing page are written;
     /// the failing page keeps its old contents; the request counts once in failed_writes.
     public func write(from source: UnsafeRawPointer, offset: Int, length: Int) throws(ZramError) {
-        try request(offset, length, failing: .failedWrites) { (b) throws(ZramError) in
+        try request(offset, length, failing: .failedWrites) { (b, now) throws(ZramError) in
             try forEachPageSpan(offset, length) { (index, inPage, n, done) throws(ZramError) in
                 let src = source + done
                 if n == pageSize {
-                    try storePage(index, from: src, b)
+                    try storePage(index, from: src, b, now)
                 } else {
-                    try storePartial(index, inPage, n, from: src, b)
+                    try storePartial(index, inPage, n, from: src, b, now)
                 }
             }
         }
@@ -183,11 +204,11 @@ public final class ZramDevice: @unchecked Sendable {
     public func discard(offset: Int, length: Int) throws(ZramError) {
         try checkRange(offset, length)
         quiesce.shared {
-            let b = poolAndStreams
+            let b = storage
             let first = (offset + pageSize - 1) >> pageShift
             let end = (offset + length) >> pageShift
             guard first < end else { return }
-            for index in first..<end { freeSlot(index, b.pool) }
+            for index in first..<end { freeSlot(index, b) }
             counters.add(.notifyFree, end - first)
         }
     }
@@ -198,16 +219,16 @@ public final class ZramDevice: @unchecked Sendable {
     public func writeZeroes(offset: Int, length: Int, mayTrim: Bool = true) throws(ZramError) {
         var freed = 0
         defer { if freed > 0 { counters.add(.notifyFree, freed) } }
-        try request(offset, length, failing: .failedWrites) { (b) throws(ZramError) in
+        try request(offset, length, failing: .failedWrites) { (b, now) throws(ZramError) in
             try forEachPageSpan(offset, length) { (index, inPage, n, _) throws(ZramError) in
                 if n < pageSize {
-                    try zeroPartial(index, inPage, n, b)
+                    try zeroPartial(index, inPage, n, b, now)
                 } else if mayTrim {
-                    freeSlot(index, b.pool)
+                    freeSlot(index, b)
                     freed += 1
                 } else {
                     let old = slots.lock(index)
-                    slots.unlock(index, flags: install(index, .same(0), replacing: old, b.pool))
+                    slots.unlock(index, flags: install(index, .same(0), replacing: old, b, now))
                 }
             }
         }
@@ -252,7 +273,8 @@ public final class ZramDevice: @unchecked Sendable {
         let pool = try Self.makePool(name, chainSize, pageCount)
         quiesce.exclusive {
             slots.clearAll()
-            poolAndStreams = PoolAndStreams(pool: pool, streams: poolAndStreams.streams)
+            storage.backing?.releaseAll()
+            storage = Storage(pool: pool, streams: storage.streams, backing: storage.backing)
             counters.reset()
         }
     }
@@ -261,11 +283,11 @@ public final class ZramDevice: @unchecked Sendable {
     @discardableResult
     public func compact() throws(ZramError) -> Int {
         guard pageCount > 0 else { throw .notInitialized }
-        return quiesce.shared { poolAndStreams.pool.compact() }
+        return quiesce.shared { storage.pool.compact() }
     }
 
     /// Pages `compact()` could free now (the kernel shrinker's count), for automatic compaction.
-    public var compactablePages: Int { quiesce.shared { poolAndStreams.pool.freeablePages } }
+    public var compactablePages: Int { quiesce.shared { storage.pool.freeablePages } }
 
     /// Sets mem_limit at runtime (bytes, rounded up to pages; 0 = none). Stores already over
     /// the limit stay; later writes fail.
@@ -276,11 +298,11 @@ public final class ZramDevice: @unchecked Sendable {
 
     /// zram's `echo 0 > mem_used_max`: the peak restarts at the current pool size, not at 0.
     public func resetMemUsedMax() {
-        quiesce.shared { counters.store(.maxUsedPages, poolAndStreams.pool.totalPages) }
+        quiesce.shared { counters.store(.maxUsedPages, storage.pool.totalPages) }
     }
 
-    public var algorithm: CompressionAlgorithm { quiesce.shared { poolAndStreams.streams.algorithm } }
-    public var level: Int32 { quiesce.shared { poolAndStreams.streams.level } }
+    public var algorithm: CompressionAlgorithm { quiesce.shared { storage.streams.algorithm } }
+    public var level: Int32 { quiesce.shared { storage.streams.level } }
 
     /// Changes the compressor. Refused with `busy` while any page is stored, because stored
     /// objects could no longer be read (zram: -EBUSY once initialised).
@@ -288,7 +310,7 @@ public final class ZramDevice: @unchecked Sendable {
         let streams = try CompressionStreams(algorithm: algorithm, level: level)
         try quiesce.exclusive { () throws(ZramError) in
             guard counters.load(.pagesStored) == 0 else { throw .busy }
-            poolAndStreams = PoolAndStreams(pool: poolAndStreams.pool, streams: streams)
+            storage = Storage(pool: storage.pool, streams: streams, backing: storage.backing)
         }
     }
 
@@ -296,7 +318,7 @@ public final class ZramDevice: @unchecked Sendable {
 
     public func stats() -> ZramStats {
         quiesce.shared {
-            let pool = poolAndStreams.pool
+            let pool = storage.pool
             var s = ZramStats()
             s.diskSize = UInt64(diskSize)
             counters.read(into: &s)
@@ -318,7 +340,7 @@ public final class ZramDevice: @unchecked Sendable {
     }
 
     /// zsmalloc's debugfs `classes` table for this device's pool.
-    public var classesText: String { quiesce.shared { poolAndStreams.pool.classesText() } }
+    public var classesText: String { quiesce.shared { storage.pool.classesText() } }
 
     /// Recounts the slot table (blocks I/O while it runs): for checks and debugging.
     public func census() -> SlotCensus {
@@ -331,6 +353,7 @@ public final class ZramDevice: @unchecked Sendable {
                 slots.unlock(index, flags: f)
                 guard f.isAllocated else { continue }
                 c.storedPages += 1
+                if f.isWrittenBack { c.writtenBackPages += 1; continue }
                 if f.isSame { c.samePages += 1; continue }
                 if f.isHuge { c.hugePages += 1 }
                 c.comprBytes += f.objectSize
@@ -364,17 +387,17 @@ public final class ZramDevice: @unchecked Sendable {
 
     /// Fills `out` with page `index`; with `skipZero`, a page that reads as zeros is left alone
     /// and false returned.
-    private func readPage(_ index: Int, into out: UnsafeMutableRawPointer, _ b: PoolAndStreams,
+    private func readPage(_ index: Int, into out: UnsafeMutableRawPointer, _ b: Storage, _ now: UInt32,
                           skipZero: Bool) throws(ZramError) -> Bool {
-        try readSlot(index, zeroing: out, pageSize, skipZero: skipZero) { (flags) throws(ZramError) in
+        try readSlot(index, zeroing: out, pageSize, now, skipZero: skipZero) { (flags) throws(ZramError) in
             try load(index, flags, into: out, b, stream: nil)
         }
     }
 
     /// `n` bytes from `inPage` on: the page is loaded into the stream's bounce page first.
     private func readPartial(_ index: Int, _ inPage: Int, _ n: Int, into out: UnsafeMutableRawPointer,
-                             _ b: PoolAndStreams, skipZero: Bool) throws(ZramError) -> Bool {
-        try readSlot(index, zeroing: out, n, skipZero: skipZero) { (flags) throws(ZramError) in
+                             _ b: Storage, _ now: UInt32, skipZero: Bool) throws(ZramError) -> Bool {
+        try readSlot(index, zeroing: out, n, now, skipZero: skipZero) { (flags) throws(ZramError) in
             try b.streams.withStream { (s) throws(ZramError) in
                 do throws(ZramError) {
                     try load(index, flags, into: s.bounce, b, stream: s)
@@ -389,9 +412,10 @@ public final class ZramDevice: @unchecked Sendable {
 
     /// Runs `fill` with slot `index` locked, unless the slot reads as zeros: then the `n` bytes at
     /// `out` are zeroed, or with `skipZero` left alone and false returned. An untouched slot is
-    /// empty and unlocked: zeros, without dirtying the slot table.
+    /// empty and unlocked: zeros, without dirtying the slot table (its access time is never shown).
+    /// A successful read is an access: the slot gets time `now` and loses its idle mark.
     @inline(__always)
-    private func readSlot(_ index: Int, zeroing out: UnsafeMutableRawPointer, _ n: Int, skipZero: Bool,
+    private func readSlot(_ index: Int, zeroing out: UnsafeMutableRawPointer, _ n: Int, _ now: UInt32, skipZero: Bool,
                           _ fill: (SlotFlags) throws(ZramError) -> Void) throws(ZramError) -> Bool {
         if slots.peekFlags(index).isUntouched {
             if skipZero { return false }
@@ -399,9 +423,14 @@ public final class ZramDevice: @unchecked Sendable {
             return true
         }
         let flags = slots.lock(index)
-        defer { slots.unlock(index, flags: flags) }
-        if skipZero && readsAsZero(index, flags) { return false }
+        var after = flags
+        defer { slots.unlock(index, flags: after) }
+        if skipZero && readsAsZero(index, flags) {
+            after = flags.accessed(at: now)
+            return false
+        }
         try fill(flags)
+        after = flags.accessed(at: now)
         return true
     }
 
@@ -413,8 +442,12 @@ public final class ZramDevice: @unchecked Sendable {
 
     /// Fills `out` with the page in slot `index` (slot lock held). Uses `stream` if given,
     /// otherwise takes one only if the page must be decompressed.
-    private func load(_ index: Int, _ flags: SlotFlags, into out: UnsafeMutableRawPointer, _ b: PoolAndStreams,
-                      stream: StreamBuffers?) throws(ZramError) {
+    func load(_ index: Int, _ flags: SlotFlags, into out: UnsafeMutableRawPointer, _ b: Storage,
+              stream: StreamBuffers?) throws(ZramError) {
+        if flags.isWrittenBack {
+            try readBack(index, flags, into: out, b, stream: stream)
+            return
+        }
         if flags.isSame {
             fillPage(out, with: slots.handle(index))
             return
@@ -445,7 +478,7 @@ public final class ZramDevice: @unchecked Sendable {
         }
     }
 
-    private func storePage(_ index: Int, from src: UnsafeRawPointer, _ b: PoolAndStreams) throws(ZramError) {
+    private func storePage(_ index: Int, from src: UnsafeRawPointer, _ b: Storage, _ now: UInt32) throws(ZramError) {
         let contents: PageContents
         if let word = sameFilledWord(src) {
             contents = .same(word)
@@ -453,23 +486,23 @@ public final class ZramDevice: @unchecked Sendable {
             contents = try b.streams.withStream { (s) throws(ZramError) in try encode(src, s, b.pool) }
         }
         let old = slots.lock(index)
-        slots.unlock(index, flags: install(index, contents, replacing: old, b.pool))
+        slots.unlock(index, flags: install(index, contents, replacing: old, b, now))
     }
 
     /// Sub-page write: the slot stays locked from reading the old page to installing the new one,
     /// so concurrent sub-page writes into one page all survive.
     private func storePartial(_ index: Int, _ inPage: Int, _ n: Int, from src: UnsafeRawPointer,
-                              _ b: PoolAndStreams) throws(ZramError) {
+                              _ b: Storage, _ now: UInt32) throws(ZramError) {
         var flags = slots.lock(index)
         defer { slots.unlock(index, flags: flags) }
         try b.streams.withStream { (s) throws(ZramError) in
             try load(index, flags, into: s.bounce, b, stream: s)
             (s.bounce + inPage).copyMemory(from: src, byteCount: n)
-            flags = install(index, try contents(of: s.bounce, s, b.pool), replacing: flags, b.pool)
+            flags = install(index, try contents(of: s.bounce, s, b.pool), replacing: flags, b, now)
         }
     }
 
-    private func zeroPartial(_ index: Int, _ inPage: Int, _ n: Int, _ b: PoolAndStreams) throws(ZramError) {
+    private func zeroPartial(_ index: Int, _ inPage: Int, _ n: Int, _ b: Storage, _ now: UInt32) throws(ZramError) {
         if slots.peekFlags(index).isUntouched { return }
         var flags = slots.lock(index)
         defer { slots.unlock(index, flags: flags) }
@@ -478,7 +511,7 @@ public final class ZramDevice: @unchecked Sendable {
         try b.streams.withStream { (s) throws(ZramError) in
             try load(index, flags, into: s.bounce, b, stream: s)
             memset(s.bounce + inPage, 0, n)
-            flags = install(index, try contents(of: s.bounce, s, b.pool), replacing: flags, b.pool)
+            flags = install(index, try contents(of: s.bounce, s, b.pool), replacing: flags, b, now)
         }
     }
 
@@ -510,15 +543,16 @@ public final class ZramDevice: @unchecked Sendable {
         return .object(handle, size: size, huge: huge)
     }
 
-    /// Frees the slot's old contents and installs `new` (slot lock held); returns the new flags.
-    private func install(_ index: Int, _ new: PageContents, replacing old: SlotFlags, _ pool: ZsPool) -> SlotFlags {
-        freeContents(index, old, pool)
+    /// Frees the slot's old contents and installs `new` (slot lock held); returns the new flags,
+    /// accessed at `now` (a write is an access).
+    private func install(_ index: Int, _ new: PageContents, replacing old: SlotFlags, _ b: Storage, _ now: UInt32) -> SlotFlags {
+        freeContents(index, old, b)
         counters.add(.pagesStored)
         switch new {
         case .same(let word):
             slots.setHandle(index, word)
             counters.add(.samePages)
-            return .sameFilled()
+            return SlotFlags.sameFilled().accessed(at: now)
         case .object(let handle, let size, let huge):
             slots.setHandle(index, handle)
             counters.add(.comprDataSize, size)
@@ -526,29 +560,35 @@ public final class ZramDevice: @unchecked Sendable {
                 counters.add(.hugePages)
                 counters.add(.hugePagesSince)
             }
-            return .object(size: size, huge: huge)
+            return SlotFlags.object(size: size, huge: huge).accessed(at: now)
         }
     }
 
-    /// zram_free_page: releases whatever the slot holds and fixes the counters (slot lock held).
-    /// The caller stores the new flags on unlock, which also clears idle/priority bits.
-    private func freeContents(_ index: Int, _ flags: SlotFlags, _ pool: ZsPool) {
+    /// zram's slot_free: releases whatever the slot holds (a pool object or a backing block) and
+    /// fixes the counters (slot lock held). The caller stores the new flags on unlock, which
+    /// also clears the idle, picked and priority bits and the access time.
+    func freeContents(_ index: Int, _ flags: SlotFlags, _ b: Storage) {
         guard flags.isAllocated else { return }
-        if flags.isHuge { counters.subtract(.hugePages) }
-        if flags.isSame {
+        if flags.isWrittenBack {
+            // A compressed writeback keeps the object's size and huge bit for the read; neither
+            // counts in compr_data_size or huge_pages any more.
+            b.backing?.releaseBlock(Int(truncatingIfNeeded: slots.handle(index)))
+            counters.subtract(.bdCount)
+        } else if flags.isSame {
             counters.subtract(.samePages)
         } else {
-            pool.free(slots.handle(index))
+            if flags.isHuge { counters.subtract(.hugePages) }
+            b.pool.free(slots.handle(index))
             counters.subtract(.comprDataSize, flags.objectSize)
         }
         counters.subtract(.pagesStored)
         slots.setHandle(index, 0)
     }
 
-    private func freeSlot(_ index: Int, _ pool: ZsPool) {
+    private func freeSlot(_ index: Int, _ b: Storage) {
         if slots.peekFlags(index).isUntouched { return }
         let flags = slots.lock(index)
-        freeContents(index, flags, pool)
+        freeContents(index, flags, b)
         slots.unlock(index, flags: .empty)
     }
 

@@ -10,6 +10,8 @@ public enum ZramError: Error, Equatable, Sendable {
     case notInitialized
     /// The change needs an empty device (kernel: -EBUSY), e.g. the algorithm while data is stored.
     case busy
+    /// Writeback was asked for and no backing device is set (zram: -ENODEV).
+    case noBackingDevice
     /// A configuration value is out of range; the message says which.
     case invalidArgument(String)
     /// Memory for the device (its slot table or pool) could not be reserved; the message says what.

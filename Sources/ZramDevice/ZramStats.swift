@@ -22,7 +22,7 @@ public struct ZramStats: Sendable, Equatable {
     public var notifyFree: UInt64 = 0
     // debug_stat
     public var missFree: UInt64 = 0
-    // bd_stat: always zero, there is no writeback device
+    // bd_stat, in 4 KiB pages (zram's FOUR_K units)
     public var bdCount: UInt64 = 0
     public var bdReads: UInt64 = 0
     public var bdWrites: UInt64 = 0
@@ -91,12 +91,12 @@ public struct ZramStats: Sendable, Equatable {
                       help: "Pages freed by discard or write-zeroes (io_stat notify_free)."),
         ZramStatField("miss_free", \.missFree, .debugStat, .counter, prometheus: nil,
                       help: "Frees that found the slot busy (debug_stat miss_free; always 0 here)."),
-        ZramStatField("bd_count", \.bdCount, .bdStat, .gauge, prometheus: nil,
-                      help: "Pages on the backing device (bd_stat bd_count; always 0, no writeback)."),
-        ZramStatField("bd_reads", \.bdReads, .bdStat, .counter, prometheus: nil,
-                      help: "Pages read from the backing device (bd_stat bd_reads; always 0, no writeback)."),
-        ZramStatField("bd_writes", \.bdWrites, .bdStat, .counter, prometheus: nil,
-                      help: "Pages written to the backing device (bd_stat bd_writes; always 0, no writeback)."),
+        ZramStatField("bd_count", \.bdCount, .bdStat, .gauge, prometheus: "zramnbd_backing_pages",
+                      help: "Pages on the backing device (bd_stat bd_count)."),
+        ZramStatField("bd_reads", \.bdReads, .bdStat, .counter, prometheus: "zramnbd_backing_reads_total",
+                      help: "Pages read from the backing device (bd_stat bd_reads)."),
+        ZramStatField("bd_writes", \.bdWrites, .bdStat, .counter, prometheus: "zramnbd_backing_writes_total",
+                      help: "Pages written to the backing device (bd_stat bd_writes)."),
     ]
 }
 

@@ -5,7 +5,7 @@ import Testing
 
 /// Runs `body(thread)` on `count` OS threads (not the cooperative pool, which has one thread per
 /// core) and returns when all are done.
-private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     final class Job { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
     var threads: [pthread_t] = []
     for t in 0..<count {

@@ -238,7 +238,7 @@ struct DeviceIOTests {
         let flags = dev.slots.lock(1)
         let size = flags.objectSize
         let garbage = Buffer(size); garbage.randomize(seed: 99)
-        dev.poolAndStreamsForTesting.pool.write(dev.slots.handle(1), from: garbage.base, count: size)
+        dev.storageForTesting.pool.write(dev.slots.handle(1), from: garbage.base, count: size)
         dev.slots.unlock(1, flags: flags)
 
         let back = Buffer(2 * 4096, fill: 0xab)
