@@ -80,6 +80,8 @@ struct Serve: ParsableCommand {
     var chainSize: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("Limit on the memory the pool may use (zram's mem_limit; default none).", valueName: "size"))
     var memLimit: String?
+    @Option(help: ArgumentHelp("File or block device idle pages are written back to (zram's backing_dev); a missing file is created sparse and removed on exit.", valueName: "path"))
+    var backingDev: String?
     @Option(help: ArgumentHelp("Unix socket of the NBD export (default \(DaemonSettings.runDir)/NAME.sock).", valueName: "path"))
     var socket: String?
     @Option(help: ArgumentHelp("Also serve NBD over TCP on this address.", valueName: "host:port"))
@@ -217,6 +219,7 @@ struct Serve: ParsableCommand {
             spec.chainSize = v
         }
         if let m = memLimit { spec.memLimit = try ByteSize.parse(m) }
+        if let b = backingDev { spec.writebackDevice = ConfigFile.optionalPath(b) }
         if let s = socket { spec.socket = ConfigFile.optionalPath(s) }
         if let l = listen {
             spec.listen = ConfigFile.optionalPath(l)
@@ -263,6 +266,7 @@ struct Serve: ParsableCommand {
         if let l = d.level { parts.append("level=\(l)") }
         parts.append("chain-size=\(d.chainSize)")
         if d.memLimit > 0 { parts.append("mem-limit=\(d.memLimit)") }
+        if let w = d.writebackDevice { parts.append("backing-dev=\(w)") }
         parts.append("socket=\(d.socket ?? "none")")
         if let l = d.listen { parts.append("listen=\(l)") }
         parts.append("stats-dir=\(d.statsDir ?? "none")")

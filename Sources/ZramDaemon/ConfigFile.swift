@@ -148,9 +148,19 @@ public enum ConfigFile {
             case "fs-type": spec.fsType = v.isEmpty ? nil : v
             case "mount-point": spec.mountPoint = v.isEmpty ? nil : v
             case "options": spec.options = v
-            case "writeback-device":
-                spec.writebackDevice = v.isEmpty ? nil : v
-                if !v.isEmpty { warnings.append("\(e.file):\(e.line): writeback-device is not supported, ignored") }
+            case "writeback-device", "backing-dev":
+                spec.writebackDevice = v.isEmpty || v == "none" ? nil : v
+                if let w = spec.writebackDevice, !w.hasPrefix("/") { throw fail("expected an absolute path, got '\(v)'") }
+            case "writeback-limit":
+                guard let pages = UInt64(v) else { throw fail("expected a number of 4 KiB pages, got '\(v)'") }
+                spec.writebackLimit = pages
+            case "writeback-limit-enable":
+                spec.writebackLimitEnable = try check { () throws(DaemonError) in try parseBool(v) }
+            case "writeback-batch-size":
+                guard let n = UInt32(v), n > 0 else { throw fail("expected a number above 0, got '\(v)'") }
+                spec.writebackBatchSize = n
+            case "compressed-writeback":
+                spec.compressedWriteback = try check { () throws(DaemonError) in try parseBool(v) }
             case "socket": spec.socket = optionalPath(v)
             case "listen":
                 spec.listen = optionalPath(v)

@@ -63,7 +63,34 @@ struct ControlAction: Sendable {
         ControlAction("attach", "/dev/nbdN", arguments: 1...1,
                       help: "tell the daemon which kernel NBD device serves it (setup tools)") { d, a in .attach(d, a[0]) },
         ControlAction("detach", help: "tell the daemon no kernel NBD device serves it any more") { d, _ in .attach(d, nil) },
+        attribute("idle", "all|SECONDS", arguments: 1...1,
+                  help: "mark pages idle: all, or those not read or written for SECONDS (zram's idle)"),
+        attribute("writeback", "ARGS...", arguments: 1...anyNumber.upperBound,
+                  help: "write pages to the backing device: type=idle|huge|huge_idle|incompressible, "
+                      + "page_index=N, page_indexes=LO-HI (zram's writeback)"),
+        attribute("writeback-limit", "PAGES", arguments: 1...1,
+                  help: "pages (4 KiB) writeback may still write while writeback-limit-enable is 1"),
+        attribute("writeback-limit-enable", "0|1", arguments: 1...1, help: "count writeback against writeback-limit"),
+        attribute("writeback-batch-size", "N", arguments: 1...1, help: "pages written per batch (default 32)"),
+        attribute("compressed-writeback", "0|1", arguments: 1...1,
+                  help: "write pages back compressed (zram 7.0); only while nothing is written back"),
+        attribute("backing-dev", "PATH|none", arguments: 1...1,
+                  help: "the file or block device pages are written back to; a missing file is created "
+                      + "sparse and removed with the device"),
+        attribute("block-state", "[LO-HI]", arguments: 0...1,
+                  help: "per stored page: index, access time, flags s w h i r n (zram's debugfs block_state)"),
     ]
+
+    /// An action that writes zram attribute NAME (its sysfs name, `-` for `_`) with the words
+    /// as they would be echoed into the file.
+    private static func attribute(_ name: String, _ synopsis: String, arguments: ClosedRange<Int>, help: String) -> ControlAction {
+        let sysfs = sysfsName(action: name)
+        return ControlAction(name, synopsis, arguments: arguments, help: help) { d, a in .attribute(d, name: sysfs, a) }
+    }
+
+    /// zram's file name for an action name: `writeback-limit` is `writeback_limit`.
+    static func sysfsName(action: String) -> String { String(action.map { $0 == "-" ? "_" : $0 }) }
+    static func actionName(sysfs: String) -> String { String(sysfs.map { $0 == "_" ? "-" : $0 }) }
 
     /// The commands a control-socket line may start with that are not device actions.
     static let wireOnlyCommands = ["status"]

@@ -22,6 +22,9 @@ public enum ControlRequest: Equatable, Sendable {
     case remove(String)
     /// The setup tools report which kernel NBD device serves DEVICE (for MOUNTPOINT), or none.
     case attach(String, String?)
+    /// Writes zram attribute NAME (its sysfs name: `writeback`, `idle`, ...) of DEVICE with the
+    /// words one would echo into the file; `block_state` reads one.
+    case attribute(String, name: String, [String])
 
     public static func == (a: ControlRequest, b: ControlRequest) -> Bool { a.line == b.line }
 
@@ -37,6 +40,8 @@ public enum ControlRequest: Equatable, Sendable {
         case .add(let d, let kv): return (["add", d] + kv.map { ControlRecord.escape($0.0) + "=" + ControlRecord.escape($0.1) }).joined(separator: " ")
         case .remove(let d): return "remove \(d)"
         case .attach(let d, let nbd): return nbd.map { "attach \(d) \(ControlRecord.escape($0))" } ?? "detach \(d)"
+        case .attribute(let d, let name, let words):
+            return ([ControlAction.actionName(sysfs: name), d] + words.map(ControlRecord.escape)).joined(separator: " ")
         }
     }
 

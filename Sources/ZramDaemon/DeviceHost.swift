@@ -15,6 +15,20 @@ public protocol PageStore: AnyObject, Sendable {
     func resetMemUsedMax() throws(DaemonError)
     /// Pages compaction would free now (zsmalloc's shrinker count).
     var compactablePages: Int { get }
+    /// The device is going away: close what it holds outside memory (a backing file it created
+    /// is removed).
+    func shutdown()
+    /// Writes zram attribute `name` (sysfs name) with `value`, as `echo value > name` would;
+    /// returns lines to show (a writeback's report, block_state's table).
+    func writeAttribute(_ name: String, _ value: String) throws(DaemonError) -> [String]
+}
+
+extension PageStore {
+    public func shutdown() {}
+
+    public func writeAttribute(_ name: String, _ value: String) throws(DaemonError) -> [String] {
+        throw .device("\(name) is not supported by this store")
+    }
 }
 
 /// A running NBD export of one store (its listening sockets and their connections).
@@ -119,6 +133,7 @@ public final class DeviceHost {
         d.export?.stop()
         d.export = nil
         d.stats?.remove()
+        d.store.shutdown()
         devices.removeAll { $0 === d }
         publishPrometheus()
         log.info("\(name): removed")
@@ -138,6 +153,7 @@ public final class DeviceHost {
             d.export?.stop()
             d.export = nil
             d.stats?.remove()
+            d.store.shutdown()
         }
         devices.removeAll()
         prometheus?.remove()   // only if it is still the file we wrote
@@ -198,6 +214,21 @@ public final class DeviceHost {
             d.nbdDevice = nbd
             publish(d, force: true)
             return []
+        case .attribute(let name, let attribute, let words):
+            let d = try device(name)
+            guard attribute != "block_state" else { return try d.store.writeAttribute(attribute, words.joined(separator: " ")) }
+            let what = "\(name): \(attribute) \(words.joined(separator: " "))"
+            do {
+                let lines = try d.store.writeAttribute(attribute, words.joined(separator: " "))
+                publish(d, force: true)
+                log.info(what + (lines.isEmpty ? "" : ": " + lines.joined(separator: "; ")))
+                return lines
+            } catch {
+                // A writeback that stopped early still moved pages: the files and the log show it.
+                publish(d, force: true)
+                log.info(error.description)
+                throw error
+            }
         }
     }
 
@@ -230,6 +261,9 @@ public final class DeviceHost {
             ("socket", d.spec.socket ?? ""), ("listen", d.spec.listen ?? ""), ("stats_dir", d.spec.statsDir ?? ""),
             ("read_only", d.spec.readOnly ? "1" : "0"), ("tls_identities", d.spec.tlsIdentities?.joined(separator: ",") ?? ""),
             ("chain_size", "\(d.spec.chainSize)"),
+            ("backing_dev", s.backingDev ?? "none"), ("writeback_limit", "\(s.writebackLimit)"),
+            ("writeback_limit_enable", s.writebackLimitEnable ? "1" : "0"), ("writeback_batch_size", "\(s.writebackBatchSize)"),
+            ("compressed_writeback", s.compressedWriteback ? "1" : "0"),
             ("swap_priority", "\(d.spec.swapPriority)"), ("fs_type", d.spec.effectiveFsType),
             ("mount_point", d.spec.mountPoint ?? ""), ("options", d.spec.options),
             ("nbd_device", d.nbdDevice ?? ""), ("mountpoint", MountTable.usage(of: d.nbdDevice)),

@@ -16,6 +16,12 @@ public struct DeviceSnapshot: Sendable, Equatable {
     /// Byte-exact sysfs texts the device renders from more than its counters.
     public var compAlgorithmText = ""
     public var classesText = ""
+    /// zram's writeback attributes (backing_dev nil = `none`).
+    public var backingDev: String?
+    public var writebackLimit: UInt64 = 0
+    public var writebackLimitEnable = false
+    public var writebackBatchSize = 32
+    public var compressedWriteback = false
 
     /// Byte-exact sysfs texts of the counters, as ZramStats renders them.
     public var mmStatText: String { stats.mmStatText }
@@ -43,7 +49,9 @@ public struct DeviceSnapshot: Sendable, Equatable {
          ("bd_stat", bdStatText), ("disksize", "\(self.diskSize)\n"), ("comp_algorithm", compAlgorithmText),
          ("initstate", initialized ? "1\n" : "0\n"), ("mem_limit", "\(self.memLimit)\n"),
          ("mem_used_max", "\(self.memUsedMax)\n"), ("max_comp_streams", "\(streams)\n"),
-         ("classes", classesText)]
+         ("classes", classesText), ("backing_dev", (backingDev ?? "none") + "\n"),
+         ("writeback_limit", "\(writebackLimit)\n"), ("writeback_limit_enable", writebackLimitEnable ? "1\n" : "0\n"),
+         ("writeback_batch_size", "\(writebackBatchSize)\n"), ("compressed_writeback", compressedWriteback ? "1\n" : "0\n")]
     }
 
     /// Every counter by its sysfs name, in mm_stat/io_stat/debug_stat/bd_stat order (ZramStats.fields).

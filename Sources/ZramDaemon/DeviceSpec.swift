@@ -37,8 +37,16 @@ public struct DeviceSpec: Sendable, Equatable {
     public var mountPoint: String?
     /// swapon or mount options.
     public var options: String = "discard"
-    /// Accepted from zram-generator configs; writeback is not supported.
+    /// zram's backing_dev (zram-generator's writeback-device): a block device, or a regular file
+    /// (created sparse at the disk size if missing, and removed with the device); nil = none.
     public var writebackDevice: String?
+    /// zram's writeback_limit (4 KiB pages) and writeback_limit_enable.
+    public var writebackLimit: UInt64 = 0
+    public var writebackLimitEnable = false
+    /// zram's writeback_batch_size (above 0).
+    public var writebackBatchSize: UInt32 = 32
+    /// zram's compressed_writeback (7.0): pages go to the backing device compressed.
+    public var compressedWriteback = false
 
     public init(name: String, diskSize: UInt64) {
         self.name = name
@@ -125,6 +133,10 @@ public struct DeviceSpec: Sendable, Equatable {
         if let ids = tlsIdentities, ids.isEmpty || ids.contains(where: \.isEmpty) {
             throw .invalidValue("\(name): tls-identities needs at least one name")
         }
+        if let w = writebackDevice, !w.hasPrefix("/") {
+            throw .invalidValue("\(name): writeback-device '\(w)' is not an absolute path")
+        }
+        guard writebackBatchSize > 0 else { throw .invalidValue("\(name): writeback-batch-size must be above 0") }
         guard (-1...32767).contains(swapPriority) else {
             throw .invalidValue("\(name): swap priority \(swapPriority) is outside -1...32767")
         }

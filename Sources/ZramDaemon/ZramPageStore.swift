@@ -24,6 +24,15 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
             throw .device("\(spec.name): \(error)")
         }
         size = UInt64(device.diskSize)
+        do throws(ZramError) {
+            try device.setCompressedWriteback(spec.compressedWriteback)
+            try device.setWritebackBatchSize(spec.writebackBatchSize)
+            device.setWritebackLimit(spec.writebackLimit)
+            device.setWritebackLimitEnabled(spec.writebackLimitEnable)
+            if let path = spec.writebackDevice { try device.setBackingDevice(path) }
+        } catch {
+            throw .device("\(spec.name): \(ZramPageStore.describe(error))")
+        }
     }
 
     static func describe(_ e: ZramError) -> String {
@@ -46,8 +55,15 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
         s.streams = streams
         s.compAlgorithmText = device.compAlgorithmText
         if classes { s.classesText = device.classesText }
+        s.backingDev = device.backingDevicePath
+        s.writebackLimit = device.writebackLimit
+        s.writebackLimitEnable = device.writebackLimitEnabled
+        s.writebackBatchSize = device.writebackBatchSize
+        s.compressedWriteback = device.compressedWriteback
         return s
     }
+
+    func shutdown() { device.closeBackingDevice() }
 
     func compact() throws(DaemonError) -> UInt64 {
         do { return UInt64(try device.compact()) } catch { throw .device("\(device.name): \(ZramPageStore.describe(error))") }
@@ -67,4 +83,113 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
     func resetMemUsedMax() throws(DaemonError) { device.resetMemUsedMax() }
 
     var compactablePages: Int { device.compactablePages }
+}
+
+// MARK: zram's post-processing attributes (idle, writeback and its settings, backing_dev)
+
+extension ZramPageStore {
+    func writeAttribute(_ name: String, _ value: String) throws(DaemonError) -> [String] {
+        let fail = { [device] (m: String) in DaemonError.invalidValue("\(device.name): \(name): \(m)") }
+        /// The device's answer, its error in the daemon's words (`busy` as `busyMessage` says it).
+        func apply<T>(busyMessage: String? = nil, _ body: () throws(ZramError) -> T) throws(DaemonError) -> T {
+            do { return try body() } catch {
+                if error == .busy, let busyMessage { throw fail(busyMessage) }
+                throw .device("\(device.name): \(name): \(ZramPageStore.describe(error))")
+            }
+        }
+        switch name {
+        case "idle":
+            if value == "all" { try apply { () throws(ZramError) in try device.markIdle(olderThan: nil) }; return [] }
+            guard let age = KernelNumber.parse(value, base: 0), let seconds = UInt32(exactly: age) else {
+                throw fail("expected 'all' or an age in seconds, got '\(value)'")
+            }
+            try apply { () throws(ZramError) in try device.markIdle(olderThan: seconds) }
+            return []
+        case "writeback":
+            let report = try apply { () throws(ZramError) in
+                try device.writeback(try WritebackRequest.parse(value, pageCount: device.pageCount))
+            }
+            let line = Self.describe(report)
+            if let stop = report.stop { throw .device("\(device.name): \(line), then stopped: \(stop) (errno \(stop.errno))") }
+            return [line]
+        case "writeback_limit":
+            guard let pages = KernelNumber.parse(value, base: 10) else { throw fail("expected a number of 4 KiB pages, got '\(value)'") }
+            device.setWritebackLimit(pages)
+            return []
+        case "writeback_limit_enable":
+            guard let v = KernelNumber.parse(value, base: 10) else { throw fail("expected 0 or 1, got '\(value)'") }
+            device.setWritebackLimitEnabled(v != 0)
+            return []
+        case "writeback_batch_size":
+            guard let v = KernelNumber.parse(value, base: 10), let n = UInt32(exactly: v), n > 0 else {
+                throw fail("expected a number above 0, got '\(value)'")
+            }
+            try apply { () throws(ZramError) in try device.setWritebackBatchSize(n) }
+            return []
+        case "compressed_writeback":
+            guard let on = KernelNumber.parseBool(value) else { throw fail("expected 0 or 1, got '\(value)'") }
+            try apply(busyMessage: "pages are written back \(on ? "uncompressed" : "compressed"); it changes only while nothing is written back") {
+                () throws(ZramError) in try device.setCompressedWriteback(on)
+            }
+            return []
+        case "backing_dev":
+            try apply(busyMessage: "pages are on the current backing device; it changes only while nothing is written back") {
+                () throws(ZramError) in try device.setBackingDevice(value == "none" ? nil : value)
+            }
+            return []
+        case "block_state":
+            var range: Range<Int>? = nil
+            if !value.isEmpty {
+                let ends = value.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+                guard ends.count == 2, let lo = Int(ends[0]), let hi = Int(ends[1]), lo >= 0, lo <= hi, hi < Int.max else {
+                    throw fail("expected LO-HI page numbers, got '\(value)'")
+                }
+                range = lo..<(hi + 1)
+            }
+            return device.blockState(range).split(separator: "\n").map(String.init)
+        default:
+            throw fail("unknown attribute")
+        }
+    }
+
+    /// "wrote back 12034 pages (47.0 MiB, freed 18.2 MiB) in 0.41 s".
+    static func describe(_ r: WritebackReport) -> String {
+        var s = "wrote back \(r.written) pages (\(ByteSize.human(UInt64(r.written) * 4096)), freed \(ByteSize.human(UInt64(r.bytesFreed)))) in "
+            + StatusReport.fixed2(r.seconds) + " s"
+        if r.skipped > 0 { s += ", \(r.skipped) changed meanwhile and stayed" }
+        if r.failed > 0 { s += ", \(r.failed) failed to write and stayed" }
+        return s
+    }
+}
+
+/// Numbers as the kernel's sysfs parsers take them (kstrtoull, kstrtobool): an optional
+/// trailing newline, base 10 or, with base 0, C's 0x and 0 prefixes.
+enum KernelNumber {
+    static func parse(_ text: String, base: Int) -> UInt64? {
+        var t = Substring(text)
+        if t.hasSuffix("\n") { t = t.dropLast() }
+        if t.hasPrefix("+") { t = t.dropFirst() }
+        guard !t.isEmpty else { return nil }
+        if base == 0 {
+            if t.hasPrefix("0x") || t.hasPrefix("0X") { return UInt64(t.dropFirst(2), radix: 16) }
+            if t.hasPrefix("0") && t.count > 1 { return UInt64(t.dropFirst(), radix: 8) }
+        }
+        return UInt64(t, radix: 10)
+    }
+
+    /// kstrtobool: y/Y/t/T/1 and "on" are true, n/N/f/F/0 and "off" false (the first letters decide).
+    static func parseBool(_ text: String) -> Bool? {
+        let u = Array(text.utf8)
+        guard let c = u.first else { return nil }
+        switch c {
+        case UInt8(ascii: "y"), UInt8(ascii: "Y"), UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "1"): return true
+        case UInt8(ascii: "n"), UInt8(ascii: "N"), UInt8(ascii: "f"), UInt8(ascii: "F"), UInt8(ascii: "0"): return false
+        case UInt8(ascii: "o"), UInt8(ascii: "O"):
+            guard u.count > 1 else { return nil }
+            if u[1] | 0x20 == UInt8(ascii: "n") { return true }
+            if u[1] | 0x20 == UInt8(ascii: "f") { return false }
+            return nil
+        default: return nil
+        }
+    }
 }

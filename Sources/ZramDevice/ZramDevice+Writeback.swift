@@ -77,32 +77,32 @@ public struct WritebackRequest: Sendable, Equatable {
             if value.isEmpty || key == "type" {
                 let name = value.isEmpty ? key : value
                 guard let mode = WritebackMode(name: name) else {
-                    throw .invalidArgument("writeback: unknown type '\(name)' (idle, huge, huge_idle, incompressible)")
+                    throw .invalidArgument("unknown type '\(name)' (idle, huge, huge_idle, incompressible)")
                 }
                 r.scans.append(Scan(mode: mode, pages: range))
                 return r
             }
             switch key {
             case "page_index":
-                guard let lo = Int(value), lo >= 0 else { throw .invalidArgument("writeback: page_index=\(value) is not a page number") }
-                guard lo < pageCount else { throw .invalidArgument("writeback: page_index=\(lo) is past the last page (\(pageCount - 1))") }
+                guard let lo = Int(value), lo >= 0 else { throw .invalidArgument("page_index=\(value) is not a page number") }
+                guard lo < pageCount else { throw .invalidArgument("page_index=\(lo) is past the last page (\(pageCount - 1))") }
                 range = lo..<(lo + 1)
             case "page_indexes":
                 let ends = value.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
                 guard ends.count == 2, let lo = Int(ends[0]), let hi = Int(ends[1]), lo >= 0, hi >= 0 else {
-                    throw .invalidArgument("writeback: page_indexes=\(value) is not LO-HI")
+                    throw .invalidArgument("page_indexes=\(value) is not LO-HI")
                 }
                 guard lo < pageCount, hi < pageCount, lo <= hi else {
-                    throw .invalidArgument("writeback: page_indexes=\(value) is outside 0-\(pageCount - 1) or reversed")
+                    throw .invalidArgument("page_indexes=\(value) is outside 0-\(pageCount - 1) or reversed")
                 }
                 range = lo..<(hi + 1)
             default:
-                throw .invalidArgument("writeback: unknown key '\(key)' (type, page_index, page_indexes)")
+                throw .invalidArgument("unknown key '\(key)' (type, page_index, page_indexes)")
             }
             r.scans.append(Scan(mode: [], pages: range))
         }
         guard !r.scans.isEmpty else {
-            throw .invalidArgument("writeback: say what to write back: type=idle|huge|huge_idle|incompressible, page_index=N or page_indexes=LO-HI")
+            throw .invalidArgument("say what to write back: type=idle|huge|huge_idle|incompressible, page_index=N or page_indexes=LO-HI")
         }
         return r
     }

@@ -45,6 +45,9 @@ struct StatsTableTests {
             "# HELP zramnbd_failed_reads_total Read requests that failed (io_stat failed_reads).\n# TYPE zramnbd_failed_reads_total counter\nzramnbd_failed_reads_total{device=\"zram7\"} 11010\n" +
             "# HELP zramnbd_failed_writes_total Write requests that failed, e.g. at mem_limit (io_stat failed_writes).\n# TYPE zramnbd_failed_writes_total counter\nzramnbd_failed_writes_total{device=\"zram7\"} 12011\n" +
             "# HELP zramnbd_notify_free_total Pages freed by discard or write-zeroes (io_stat notify_free).\n# TYPE zramnbd_notify_free_total counter\nzramnbd_notify_free_total{device=\"zram7\"} 13012\n" +
+            "# HELP zramnbd_backing_pages Pages on the backing device (bd_stat bd_count).\n# TYPE zramnbd_backing_pages gauge\nzramnbd_backing_pages{device=\"zram7\"} 15014\n" +
+            "# HELP zramnbd_backing_reads_total Pages read from the backing device (bd_stat bd_reads).\n# TYPE zramnbd_backing_reads_total counter\nzramnbd_backing_reads_total{device=\"zram7\"} 16015\n" +
+            "# HELP zramnbd_backing_writes_total Pages written to the backing device (bd_stat bd_writes).\n# TYPE zramnbd_backing_writes_total counter\nzramnbd_backing_writes_total{device=\"zram7\"} 17016\n" +
             "# HELP zramnbd_device_info Device configuration; the value is always 1.\n# TYPE zramnbd_device_info gauge\n" +
             "zramnbd_device_info{device=\"zram7\",algorithm=\"zstd\",level=\"3\"} 1\n"
         #expect(PrometheusText.render([Self.snapshot()]) == expected)
@@ -66,7 +69,8 @@ struct StatsTableTests {
             "disksize", "level", "streams", "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
             "mem_used_max", "same_pages", "pages_compacted", "huge_pages", "huge_pages_since", "failed_reads",
             "failed_writes", "notify_free", "miss_free", "bd_count", "bd_reads", "bd_writes", "connections",
-            "chain_size", "swap_priority",
+            "chain_size", "swap_priority", "writeback_limit", "writeback_limit_enable", "writeback_batch_size",
+            "compressed_writeback",
         ])
     }
 
