@@ -133,6 +133,7 @@ extension ZramPageStore {
             }
             return []
         case "backing_dev":
+            guard value == "none" || value.hasPrefix("/") else { throw fail("'\(value)' is not an absolute path") }
             try apply(busyMessage: "pages are on the current backing device; it changes only while nothing is written back") {
                 () throws(ZramError) in try device.setBackingDevice(value == "none" ? nil : value)
             }

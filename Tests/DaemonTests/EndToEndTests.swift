@@ -20,12 +20,13 @@ final class RunningDaemon {
     let notify: NotifyListener
 
     /// `wrapper`: a command that runs the daemon (prlimit ...).
+    /// `deviceFlags: false`: the device comes from `extra` (a --config), not from flags.
     init(_ dir: TempDir, size: String = "64M", extra: [String] = [], lockMemory: Bool = false,
-         environment: [String: String] = [:], wrapper: [String] = []) throws {
+         environment: [String: String] = [:], wrapper: [String] = [], deviceFlags: Bool = true) throws {
         self.dir = dir
         notify = try NotifyListener(path: dir.file("notify.sock"))
-        var args = wrapper + [zramnbdBinary, "serve", "--device", "zram0", "--size", size, "--socket", dir.file("zram0.sock"),
-                    "--stats-dir", dir.file("stats"), "--control-socket", dir.file("control.sock"),
+        let device = deviceFlags ? ["--device", "zram0", "--size", size, "--socket", dir.file("zram0.sock"), "--stats-dir", dir.file("stats")] : []
+        var args = wrapper + [zramnbdBinary, "serve"] + device + ["--control-socket", dir.file("control.sock"),
                     "--stats-interval", "0.2", "--prometheus-file", dir.file("zramnbd.prom")] + extra
         if !lockMemory { args.append("--no-mlock") }
         process = try Subprocess(args, outputPrefix: dir.file("daemon"),
@@ -41,8 +42,8 @@ final class RunningDaemon {
         try Subprocess.run([zramnbdBinary] + args, outputPrefix: dir.file(tag))
     }
 
-    func ctl(_ args: [String]) throws -> CommandResult {
-        try zramnbd(["ctl", "--control-socket", control, "zram0"] + args, tag: "ctl")
+    func ctl(_ args: [String], device: String = "zram0") throws -> CommandResult {
+        try zramnbd(["ctl", "--control-socket", control, device] + args, tag: "ctl")
     }
 
     func statusJSON() throws -> String {
