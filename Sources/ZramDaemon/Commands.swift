@@ -82,6 +82,12 @@ struct Serve: ParsableCommand {
     var memLimit: String?
     @Option(help: ArgumentHelp("File or block device idle pages are written back to (zram's backing_dev); a missing file is created sparse and removed on exit.", valueName: "path"))
     var backingDev: String?
+    @Option(help: ArgumentHelp("Write back pages not read or written for this long (seconds, or 30m, 1h, 1d).", valueName: "duration"))
+    var writebackIdleAfter: String?
+    @Flag(help: "Write back idle pages when the kernel reports memory pressure (PSI).")
+    var writebackOnPressure = false
+    @Option(help: ArgumentHelp("Write back at most this much a day (zram's writeback_limit, refilled daily).", valueName: "size"))
+    var writebackDailyLimit: String?
     @Option(help: ArgumentHelp("Unix socket of the NBD export (default \(DaemonSettings.runDir)/NAME.sock).", valueName: "path"))
     var socket: String?
     @Option(help: ArgumentHelp("Also serve NBD over TCP on this address.", valueName: "host:port"))
@@ -220,6 +226,13 @@ struct Serve: ParsableCommand {
         }
         if let m = memLimit { spec.memLimit = try ByteSize.parse(m) }
         if let b = backingDev { spec.writebackDevice = ConfigFile.optionalPath(b) }
+        if let a = writebackIdleAfter {
+            do { spec.writebackPolicy.idleAfter = try ConfigFile.parseDuration(a) } catch {
+                throw .invalidValue("invalid --writeback-idle-after: \(error)")
+            }
+        }
+        spec.writebackPolicy.onPressure = writebackOnPressure
+        if let l = writebackDailyLimit { spec.writebackPolicy.dailyLimitPages = try ByteSize.parse(l) / 4096 }
         if let s = socket { spec.socket = ConfigFile.optionalPath(s) }
         if let l = listen {
             spec.listen = ConfigFile.optionalPath(l)
@@ -267,6 +280,9 @@ struct Serve: ParsableCommand {
         parts.append("chain-size=\(d.chainSize)")
         if d.memLimit > 0 { parts.append("mem-limit=\(d.memLimit)") }
         if let w = d.writebackDevice { parts.append("backing-dev=\(w)") }
+        if let a = d.writebackPolicy.idleAfter { parts.append("writeback-idle-after=\(a)s") }
+        if d.writebackPolicy.onPressure { parts.append("writeback-on-pressure") }
+        if let l = d.writebackPolicy.dailyLimitPages { parts.append("writeback-daily-limit=\(l * 4096)") }
         parts.append("socket=\(d.socket ?? "none")")
         if let l = d.listen { parts.append("listen=\(l)") }
         parts.append("stats-dir=\(d.statsDir ?? "none")")

@@ -161,6 +161,12 @@ public enum ConfigFile {
                 spec.writebackBatchSize = n
             case "compressed-writeback":
                 spec.compressedWriteback = try check { () throws(DaemonError) in try parseBool(v) }
+            case "writeback-idle-after":
+                spec.writebackPolicy.idleAfter = try check { () throws(DaemonError) in try parseDuration(v) }
+            case "writeback-on-pressure":
+                spec.writebackPolicy.onPressure = try check { () throws(DaemonError) in try parseBool(v) }
+            case "writeback-daily-limit":
+                spec.writebackPolicy.dailyLimitPages = try check { () throws(DaemonError) in try ByteSize.parse(v) } / 4096
             case "socket": spec.socket = optionalPath(v)
             case "listen":
                 spec.listen = optionalPath(v)
@@ -273,6 +279,19 @@ public enum ConfigFile {
     }
 
     static func optionalPath(_ v: String) -> String? { v.isEmpty || v == "none" ? nil : v }
+
+    /// Seconds, or a number with s, m, h or d ("90", "30m", "1h"); 1 s to 10 years, or "none".
+    static func parseDuration(_ v: String) throws(DaemonError) -> UInt32? {
+        if v == "none" || v.isEmpty { return nil }
+        let units: [Character: UInt64] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        var digits = Substring(v)
+        var unit: UInt64 = 1
+        if let last = v.last, let u = units[last] { unit = u; digits = digits.dropLast() }
+        guard let n = UInt64(digits), n > 0, n <= 315_360_000 / unit else {
+            throw .invalidValue("expected a duration like 90, 30m, 1h or 1d (at most 10 years), got '\(v)'")
+        }
+        return UInt32(n * unit)
+    }
 
     static func parseBool(_ v: String) throws(DaemonError) -> Bool {
         switch v.lowercased() {

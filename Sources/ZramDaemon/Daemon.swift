@@ -45,19 +45,22 @@ public final class Daemon {
             for p in SwapSafety.apply() { log.warning(p) }
         }
         let shared = SharedHost(host)
+        let policy = WritebackPolicy(log: log) { name in shared.with { $0.publish(named: name) } }
+        host.writebackPolicy = policy
         var control: ControlServer?
         var metrics: MetricsServer?
         var status = ""
         do {
             try host.preparePublishing()
             for spec in settings.devices { try host.add(spec) }
+            try policy.start()
             try host.exportUnclaimedSockets()
             if let path = settings.controlSocket { control = try ControlServer(path: path) }
             if let m = settings.metricsListen { metrics = try MetricsServer(address: try HostPort.parse(m)) }
             status = host.summary()
             log.info("ready: \(host.deviceNames.count) device(s)\(control.map { ", control socket " + $0.path } ?? "")")
             // From here on the host is shared with the workers.
-            try control?.start { request in shared.with { $0.handle(request) } }
+            try control?.start { request in shared.handle(request) }
             try metrics?.start { shared.with { $0.prometheusText() } }
         } catch {
             control?.close()
@@ -76,8 +79,9 @@ public final class Daemon {
         var nextWatchdog = notifier.watchdogInterval.map { SystemInfo.now() + $0 }
         if notifier.watchdogInterval != nil { notifier.notify("WATCHDOG=1") }
 
-        let pressure = settings.autoCompact ? MemoryPressure() : nil
-        if settings.autoCompact, pressure == nil { log.info("no PSI memory trigger: automatic compaction is off") }
+        let wantsPressure = settings.autoCompact || policy.needsPressureEvents
+        let pressure = wantsPressure ? MemoryPressure() : nil
+        if wantsPressure, pressure == nil { log.info("no PSI memory trigger: automatic compaction and writeback on pressure are off") }
 
         var fds = [pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0)]
         if let p = pressure { fds.append(pollfd(fd: p.fd, events: Int16(POLLPRI), revents: 0)) }
@@ -111,7 +115,8 @@ public final class Daemon {
                     log.warning("the PSI memory trigger failed: automatic compaction is off")
                     fds[1].fd = -1   // poll ignores it from now on
                 } else if fds[1].revents & Int16(POLLPRI) != 0 {
-                    shared.with { $0.compactUnderPressure() }
+                    policy.pressure()
+                    if settings.autoCompact { shared.with { $0.compactUnderPressure() } }
                 }
             }
 
@@ -148,5 +153,24 @@ final class SharedHost: @unchecked Sendable {   // @unchecked: `host` is only to
     @discardableResult
     func with<R>(_ body: (DeviceHost) -> R) -> R {
         lock.withLock { body(host) }
+    }
+
+    /// A control request. A long attribute write (a writeback of gigabytes) runs on the store
+    /// with the lock released: the store is thread-safe, and the host is needed only to find
+    /// it and to publish the result.
+    func handle(_ request: ControlRequest) -> ControlReply {
+        guard case .attribute(let name, let attribute, let words) = request, DeviceHost.longAttributes.contains(attribute) else {
+            return with { $0.handle(request) }
+        }
+        let found = with { h in Result { () throws(DaemonError) in try h.device(name).store } }
+        let store: any PageStore
+        switch found {
+        case .success(let s): store = s
+        case .failure(let e): return .error(e.description)
+        }
+        let result = Result { () throws(DaemonError) in try store.writeAttribute(attribute, words.joined(separator: " ")) }
+        return with { h in
+            do throws(DaemonError) { return .ok(try h.finishAttribute(name, attribute, words, result)) } catch { return .error(error.description) }
+        }
     }
 }

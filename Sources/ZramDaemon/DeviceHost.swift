@@ -73,6 +73,8 @@ public final class DeviceHost {
     /// Serves every device on activated sockets no device claimed (socket activation).
     private var sharedExport: (any ExportHandle)?
     var prometheusFile: String?
+    /// Runs the devices' writeback policies; nil = none (tests).
+    var writebackPolicy: WritebackPolicy?
     /// The open Prometheus file (its directory checked once), after the first publication.
     private var prometheus: PublishedFile?
     var log: Log
@@ -120,6 +122,7 @@ public final class DeviceHost {
             throw error
         }
         devices.append(d)
+        writebackPolicy?.register(spec.name, store: store, policy: spec.writebackPolicy)
         publish(d, force: true)
         log.info("\(spec.name): \(ByteSize.human(spec.diskSize)) \(spec.algorithm), exported on \(endpoints(spec))")
     }
@@ -130,6 +133,7 @@ public final class DeviceHost {
         if !force, let n = d.export?.activeConnections, n > 0 {
             throw .device("\(name) is in use by \(n) NBD connection(s); disconnect it first")
         }
+        writebackPolicy?.unregister(name)
         d.export?.stop()
         d.export = nil
         d.stats?.remove()
@@ -149,6 +153,7 @@ public final class DeviceHost {
     public func stopAll() {
         sharedExport?.stop()
         sharedExport = nil
+        writebackPolicy?.stop()
         for d in devices {
             d.export?.stop()
             d.export = nil
@@ -215,20 +220,30 @@ public final class DeviceHost {
             publish(d, force: true)
             return []
         case .attribute(let name, let attribute, let words):
-            let d = try device(name)
-            guard attribute != "block_state" else { return try d.store.writeAttribute(attribute, words.joined(separator: " ")) }
-            let what = "\(name): \(attribute) \(words.joined(separator: " "))"
-            do {
-                let lines = try d.store.writeAttribute(attribute, words.joined(separator: " "))
-                publish(d, force: true)
-                log.info(what + (lines.isEmpty ? "" : ": " + lines.joined(separator: "; ")))
-                return lines
-            } catch {
-                // A writeback that stopped early still moved pages: the files and the log show it.
-                publish(d, force: true)
-                log.info(error.description)
-                throw error
-            }
+            let store = try device(name).store
+            return try finishAttribute(name, attribute, words, Result { () throws(DaemonError) in
+                try store.writeAttribute(attribute, words.joined(separator: " "))
+            })
+        }
+    }
+
+    /// Attributes whose write walks the whole slot table or writes to disk: SharedHost runs them
+    /// without the host lock, so the stats, the watchdog and other requests go on meanwhile.
+    static let longAttributes: Set<String> = ["idle", "writeback", "block_state"]
+
+    /// After an attribute write: publish and log what it did (a writeback that stopped early
+    /// still moved pages), and return its lines or its error.
+    func finishAttribute(_ name: String, _ attribute: String, _ words: [String],
+                         _ result: Result<[String], DaemonError>) throws(DaemonError) -> [String] {
+        guard attribute != "block_state" else { return try result.get() }
+        if let d = devices.first(where: { $0.spec.name == name }) { publish(d, force: true) }
+        switch result {
+        case .success(let lines):
+            log.info("\(name): \(attribute) \(words.joined(separator: " "))" + (lines.isEmpty ? "" : ": " + lines.joined(separator: "; ")))
+            return lines
+        case .failure(let error):
+            log.info(error.description)
+            throw error
         }
     }
 
@@ -276,6 +291,11 @@ public final class DeviceHost {
     public func refreshStats(force: Bool = false) {
         for d in devices { publishFiles(d, force: force) }
         publishPrometheus()
+    }
+
+    /// Publishes one device's files (after a policy run); nothing if it is gone.
+    func publish(named name: String) {
+        if let d = devices.first(where: { $0.spec.name == name }) { publish(d, force: false) }
     }
 
     private func publish(_ d: HostedDevice, force: Bool) {

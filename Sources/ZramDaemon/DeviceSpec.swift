@@ -47,6 +47,19 @@ public struct DeviceSpec: Sendable, Equatable {
     public var writebackBatchSize: UInt32 = 32
     /// zram's compressed_writeback (7.0): pages go to the backing device compressed.
     public var compressedWriteback = false
+    /// When the daemon writes back on its own (WritebackPolicy.swift).
+    public var writebackPolicy = WritebackPolicy()
+
+    public struct WritebackPolicy: Sendable, Equatable {
+        /// writeback-idle-after: write back pages not accessed for this many seconds.
+        public var idleAfter: UInt32?
+        /// writeback-on-pressure: write back idle pages when PSI reports a memory stall.
+        public var onPressure = false
+        /// writeback-daily-limit, in 4 KiB pages: writeback_limit refilled to it every 24 hours.
+        public var dailyLimitPages: UInt64?
+        public init() {}
+        var isActive: Bool { idleAfter != nil || onPressure || dailyLimitPages != nil }
+    }
 
     public init(name: String, diskSize: UInt64) {
         self.name = name
@@ -137,6 +150,9 @@ public struct DeviceSpec: Sendable, Equatable {
             throw .invalidValue("\(name): writeback-device '\(w)' is not an absolute path")
         }
         guard writebackBatchSize > 0 else { throw .invalidValue("\(name): writeback-batch-size must be above 0") }
+        if writebackPolicy.isActive && writebackDevice == nil {
+            throw .invalidValue("\(name): writeback-idle-after, writeback-on-pressure and writeback-daily-limit need a writeback-device")
+        }
         guard (-1...32767).contains(swapPriority) else {
             throw .invalidValue("\(name): swap priority \(swapPriority) is outside -1...32767")
         }

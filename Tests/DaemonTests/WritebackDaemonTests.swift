@@ -125,3 +125,102 @@ struct WritebackDaemonTests {
         #expect(d.stop() == .exited(0))
     }
 }
+
+/// A store that records the attribute writes a policy makes.
+final class RecordingStore: PageStore, @unchecked Sendable {   // @unchecked: guarded by `lock`
+    private let lock = NSLockish()
+    private var writes: [String] = []
+    func snapshot(classes: Bool) -> DeviceSnapshot { DeviceSnapshot(name: "rec") }
+    func compact() throws(DaemonError) -> UInt64 { 0 }
+    func reset() throws(DaemonError) {}
+    func setMemLimit(_ bytes: UInt64) throws(DaemonError) {}
+    func resetMemUsedMax() throws(DaemonError) {}
+    var compactablePages: Int { 0 }
+    func writeAttribute(_ name: String, _ value: String) throws(DaemonError) -> [String] {
+        lock.with { writes.append("\(name) \(value)") }
+        return name == "writeback" ? ["wrote back 3 pages (12K, freed 8K) in 0.00 s"] : []
+    }
+    var recorded: [String] { lock.with { writes } }
+    /// Waits (polling, 10 s at most) until `count` writes are recorded.
+    func waitFor(_ count: Int) -> [String] {
+        for _ in 0..<1000 {
+            let r = recorded
+            if r.count >= count { return r }
+            var ts = timespec(tv_sec: 0, tv_nsec: 10_000_000)
+            nanosleep(&ts, nil)
+        }
+        return recorded
+    }
+}
+
+@Suite("writeback policies")
+struct WritebackPolicyTests {
+    @Test("memory pressure writes back idle pages at once (5-minute age by default), at most every 10 s per device")
+    func pressure() throws {
+        let policy = WritebackPolicy(log: Log(level: .error)) { _ in }
+        let store = RecordingStore()
+        var p = DeviceSpec.WritebackPolicy()
+        p.onPressure = true
+        policy.register("zram0", store: store, policy: p)
+        #expect(policy.needsPressureEvents)
+        try policy.start()
+        defer { policy.stop() }
+        policy.pressure()
+        #expect(store.waitFor(2) == ["idle 300", "writeback type=idle"])
+        policy.pressure()   // within 10 s of the last: nothing
+        policy.unregister("zram0")
+        policy.register("zram1", store: store, policy: p)
+        policy.pressure()
+        #expect(store.waitFor(4) == ["idle 300", "writeback type=idle", "idle 300", "writeback type=idle"])
+    }
+
+    @Test("the daily limit enables zram's writeback_limit and fills it at once")
+    func dailyLimit() throws {
+        let policy = WritebackPolicy(log: Log(level: .error)) { _ in }
+        let store = RecordingStore()
+        var p = DeviceSpec.WritebackPolicy()
+        p.dailyLimitPages = 256
+        policy.register("zram0", store: store, policy: p)
+        try policy.start()
+        defer { policy.stop() }
+        #expect(store.waitFor(2) == ["writeback_limit 256", "writeback_limit_enable 1"])
+    }
+
+    @Test("writeback-idle-after: the daemon writes back pages idle that long by itself, logs it, and keeps to the daily limit")
+    func idleAfter() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let d = try RunningDaemon(dir, extra: ["--backing-dev", dir.file("wb"), "--writeback-idle-after", "1",
+                                                "--writeback-daily-limit", "40K"])
+        #expect(dir.read("stats/writeback_limit_enable") == "1\n")
+        let client = try NBDClient(socket: d.socket)
+        #expect(client.write(Corpus().bytes, at: 0) == 0)
+        // Within a few seconds the pages are idle for 1 s, and the check (every second here) writes
+        // back as many as the day's budget allows: 40 KiB, 10 pages.
+        var count: UInt64 = 0
+        for _ in 0..<2000 where count < 10 {
+            count = UInt64(dir.read("stats/bd_stat")?.split(separator: " ").first ?? "0") ?? 0
+            if count < 10 { var ts = timespec(tv_sec: 0, tv_nsec: 10_000_000); nanosleep(&ts, nil) }
+        }
+        #expect(count == 10)
+        #expect(try d.ctl(["get", "writeback_limit"]).stdout == "0\n", "\(dir.read("daemon.stderr") ?? "")")
+        client.close()
+        #expect(d.stop() == .exited(0))
+        let log = dir.read("daemon.stderr") ?? ""
+        #expect(log.contains("zram0: daily writeback budget refilled to 10 pages"), "\(log)")
+        #expect(log.contains("zram0: idle for 1 s: wrote back 10 pages") && log.contains("then stopped: writeback_limit reached"), "\(log)")
+    }
+
+    @Test("policies need a backing device; durations read as zram-generator users write them")
+    func badPolicies() throws {
+        var spec = DeviceSpec(name: "zram0", diskSize: 1 << 20)
+        spec.writebackPolicy.idleAfter = 3600
+        #expect(throws: DaemonError.self) { try spec.validate() }
+        do { try spec.validate() } catch { #expect(error.description.contains("need a writeback-device")) }
+        #expect(try ConfigFile.parseDuration("90") == 90 && ConfigFile.parseDuration("30m") == 1800)
+        #expect(try ConfigFile.parseDuration("1d") == 86400 && ConfigFile.parseDuration("none") == nil)
+        for bad in ["soon", "0", "-5", "1w", "99999d"] {
+            #expect(throws: DaemonError.self, "\(bad)") { try ConfigFile.parseDuration(bad) }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+// What the kernel leaves to userspace: when to write back. Per device, from its spec:
+//   writeback-idle-after = DURATION   every minute (or DURATION, if shorter) mark the pages not
+//                                     read or written for DURATION idle, and write them back
+//   writeback-on-pressure = yes       when PSI reports a memory stall, do the same at once (the
+//                                     age is writeback-idle-after, or 5 minutes), at most every 10 s
+//   writeback-daily-limit = SIZE      a budget that wears the SSD less: zram's writeback_limit,
+//                                     enabled and refilled to SIZE every 24 hours
+// One thread runs them, on the stores directly (they are thread-safe), so the control loop, its
+// watchdog ping and the stats never wait for a disk.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Posix
+
+final class WritebackPolicy: @unchecked Sendable {   // @unchecked: the state is guarded by `lock`
+    /// One device's policy and when its parts are due (monotonic seconds).
+    private struct Entry {
+        let name: String
+        let store: any PageStore
+        let policy: DeviceSpec.WritebackPolicy
+        var nextIdle: Double
+        var nextRefill: Double
+        var lastPressure = -Double.infinity
+    }
+
+    static let pressureAge: UInt32 = 300
+    static let pressureInterval = 10.0
+    static let day = 86_400.0
+
+    private let lock = ConditionLock()
+    private var entries: [Entry] = []
+    private var pressured = false
+    private var stopped = false
+    private let log: Log
+    /// Runs after each policy run, to publish the device's stats (takes the host lock).
+    private let published: @Sendable (String) -> Void
+
+    init(log: Log, published: @escaping @Sendable (String) -> Void) {
+        self.log = log
+        self.published = published
+    }
+
+    /// The period of a device's idle check: a minute, or the age itself if shorter.
+    static func period(_ p: DeviceSpec.WritebackPolicy) -> Double { min(60, Double(max(1, p.idleAfter ?? 60))) }
+
+    /// Starts (or replaces) the policy of device `name`; a policy with nothing in it removes it.
+    func register(_ name: String, store: any PageStore, policy: DeviceSpec.WritebackPolicy) {
+        lock.withLock {
+            entries.removeAll { $0.name == name }
+            guard policy.isActive else { return }
+            let now = SystemInfo.now()
+            entries.append(Entry(name: name, store: store, policy: policy,
+                                 nextIdle: policy.idleAfter == nil ? .infinity : now + Self.period(policy), nextRefill: now))
+            lock.signal()
+        }
+    }
+
+    func unregister(_ name: String) {
+        lock.withLock { entries.removeAll { $0.name == name } }
+    }
+
+    /// PSI reported a memory stall.
+    func pressure() {
+        lock.withLock {
+            pressured = true
+            lock.signal()
+        }
+    }
+
+    var needsPressureEvents: Bool { lock.withLock { entries.contains { $0.policy.onPressure } } }
+
+    func start() throws(DaemonError) {
+        do { try Threads.spawn(name: "zramnbd-wb") { [self] in loop() } } catch {
+            throw .errno("start the writeback policy thread: \(error)")
+        }
+    }
+
+    func stop() {
+        lock.withLock {
+            stopped = true
+            lock.signal()
+        }
+    }
+
+    private enum Job {
+        case refill(UInt64)
+        case idle(UInt32, reason: String)
+    }
+
+    private func loop() {
+        while true {
+            // Pick what is due under the lock, run it without.
+            var jobs: [(String, any PageStore, Job)] = []
+            lock.withLock {
+                while !stopped {
+                    let now = SystemInfo.now()
+                    let pressure = pressured
+                    pressured = false
+                    for i in entries.indices {
+                        let p = entries[i].policy
+                        if let budget = p.dailyLimitPages, now >= entries[i].nextRefill {
+                            jobs.append((entries[i].name, entries[i].store, .refill(budget)))
+                            entries[i].nextRefill = now + Self.day
+                        }
+                        if pressure, p.onPressure, now - entries[i].lastPressure >= Self.pressureInterval {
+                            entries[i].lastPressure = now
+                            jobs.append((entries[i].name, entries[i].store, .idle(p.idleAfter ?? Self.pressureAge, reason: "memory pressure")))
+                        } else if let age = p.idleAfter, now >= entries[i].nextIdle {
+                            entries[i].nextIdle = now + Self.period(p)
+                            jobs.append((entries[i].name, entries[i].store, .idle(age, reason: "idle for \(age) s")))
+                        }
+                    }
+                    if !jobs.isEmpty { return }
+                    let next = entries.map { min($0.nextIdle, $0.policy.dailyLimitPages == nil ? .infinity : $0.nextRefill) }.min() ?? .infinity
+                    if next == .infinity { lock.wait() } else { _ = lock.wait(until: Clock.deadline(after: next - now)) }
+                }
+            }
+            if jobs.isEmpty { return }   // stopped
+            for (name, store, job) in jobs { run(name, store, job) }
+        }
+    }
+
+    private func run(_ name: String, _ store: any PageStore, _ job: Job) {
+        switch job {
+        case .refill(let pages):
+            do {
+                _ = try store.writeAttribute("writeback_limit", "\(pages)")
+                _ = try store.writeAttribute("writeback_limit_enable", "1")
+                log.info("\(name): daily writeback budget refilled to \(pages) pages (\(ByteSize.human(pages * 4096)))")
+            } catch {
+                log.warning("\(name): cannot refill the writeback budget: \(error)")
+            }
+        case .idle(let age, let reason):
+            do {
+                _ = try store.writeAttribute("idle", "\(age)")
+                let lines = try store.writeAttribute("writeback", "type=idle")
+                // Quiet when there was nothing to do: a check runs every minute.
+                if let line = lines.first, !line.hasPrefix("wrote back 0 pages") { log.info("\(name): \(reason): \(line)") }
+            } catch {
+                // The store's message starts with the device's name already.
+                let text = error.description
+                log.info("\(name): \(reason): " + (text.hasPrefix(name + ": ") ? String(text.dropFirst(name.count + 2)) : text))
+            }
+        }
+        published(name)
+    }
+}
