@@ -44,13 +44,15 @@ final class WritebackPolicy: @unchecked Sendable {   // @unchecked: the state is
     static func period(_ p: DeviceSpec.WritebackPolicy) -> Double { min(60, Double(max(1, p.idleAfter ?? 60))) }
 
     /// Starts (or replaces) the policy of device `name`; a policy with nothing in it removes it.
+    /// A daily budget is filled at once, so the device starts with it.
     func register(_ name: String, store: any PageStore, policy: DeviceSpec.WritebackPolicy) {
+        if let pages = policy.dailyLimitPages { run(name, store, .refill(pages), publish: false) }
         lock.withLock {
             entries.removeAll { $0.name == name }
             guard policy.isActive else { return }
             let now = SystemInfo.now()
             entries.append(Entry(name: name, store: store, policy: policy,
-                                 nextIdle: policy.idleAfter == nil ? .infinity : now + Self.period(policy), nextRefill: now))
+                                 nextIdle: policy.idleAfter == nil ? .infinity : now + Self.period(policy), nextRefill: now + Self.day))
             lock.signal()
         }
     }
@@ -120,7 +122,8 @@ final class WritebackPolicy: @unchecked Sendable {   // @unchecked: the state is
         }
     }
 
-    private func run(_ name: String, _ store: any PageStore, _ job: Job) {
+    /// Runs one job; `publish` afterwards unless it runs inside a host call (registration).
+    private func run(_ name: String, _ store: any PageStore, _ job: Job, publish: Bool = true) {
         switch job {
         case .refill(let pages):
             do {
@@ -142,6 +145,6 @@ final class WritebackPolicy: @unchecked Sendable {   // @unchecked: the state is
                 log.info("\(name): \(reason): " + (text.hasPrefix(name + ": ") ? String(text.dropFirst(name.count + 2)) : text))
             }
         }
-        published(name)
+        if publish { published(name) }
     }
 }
