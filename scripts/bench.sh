@@ -7,9 +7,10 @@
 #
 #   scripts/bench.sh [--quick] [--only WORKLOAD] [--out DIR] [--targets LIST] [--bin PATH] [--no-build]
 #     --quick          small corpora, sub-second fio runs: under a minute (the test suite runs it)
-#     --only W         seq | rand | latency | memory | scaling | tls | pool (seq and memory share one
-#                      pass; tls = unix vs TCP vs TCP+TLS (PSK) for zramnbd and nbdkit; pool = the
-#                      zsmalloc port's own micro-benchmark, zspool-bench, full runs only)
+#     --only W         seq | rand | latency | memory | scaling | tls | writeback | pool (seq and
+#                      memory share one pass; tls = unix vs TCP vs TCP+TLS (PSK) for zramnbd and
+#                      nbdkit; writeback = zramnbd-lz4 writing idle pages to a file on this disk;
+#                      pool = the zsmalloc port's own micro-benchmark, zspool-bench, full runs only)
 #     --out DIR        where report.txt, results.tsv and raw fio output go
 #                      (default /tmp/zramnbd-bench-<date>)
 #     --targets LIST   comma list out of kzram,nbdkit-zstd,nbdkit-sparse,zramnbd-lz4,zramnbd-zstd
@@ -41,7 +42,7 @@ while (($#)); do
 	esac
 	shift
 done
-case $ONLY in all|seq|rand|latency|memory|scaling|tls|pool) ;; *) echo "bench.sh: unknown workload $ONLY" >&2; exit 2 ;; esac
+case $ONLY in all|seq|rand|latency|memory|scaling|tls|writeback|pool) ;; *) echo "bench.sh: unknown workload $ONLY" >&2; exit 2 ;; esac
 want() { [[ $ONLY == all || $ONLY == "$1" ]]; }
 
 # Quick mode keeps every code path but the 2-job and split-CPU repeats, with sub-second fio runs
@@ -60,6 +61,7 @@ UNIX_URI="nbd+unix:///zram0?socket=$SOCK"   # zramnbd's export name; nbdkit memo
 URI=$UNIX_URI
 TRANSPORT=unix   # unix | tcp | tls (127.0.0.1:$PORT, TLS with the PSK in $PSK): tls_pass sets it
 NCPU=$(nproc)
+ZRAMNBD_EXTRA=()   # more zramnbd serve flags for the next start_target (writeback_pass)
 
 T_START=$EPOCHREALTIME
 log() { printf 'bench: %5.1fs %s\n' "$(awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" "$*" >&2; }
@@ -201,9 +203,9 @@ start_target() {   # start_target TARGET BYTES: a fresh, empty device of exactly
 		[[ $TRANSPORT == tls ]] && argv+=(--tls=require "--tls-psk=$PSK")
 		argv+=(memory "$size" "allocator=${t#nbdkit-}") ;;
 	zramnbd-lz4|zramnbd-zstd)
-		# Its own control socket (none): a system daemon or a test may hold the default one.
+		# Its own control socket: a system daemon or a test may hold the default one.
 		argv=("$BIN" serve --device zram0 --size "$size" --chain-size 8 --socket "$SOCK"
-			--stats-dir "$WORK/stats" --stats-interval 0.2 --control-socket none --no-mlock)
+			--stats-dir "$WORK/stats" --stats-interval 0.2 --control-socket "$WORK/ctl.sock" --no-mlock "${ZRAMNBD_EXTRA[@]}")
 		if [[ $t == zramnbd-lz4 ]]; then argv+=(--algorithm lz4); else argv+=(--algorithm zstd --level 3); fi
 		[[ $TRANSPORT != unix ]] && argv+=(--listen "127.0.0.1:$PORT")
 		[[ $TRANSPORT == tls ]] && argv+=(--tls=require --tls-psk "$PSK") ;;
@@ -403,6 +405,54 @@ tls_pass() {   # 7. the same device over the unix socket, TCP, and TCP with TLS 
 	TRANSPORT=unix URI=$UNIX_URI
 }
 
+writeback_pass() {   # 8. writeback of the real corpora to a file on this disk (zramnbd-lz4)
+	local t=$1 c name path bytes mode m0 m1 rss0 rss1 t0 t1 s pages during
+	[[ $t == zramnbd-lz4 ]] || return 0
+	for c in "${CORPORA[@]}"; do
+		IFS=: read -r name path bytes <<<"$c"
+		[[ $name == ext4 || $name == procmem ]] || continue
+		for mode in plain compressed; do
+			log "$t: $name: writeback ($mode) to $WORK/backing"
+			ZRAMNBD_EXTRA=(--backing-dev "$WORK/backing")
+			[[ $mode == compressed ]] && ZRAMNBD_EXTRA+=(--compressed-writeback)
+			start_target "$t" "$bytes" || { ZRAMNBD_EXTRA=(); continue; }
+			ZRAMNBD_EXTRA=()
+			write_corpus "$t" "$path"
+			m0=$(mm_stat_settled "$t" "$bytes"); rss0=$(rss_bytes "$SERVER")
+			local fsize=FIO_SIZE=$((bytes / 1048576))M
+			s=$(fio_run "$t" "wb.$name.$mode.ram" rand4k.fio RW=randread QD=1 JOBS=1 RUNTIME=$LAT_RUNTIME "$fsize") || true
+			put "$t" "wb.$name.$mode.ram.p50" "$(cut -d' ' -f3 <<<"$s")"; put "$t" "wb.$name.$mode.ram.p99" "$(cut -d' ' -f4 <<<"$s")"
+			# Reads of pages in RAM while the whole device is written back (started a moment later).
+			during=$WORK/during.txt
+			( fio_run "$t" "wb.$name.$mode.during" rand4k.fio RW=randread QD=1 JOBS=1 RUNTIME=$LAT_RUNTIME "$fsize" >"$during" ) &
+			local fio_pid=$!
+			sleep 0.5
+			"$BIN" ctl --control-socket "$WORK/ctl.sock" zram0 idle all
+			t0=$(now)
+			s=$("$BIN" ctl --control-socket "$WORK/ctl.sock" zram0 writeback type=idle) || broke "$t: ctl writeback failed: $s"
+			t1=$(now)
+			wait "$fio_pid" || true
+			put "$t" "wb.$name.$mode.during.p50" "$(cut -d' ' -f3 <"$during")"; put "$t" "wb.$name.$mode.during.p99" "$(cut -d' ' -f4 <"$during")"
+			pages=$(sed -n 's/^wrote back \([0-9]*\) pages.*/\1/p' <<<"$s")
+			m1=$(mm_stat "$t"); rss1=$(rss_bytes "$SERVER")
+			read -r -a a <<<"$m0"; read -r -a b <<<"$m1"
+			put "$t" "wb.$name.$mode.pages" "$pages"
+			put "$t" "wb.$name.$mode.mbs" "$(awk -v p="$pages" -v s="$(elapsed "$t0" "$t1")" 'BEGIN { printf "%.1f", p * 4096 / s / 1e6 }')"
+			put "$t" "wb.$name.$mode.freed_per_mib" "$(awk -v f=$((a[2] - b[2])) -v p="$pages" 'BEGIN { printf "%.3f", p ? f / (p * 4096) : 0 }')"
+			put "$t" "wb.$name.$mode.rss_freed_per_mib" "$(awk -v f=$((rss0 - rss1)) -v p="$pages" 'BEGIN { printf "%.3f", p ? f / (p * 4096) : 0 }')"
+			put "$t" "wb.$name.$mode.mem_used" "${a[2]} ${b[2]}"
+			local nb bs
+			read -r nb bs < <(stat -c '%b %B' "$WORK/backing")
+			put "$t" "wb.$name.$mode.backing_per_page" "$(awk -v b=$((nb * bs)) -v p="$pages" 'BEGIN { printf "%.0f", p ? b / p : 0 }')"
+			s=$(fio_run "$t" "wb.$name.$mode.back" rand4k.fio RW=randread QD=1 JOBS=1 RUNTIME=$LAT_RUNTIME "$fsize") || true
+			put "$t" "wb.$name.$mode.back.p50" "$(cut -d' ' -f3 <<<"$s")"; put "$t" "wb.$name.$mode.back.p99" "$(cut -d' ' -f4 <<<"$s")"
+			verify "$t" "$path"
+			stop_target "$t"
+			[[ -e $WORK/backing ]] && broke "$t: the backing file it created is still there after exit"
+		done
+	done
+}
+
 # ---------------------------------------------------------------- run
 if want tls; then
 	PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -417,6 +467,7 @@ for t in "${TARGETS[@]}"; do
 	if active "$t" && { want rand || want latency || want scaling; }; then rand_pass "$t"; fi
 	if active "$t" && want scaling; then scaling_pass "$t"; fi
 	if active "$t" && want tls && [[ $t == zramnbd-lz4 || $t == nbdkit-sparse ]]; then tls_pass "$t"; fi
+	if active "$t" && want writeback; then writeback_pass "$t"; fi
 done
 # 6. The pool alone (no compression, no NBD): the zsmalloc port's own numbers. Release build
 # only, so full runs only.

@@ -82,6 +82,8 @@ struct Serve: ParsableCommand {
     var memLimit: String?
     @Option(help: ArgumentHelp("File or block device idle pages are written back to (zram's backing_dev); a missing file is created sparse and removed on exit.", valueName: "path"))
     var backingDev: String?
+    @Flag(help: "Write pages back compressed, as they are stored (zram 7.0's compressed_writeback).")
+    var compressedWriteback = false
     @Option(help: ArgumentHelp("Write back pages not read or written for this long (seconds, or 30m, 1h, 1d).", valueName: "duration"))
     var writebackIdleAfter: String?
     @Flag(help: "Write back idle pages when the kernel reports memory pressure (PSI).")
@@ -232,6 +234,7 @@ struct Serve: ParsableCommand {
             }
         }
         spec.writebackPolicy.onPressure = writebackOnPressure
+        spec.compressedWriteback = compressedWriteback
         if let l = writebackDailyLimit { spec.writebackPolicy.dailyLimitPages = try ByteSize.parse(l) / 4096 }
         if let s = socket { spec.socket = ConfigFile.optionalPath(s) }
         if let l = listen {

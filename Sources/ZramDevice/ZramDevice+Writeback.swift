@@ -259,6 +259,8 @@ extension ZramDevice {
                 report.picked = count
                 writeBack(count, backing, storage, &report)
                 backing.releaseCandidates(count: count)
+                // The point of writeback is RAM: the pool's reserve of freed pages goes back too.
+                if report.written > 0 { storage.pool.trimReserve() }
                 report.bytesFreed = max(0, before - storage.pool.totalPages) << pageShift
                 return report
             }

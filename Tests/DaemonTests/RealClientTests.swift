@@ -65,6 +65,29 @@ import TestSupport
                      timeout: .seconds(960))
     }
 
+    /// Swap from the kernel client while the daemon writes idle pages back to a file on its own
+    /// (--writeback-idle-after 2): memfill's pages go out to swap, to the backing file, and back.
+    @Test(.timeLimit(.minutes(15)))
+    func linuxKernelClientSwapWithWriteback() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let daemon = try RunningDaemon(dir, size: "1G", extra: ["-v", "--handshake-limit", "0", "--backing-dev", dir.file("backing"),
+                                                                 "--writeback-idle-after", "2"])
+        let result = try Subprocess.run(["/bin/bash", Self.packageRoot + "/scripts/kernel-nbd.sh", daemon.socket,
+                                         Self.packageRoot + "/scripts/kernel-nbd/swap-writeback.sh"],
+                                        outputPrefix: dir.file("suite"),
+                                        environment: ["KNBD_EXPORT": "zram0", "KNBD_TIMEOUT": "800"], timeout: .seconds(840))
+        let lines = result.stdout.split(separator: "\n")
+        print(lines.last.map(String.init) ?? "(no output)")
+        #expect(result.succeeded, "\(lines.filter { $0.hasPrefix("FAIL") })\n\(result.stderr.suffix(2000))\n\(daemon.process.stderr.suffix(2000))")
+        if result.stdout.contains("SKIP") { return }
+        let show = try daemon.ctl(["show"]).stdout
+        print(show.split(separator: "\n").filter { $0.hasPrefix("bd_") }.joined(separator: " "))
+        let bd = { (k: String) in show.split(separator: "\n").first { $0.hasPrefix(k + "=") }.flatMap { UInt64($0.dropFirst(k.count + 1)) } ?? 0 }
+        #expect(bd("bd_writes") > 1000 && bd("bd_reads") > 1000, "\(show)")   // pages went to the file and came back
+        #expect(daemon.stop() == .exited(0))
+    }
+
     /// nbd-client's own TLS (GnuTLS, its userspace proxy in front of nbd.ko) against --tls=require
     /// with verified client certificates and an export limited to alice: ext4 on top.
     @Test(.timeLimit(.minutes(10)))

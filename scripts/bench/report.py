@@ -261,6 +261,26 @@ def table(path, only):
                 t.row(f"{tr} 4k rand{op}", {x: r.num(x, f"tls.{tr}.rand{op}") for x in TARGETS}, fmt_iops)
         t.render(out)
 
+    if want("writeback") and r.has("wb."):
+        out.append("8. Writeback (zramnbd-lz4, `idle all` then `writeback type=idle` of the whole corpus to a")
+        out.append("   sparse file on this disk, O_DIRECT; 4k random reads at QD1 with fio, microseconds)")
+        cols = [(c, m) for c in REAL_CORPORA for m in ("plain", "compressed")]
+        out.append("".ljust(34) + "".join(f"{c} {m}".rjust(20) for c, m in cols))
+        rows = [("pages written back", "pages", "{:.0f}"), ("writeback MB/s", "mbs", "{:.1f}"),
+                ("pool MiB freed per MiB written", "freed_per_mib", "{:.3f}"),
+                ("RSS MiB freed per MiB written", "rss_freed_per_mib", "{:.3f}"),
+                ("backing bytes per page", "backing_per_page", "{:.0f}"),
+                ("read p50 in RAM", "ram.p50", "{:.1f}"), ("read p99 in RAM", "ram.p99", "{:.1f}"),
+                ("read p50 during writeback", "during.p50", "{:.1f}"), ("read p99 during writeback", "during.p99", "{:.1f}"),
+                ("read p50 written back", "back.p50", "{:.1f}"), ("read p99 written back", "back.p99", "{:.1f}")]
+        for label, key, fmt in rows:
+            cells = []
+            for c, m in cols:
+                v = r.num("zramnbd-lz4", f"wb.{c}.{m}.{key}")
+                cells.append((fmt.format(v) if v is not None else "n/a").rjust(20))
+            out.append(label.ljust(34) + "".join(cells))
+        out.append("")
+
     verdicts(r, corpora).render(out)
     if r.notes:
         out.append("Notes")
