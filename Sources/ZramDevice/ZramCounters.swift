@@ -18,6 +18,8 @@ enum ZramCounter: Int, CaseIterable, Sendable {
     case bdCount
     case bdReads
     case bdWrites
+    case writebackRuns
+    case writebackBytesFreed
 
     /// How a counter's value is reported: as it is, or as a page count shown in bytes.
     enum Unit: Sendable {
@@ -41,6 +43,8 @@ enum ZramCounter: Int, CaseIterable, Sendable {
         case .bdCount: (\.bdCount, .count, false)
         case .bdReads: (\.bdReads, .count, false)
         case .bdWrites: (\.bdWrites, .count, false)
+        case .writebackRuns: (\.writebackRuns, .count, false)
+        case .writebackBytesFreed: (\.writebackBytesFreed, .count, false)
         }
     }
 }

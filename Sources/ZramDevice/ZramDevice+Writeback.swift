@@ -262,6 +262,8 @@ extension ZramDevice {
                 // The point of writeback is RAM: the pool's reserve of freed pages goes back too.
                 if report.written > 0 { storage.pool.trimReserve() }
                 report.bytesFreed = max(0, before - storage.pool.totalPages) << pageShift
+                counters.add(.writebackRuns)
+                counters.add(.writebackBytesFreed, report.bytesFreed)
                 return report
             }
         }

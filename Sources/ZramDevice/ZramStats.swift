@@ -26,6 +26,9 @@ public struct ZramStats: Sendable, Equatable {
     public var bdCount: UInt64 = 0
     public var bdReads: UInt64 = 0
     public var bdWrites: UInt64 = 0
+    // zramnbd's own (no sysfs file): writeback runs, by `ctl writeback` or a policy
+    public var writebackRuns: UInt64 = 0
+    public var writebackBytesFreed: UInt64 = 0
 
     public init() {}
 
@@ -97,6 +100,10 @@ public struct ZramStats: Sendable, Equatable {
                       help: "Pages read from the backing device (bd_stat bd_reads)."),
         ZramStatField("bd_writes", \.bdWrites, .bdStat, .counter, prometheus: "zramnbd_backing_writes_total",
                       help: "Pages written to the backing device (bd_stat bd_writes)."),
+        ZramStatField("writeback_runs", \.writebackRuns, .zramnbd, .counter, prometheus: "zramnbd_writeback_runs_total",
+                      help: "Writeback runs, by ctl writeback or a writeback policy (zramnbd's own)."),
+        ZramStatField("writeback_bytes_freed", \.writebackBytesFreed, .zramnbd, .counter, prometheus: "zramnbd_writeback_freed_bytes_total",
+                      help: "Pool memory writeback runs gave back (zramnbd's own)."),
     ]
 }
 
@@ -110,6 +117,8 @@ public struct ZramStatField: Sendable {
         case ioStat
         case debugStat
         case bdStat
+        /// In no sysfs file: zramnbd's own counters (stat.json, `status`, Prometheus).
+        case zramnbd
     }
 
     /// Prometheus's metric type: a gauge goes up and down, a counter only grows (until reset).

@@ -26,6 +26,8 @@ struct StatsTableTests {
         s.bdCount = 15014
         s.bdReads = 16015
         s.bdWrites = 17016
+        s.writebackRuns = 18017
+        s.writebackBytesFreed = 19018
         return s
     }
 
@@ -48,6 +50,8 @@ struct StatsTableTests {
             "# HELP zramnbd_backing_pages Pages on the backing device (bd_stat bd_count).\n# TYPE zramnbd_backing_pages gauge\nzramnbd_backing_pages{device=\"zram7\"} 15014\n" +
             "# HELP zramnbd_backing_reads_total Pages read from the backing device (bd_stat bd_reads).\n# TYPE zramnbd_backing_reads_total counter\nzramnbd_backing_reads_total{device=\"zram7\"} 16015\n" +
             "# HELP zramnbd_backing_writes_total Pages written to the backing device (bd_stat bd_writes).\n# TYPE zramnbd_backing_writes_total counter\nzramnbd_backing_writes_total{device=\"zram7\"} 17016\n" +
+            "# HELP zramnbd_writeback_runs_total Writeback runs, by ctl writeback or a writeback policy (zramnbd's own).\n# TYPE zramnbd_writeback_runs_total counter\nzramnbd_writeback_runs_total{device=\"zram7\"} 18017\n" +
+            "# HELP zramnbd_writeback_freed_bytes_total Pool memory writeback runs gave back (zramnbd's own).\n# TYPE zramnbd_writeback_freed_bytes_total counter\nzramnbd_writeback_freed_bytes_total{device=\"zram7\"} 19018\n" +
             "# HELP zramnbd_device_info Device configuration; the value is always 1.\n# TYPE zramnbd_device_info gauge\n" +
             "zramnbd_device_info{device=\"zram7\",algorithm=\"zstd\",level=\"3\"} 1\n"
         #expect(PrometheusText.render([Self.snapshot()]) == expected)
@@ -58,9 +62,9 @@ struct StatsTableTests {
         #expect(Self.snapshot().counters.map(\.name) == [
             "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max", "same_pages",
             "pages_compacted", "huge_pages", "huge_pages_since", "failed_reads", "failed_writes", "notify_free",
-            "miss_free", "bd_count", "bd_reads", "bd_writes",
+            "miss_free", "bd_count", "bd_reads", "bd_writes", "writeback_runs", "writeback_bytes_freed",
         ])
-        #expect(Self.snapshot().counters.map(\.value) == [2001, 3002, 4003, 5004, 6005, 7006, 8007, 9008, 10009, 11010, 12011, 13012, 14013, 15014, 16015, 17016])
+        #expect(Self.snapshot().counters.map(\.value) == [2001, 3002, 4003, 5004, 6005, 7006, 8007, 9008, 10009, 11010, 12011, 13012, 14013, 15014, 16015, 17016, 18017, 19018])
     }
 
     @Test("status --json prints the same keys as numbers")
@@ -68,7 +72,8 @@ struct StatsTableTests {
         #expect(StatusReport.numericKeys == [
             "disksize", "level", "streams", "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
             "mem_used_max", "same_pages", "pages_compacted", "huge_pages", "huge_pages_since", "failed_reads",
-            "failed_writes", "notify_free", "miss_free", "bd_count", "bd_reads", "bd_writes", "connections",
+            "failed_writes", "notify_free", "miss_free", "bd_count", "bd_reads", "bd_writes", "writeback_runs",
+            "writeback_bytes_freed", "connections",
             "chain_size", "swap_priority", "writeback_limit", "writeback_limit_enable", "writeback_batch_size",
             "compressed_writeback",
         ])

@@ -57,7 +57,10 @@ struct WritebackDaemonTests {
         #expect(back.succeeded, "\(back.stderr)")
         let bytes = try FileSystem.readBytes(dir.file("back.bin"))
         #expect(Array(bytes[0..<corpus.bytes.count]) == corpus.bytes)
-        #expect(try d.ctl(["show"]).stdout.contains("bd_reads=\(stored)"))
+        let show = try d.ctl(["show"]).stdout
+        #expect(show.contains("bd_reads=\(stored)") && show.contains("writeback_runs=1"))
+        #expect((dir.read("stats/stat.json") ?? "").contains("\"writeback_runs\":1,"))
+        #expect((dir.read("zramnbd.prom") ?? "").contains("zramnbd_writeback_runs_total{device=\"zram0\"} 1\n"))
         let state = try d.ctl(["block-state"]).stdout.split(separator: "\n")
         #expect(state.count == Corpus.pages)
         #expect(state.filter { $0.hasSuffix(" .w....") }.count == stored, "\(state.prefix(3))")
