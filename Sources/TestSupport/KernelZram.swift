@@ -133,6 +133,9 @@ public final class KernelZram {
 
     public func compact() throws(Failure) { try Self.writeText(sysfs + "/compact", "1") }
 
+    /// `echo VALUE > idle`: "all", or an age in seconds (this kernel has no access times, so EINVAL).
+    public func idle(_ value: String) throws(Failure) { try Self.writeText(sysfs + "/idle", value) }
+
     public func setMemLimit(_ bytes: Int) throws(Failure) { try Self.writeText(sysfs + "/mem_limit", String(bytes)) }
 
     public func mmStatText() throws(Failure) -> String { try Self.readText(sysfs + "/mm_stat") }
