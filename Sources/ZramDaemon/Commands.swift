@@ -84,6 +84,8 @@ struct Serve: ParsableCommand {
     var backingDev: String?
     @Flag(help: "Write pages back compressed, as they are stored (zram 7.0's compressed_writeback).")
     var compressedWriteback = false
+    @Flag(help: "With --compressed-writeback, pack several compressed pages into each backing block (beyond the kernel).")
+    var writebackPacking = false
     @Option(help: ArgumentHelp("Write back pages not read or written for this long (seconds, or 30m, 1h, 1d).", valueName: "duration"))
     var writebackIdleAfter: String?
     @Flag(help: "Write back idle pages when the kernel reports memory pressure (PSI).")
@@ -235,6 +237,7 @@ struct Serve: ParsableCommand {
         }
         spec.writebackPolicy.onPressure = writebackOnPressure
         spec.compressedWriteback = compressedWriteback
+        spec.writebackPacking = writebackPacking
         if let l = writebackDailyLimit { spec.writebackPolicy.dailyLimitPages = try ByteSize.parse(l) / 4096 }
         if let s = socket { spec.socket = ConfigFile.optionalPath(s) }
         if let l = listen {

@@ -161,6 +161,8 @@ public enum ConfigFile {
                 spec.writebackBatchSize = n
             case "compressed-writeback":
                 spec.compressedWriteback = try check { () throws(DaemonError) in try parseBool(v) }
+            case "writeback-packing":
+                spec.writebackPacking = try check { () throws(DaemonError) in try parseBool(v) }
             case "writeback-idle-after":
                 spec.writebackPolicy.idleAfter = try check { () throws(DaemonError) in try parseDuration(v) }
             case "writeback-on-pressure":

@@ -74,6 +74,8 @@ struct ControlAction: Sendable {
         attribute("writeback-batch-size", "N", arguments: 1...1, help: "pages written per batch (default 32)"),
         attribute("compressed-writeback", "0|1", arguments: 1...1,
                   help: "write pages back compressed (zram 7.0); only while nothing is written back"),
+        attribute("writeback-packing", "0|1", arguments: 1...1,
+                  help: "with compressed-writeback, pack several pages into each backing block (zramnbd's own)"),
         attribute("backing-dev", "PATH|none", arguments: 1...1,
                   help: "the file or block device pages are written back to; a missing file is created "
                       + "sparse and removed with the device"),

@@ -278,7 +278,7 @@ public final class DeviceHost {
             ("chain_size", "\(d.spec.chainSize)"),
             ("backing_dev", s.backingDev ?? "none"), ("writeback_limit", "\(s.writebackLimit)"),
             ("writeback_limit_enable", s.writebackLimitEnable ? "1" : "0"), ("writeback_batch_size", "\(s.writebackBatchSize)"),
-            ("compressed_writeback", s.compressedWriteback ? "1" : "0"),
+            ("compressed_writeback", s.compressedWriteback ? "1" : "0"), ("writeback_packing", s.writebackPacking ? "1" : "0"),
             ("swap_priority", "\(d.spec.swapPriority)"), ("fs_type", d.spec.effectiveFsType),
             ("mount_point", d.spec.mountPoint ?? ""), ("options", d.spec.options),
             ("nbd_device", d.nbdDevice ?? ""), ("mountpoint", MountTable.usage(of: d.nbdDevice)),

@@ -22,6 +22,8 @@ public struct DeviceSnapshot: Sendable, Equatable {
     public var writebackLimitEnable = false
     public var writebackBatchSize = 32
     public var compressedWriteback = false
+    /// zramnbd's own: compressed pages share backing blocks (no sysfs file; `show` has it).
+    public var writebackPacking = false
 
     /// Byte-exact sysfs texts of the counters, as ZramStats renders them.
     public var mmStatText: String { stats.mmStatText }

@@ -47,6 +47,8 @@ public struct DeviceSpec: Sendable, Equatable {
     public var writebackBatchSize: UInt32 = 32
     /// zram's compressed_writeback (7.0): pages go to the backing device compressed.
     public var compressedWriteback = false
+    /// Beyond the kernel: with compressed writeback, several objects share a backing block.
+    public var writebackPacking = false
     /// When the daemon writes back on its own (WritebackPolicy.swift).
     public var writebackPolicy = WritebackPolicy()
 

@@ -26,6 +26,7 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
         size = UInt64(device.diskSize)
         do throws(ZramError) {
             try device.setCompressedWriteback(spec.compressedWriteback)
+            try device.setWritebackPacking(spec.writebackPacking)
             try device.setWritebackBatchSize(spec.writebackBatchSize)
             device.setWritebackLimit(spec.writebackLimit)
             device.setWritebackLimitEnabled(spec.writebackLimitEnable)
@@ -60,6 +61,7 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
         s.writebackLimitEnable = device.writebackLimitEnabled
         s.writebackBatchSize = device.writebackBatchSize
         s.compressedWriteback = device.compressedWriteback
+        s.writebackPacking = device.writebackPacking
         return s
     }
 
@@ -130,6 +132,12 @@ extension ZramPageStore {
             guard let on = KernelNumber.parseBool(value) else { throw fail("expected 0 or 1, got '\(value)'") }
             try apply(busyMessage: "pages are written back \(on ? "uncompressed" : "compressed"); it changes only while nothing is written back") {
                 () throws(ZramError) in try device.setCompressedWriteback(on)
+            }
+            return []
+        case "writeback_packing":
+            guard let on = KernelNumber.parseBool(value) else { throw fail("expected 0 or 1, got '\(value)'") }
+            try apply(busyMessage: "pages are written back \(on ? "unpacked" : "packed"); it changes only while nothing is written back") {
+                () throws(ZramError) in try device.setWritebackPacking(on)
             }
             return []
         case "backing_dev":

@@ -3,14 +3,23 @@ import Posix
 import Synchronization
 
 /// zram's backing device (`backing_dev`): the block file written-back pages live in, its
-/// allocation bitmap (one bit per 4 KiB block: 32 KiB of memory per GiB of backing store, reserved
-/// and committed only where blocks were used), and the working memory of a writeback run, all
-/// allocated here, at setup, so a writeback under memory pressure allocates nothing.
+/// allocation bitmap (one bit per 4 KiB block) and a reference count per block (2 bytes: the
+/// slots stored in it, more than one when objects are packed), together 2.03 bytes per 4 KiB,
+/// 520 KiB per GiB of backing store, reserved and committed only where blocks were used; and
+/// the working memory of a writeback run, allocated here, at setup, so a writeback under memory
+/// pressure allocates nothing but the pages its candidate list touches.
+///
+/// A written-back slot's handle is `block << 12 | offset`: the block, and where its object
+/// starts in it (0 unless packed).
 final class Backing: @unchecked Sendable {   // @unchecked: the bitmap is atomics; run state is used under ZramDevice's run lock
     let file: BlockFile
     var blockCount: Int { file.blockCount }
     private let bitmap: UnsafeMutablePointer<Atomic<UInt64>>
     private let bitmapBytes: Int
+    private let refs: UnsafeMutablePointer<Atomic<UInt16>>
+    private let refBytes: Int
+    /// bd_count lives here: a block counts from its reservation to its release, as in zram.
+    private let counters: ZramCounters
     /// Next-fit search start. Only a writeback run reserves blocks, and runs are serialized.
     private var searchFrom = 0
 
@@ -24,9 +33,11 @@ final class Backing: @unchecked Sendable {   // @unchecked: the bitmap is atomic
     let pages: UnsafeMutableRawPointer
     let iovecs: UnsafeMutablePointer<iovec>
 
-    init(file: BlockFile, pageCount: Int) throws(ZramError) {
+    init(file: BlockFile, pageCount: Int, counters: ZramCounters) throws(ZramError) {
         self.file = file
+        self.counters = counters
         bitmapBytes = max(8, (file.blockCount + 63) / 64 * 8)
+        refBytes = max(2, file.blockCount * 2)
         candidateBytes = max(4, pageCount * 4)
         do {
             bitmap = try VirtualMemory.reserve(byteCount: bitmapBytes).bindMemory(to: Atomic<UInt64>.self, capacity: bitmapBytes / 8)
@@ -34,14 +45,22 @@ final class Backing: @unchecked Sendable {   // @unchecked: the bitmap is atomic
             throw .outOfMemory("cannot map the backing device's bitmap (\(bitmapBytes) bytes): \(error)")
         }
         do {
+            refs = try VirtualMemory.reserve(byteCount: refBytes).bindMemory(to: Atomic<UInt16>.self, capacity: refBytes / 2)
+        } catch {
+            VirtualMemory.unmap(UnsafeMutableRawPointer(bitmap), byteCount: bitmapBytes)
+            throw .outOfMemory("cannot map the backing device's block counts (\(refBytes) bytes): \(error)")
+        }
+        do {
             candidates = try VirtualMemory.reserve(byteCount: candidateBytes).bindMemory(to: UInt32.self, capacity: candidateBytes / 4)
         } catch {
             VirtualMemory.unmap(UnsafeMutableRawPointer(bitmap), byteCount: bitmapBytes)
+            VirtualMemory.unmap(UnsafeMutableRawPointer(refs), byteCount: refBytes)
             throw .outOfMemory("cannot map the writeback candidate list (\(candidateBytes) bytes): \(error)")
         }
         var raw: UnsafeMutableRawPointer?
         guard posix_memalign(&raw, pageSize, Self.maxBatch * pageSize) == 0, let mem = raw else {
             VirtualMemory.unmap(UnsafeMutableRawPointer(bitmap), byteCount: bitmapBytes)
+            VirtualMemory.unmap(UnsafeMutableRawPointer(refs), byteCount: refBytes)
             VirtualMemory.unmap(UnsafeMutableRawPointer(candidates), byteCount: candidateBytes)
             throw .outOfMemory("cannot allocate the writeback buffers (\(Self.maxBatch * pageSize) bytes)")
         }
@@ -54,6 +73,7 @@ final class Backing: @unchecked Sendable {   // @unchecked: the bitmap is atomic
     deinit {
         file.close(removing: true)
         VirtualMemory.unmap(UnsafeMutableRawPointer(bitmap), byteCount: bitmapBytes)
+        VirtualMemory.unmap(UnsafeMutableRawPointer(refs), byteCount: refBytes)
         VirtualMemory.unmap(UnsafeMutableRawPointer(candidates), byteCount: candidateBytes)
         free(pages)
         iovecs.deallocate()
@@ -75,6 +95,7 @@ final class Backing: @unchecked Sendable {   // @unchecked: the bitmap is atomic
                 let before = bitmap[w].bitwiseOr(1 << UInt64(bit), ordering: .acquiringAndReleasing).oldValue
                 if before & (1 << UInt64(bit)) == 0 {
                     searchFrom = block + 1 < blockCount ? block + 1 : 0
+                    counters.add(.bdCount)
                     return block
                 }
                 free &= free - 1
@@ -83,16 +104,43 @@ final class Backing: @unchecked Sendable {   // @unchecked: the bitmap is atomic
         return nil
     }
 
-    /// Gives a block back (any thread: a free, an overwrite or a discard of a written-back page).
+    /// Gives a reserved block back (a run that did not use it, or its last slot's release).
     func releaseBlock(_ block: Int) {
         guard block >= 0, block < blockCount else { return }
         bitmap[block / 64].bitwiseAnd(~(1 << UInt64(block % 64)), ordering: .acquiringAndReleasing)
+        counters.subtract(.bdCount)
+    }
+
+    /// A written block's first reference: the run's own, held while its slots switch over.
+    func hold(_ block: Int) { refs[block].store(1, ordering: .releasing) }
+
+    /// One more slot stored in `block` (its slot lock held, the run's hold in place).
+    func retain(_ block: Int) { refs[block].add(1, ordering: .acquiringAndReleasing) }
+
+    /// One reference fewer (any thread: a free, an overwrite or a discard of a written-back
+    /// page, or the run letting go); the last one releases the block.
+    func release(_ block: Int) {
+        guard block >= 0, block < blockCount else { return }
+        if refs[block].subtract(1, ordering: .acquiringAndReleasing).oldValue == 1 { releaseBlock(block) }
     }
 
     /// Every block free again (reset; no I/O runs).
     func releaseAll() {
         releaseToOS(UnsafeMutableRawPointer(bitmap), byteCount: bitmapBytes)
+        releaseToOS(UnsafeMutableRawPointer(refs), byteCount: refBytes)
         searchFrom = 0
+    }
+
+    /// Blocks reserved now (a census: what bd_count should be).
+    func blocksInUse() -> Int {
+        var n = 0
+        for w in 0..<(bitmapBytes / 8) { n += bitmap[w].load(ordering: .relaxed).nonzeroBitCount }
+        return n
+    }
+
+    static func handle(block: Int, offset: Int) -> UInt64 { UInt64(block) << 12 | UInt64(offset) }
+    static func location(_ handle: UInt64) -> (block: Int, offset: Int) {
+        (Int(truncatingIfNeeded: handle >> 12), Int(handle & 4095))
     }
 
     /// A run is over: the candidate list's pages go back to the OS.

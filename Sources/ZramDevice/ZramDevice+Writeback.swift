@@ -15,6 +15,8 @@ final class WritebackSettings: Sendable {
     let batchSize = Atomic<UInt32>(32)
     /// Write the compressed object as it is and decompress on read (zram 7.0).
     let compressed = Atomic<Bool>(false)
+    /// Beyond the kernel: with compressed writeback, several objects share a block.
+    let packing = Atomic<Bool>(false)
 
     /// Takes one page of budget if the limit is on; false when it is on and spent (zram: -EIO).
     func take() -> Bool {
@@ -163,7 +165,7 @@ extension ZramDevice {
             do { file = try BlockFile.open(path, createBytes: diskSize) } catch {
                 throw .invalidArgument("backing device \(error)")
             }
-            do { new = try Backing(file: file, pageCount: pageCount) } catch {
+            do { new = try Backing(file: file, pageCount: pageCount, counters: counters) } catch {
                 file.close(removing: true)
                 throw error
             }
@@ -214,6 +216,17 @@ extension ZramDevice {
         try runLock.withLock { () throws(ZramError) in
             guard counters.load(.bdCount) == 0 || compressedWriteback == on else { throw .busy }
             writebackSettings.compressed.store(on, ordering: .relaxed)
+        }
+    }
+
+    public var writebackPacking: Bool { writebackSettings.packing.load(ordering: .relaxed) }
+
+    /// Beyond the kernel: pack compressed objects into shared backing blocks (used with
+    /// compressed writeback); refused with `busy` while pages are written back the other way.
+    public func setWritebackPacking(_ on: Bool) throws(ZramError) {
+        try runLock.withLock { () throws(ZramError) in
+            guard counters.load(.bdCount) == 0 || writebackPacking == on else { throw .busy }
+            writebackSettings.packing.store(on, ordering: .relaxed)
         }
     }
 
@@ -330,50 +343,67 @@ extension ZramDevice {
         return out
     }
 
-    /// Writes the listed slots back in batches of writeback_batch_size (at most Backing.maxBatch):
-    /// each page copied out under its slot lock, the batch written with one call per run of
-    /// consecutive blocks, then each slot switched to its block if nothing touched it meanwhile.
+    /// One batch of a run: pages (`backing.page(i)`) with their blocks, and the slots copied
+    /// into them. Without packing every slot has a page of its own; with it (compressed writeback
+    /// only) objects follow each other in a page until the next one does not fit.
+    private struct Batch {
+        var blocks: [Int] = []
+        /// Bytes used in the last page.
+        var used = 0
+        var entries: [(index: Int, page: Int, offset: Int)] = []
+        var lastPageIsEmpty: Bool { entries.last?.page != blocks.count - 1 }
+    }
+
+    /// Writes the listed slots back in batches of writeback_batch_size pages (at most
+    /// Backing.maxBatch): each page or object copied out under its slot lock, the batch written
+    /// with one call per run of consecutive blocks, then each slot switched to its block if
+    /// nothing touched it meanwhile. The budget and the blocks are taken per 4 KiB block, as
+    /// zram takes them per page.
     private func writeBack(_ count: Int, _ backing: Backing, _ b: Storage, _ report: inout WritebackReport) {
         let settings = writebackSettings
         let compressed = settings.compressed.load(ordering: .relaxed)
+        let packing = compressed && settings.packing.load(ordering: .relaxed)
         let batchLimit = max(1, min(Int(settings.batchSize.load(ordering: .relaxed)), Backing.maxBatch))
-        var batch: [(index: Int, block: Int)] = []
-        batch.reserveCapacity(Backing.maxBatch)
-        var spare: Int? = nil   // a block reserved for a pick that turned out stale
+        var batch = Batch()
+        batch.blocks.reserveCapacity(Backing.maxBatch)
+        batch.entries.reserveCapacity(Backing.maxBatch * 8)
         var i = 0
         while i < count {
             let index = Int(backing.candidates[i])
+            // A page of its own (the open one if a stale pick left it empty), or room in it.
+            let need = packing ? max(1, slots.peekFlags(index).objectSize) : pageSize
+            let fits = !batch.blocks.isEmpty && (packing ? batch.used + need <= pageSize : batch.lastPageIsEmpty)
+            if !fits {
+                if batch.blocks.count == batchLimit, let e = submit(&batch, backing, b, &report) { report.stop = .writeError(e) }
+                guard settings.take() else {
+                    report.stop = .limitReached
+                    break
+                }
+                guard let block = backing.reserveBlock() else {
+                    settings.refund()
+                    report.stop = .backingFull
+                    break
+                }
+                batch.blocks.append(block)
+                batch.used = 0
+                if packing { memset(backing.page(batch.blocks.count - 1), 0, pageSize) }
+            }
             i += 1
-            guard settings.take() else {
-                report.stop = .limitReached
-                unpick(index)
-                break
-            }
-            guard let block = spare ?? backing.reserveBlock() else {
-                settings.refund()
-                report.stop = .backingFull
-                unpick(index)
-                break
-            }
-            spare = nil
-            let f = slots.lock(index)
-            guard f.isPicked, copyOut(index, f, into: backing.page(batch.count), compressed: compressed, b) else {
-                var g = f
-                g.isPicked = false
-                slots.unlock(index, flags: g)
-                settings.refund()
-                spare = block
+            let page = batch.blocks.count - 1
+            var f = slots.lock(index)
+            let size = packing ? f.objectSize : pageSize
+            guard f.isPicked, batch.used + size <= pageSize,
+                  copyOut(index, f, into: backing.page(page) + batch.used, compressed: compressed, zeroTail: !packing, b) else {
+                f.isPicked = false
+                slots.unlock(index, flags: f)
                 report.skipped += 1
                 continue
             }
             slots.unlock(index, flags: f)
-            batch.append((index, block))
-            if batch.count == batchLimit {
-                if let e = submit(&batch, backing, b, &report) { report.stop = .writeError(e) }
-            }
+            batch.entries.append((index, page, batch.used))
+            batch.used += size
         }
-        if !batch.isEmpty, let e = submit(&batch, backing, b, &report) { report.stop = .writeError(e) }
-        if let spare { backing.releaseBlock(spare) }
+        if !batch.blocks.isEmpty, let e = submit(&batch, backing, b, &report) { report.stop = .writeError(e) }
         while i < count {   // stopped early: the rest lose their pick
             unpick(Int(backing.candidates[i]))
             i += 1
@@ -386,70 +416,86 @@ extension ZramDevice {
         slots.unlock(index, flags: f)
     }
 
-    /// The page (or, with compressed writeback, the stored object) into `page`; slot lock held.
-    private func copyOut(_ index: Int, _ f: SlotFlags, into page: UnsafeMutableRawPointer, compressed: Bool, _ b: Storage) -> Bool {
+    /// The page (or, with compressed writeback, the stored object) into `out`; slot lock held.
+    private func copyOut(_ index: Int, _ f: SlotFlags, into out: UnsafeMutableRawPointer, compressed: Bool,
+                         zeroTail: Bool, _ b: Storage) -> Bool {
         if compressed {
-            // zram's read_from_zspool_raw: the object as stored, the rest of the block zeroed.
+            // zram's read_from_zspool_raw: the object as stored (the rest of the block zeroed).
             let size = f.objectSize
-            b.pool.read(slots.handle(index), into: page, count: size)
-            if size < pageSize { memset(page + size, 0, pageSize - size) }
+            b.pool.read(slots.handle(index), into: out, count: size)
+            if zeroTail && size < pageSize { memset(out + size, 0, pageSize - size) }
             return true
         }
-        do { try load(index, f, into: page, b, stream: nil) } catch { return false }
+        do { try load(index, f, into: out, b, stream: nil) } catch { return false }
         return true
     }
 
-    /// Writes the batch and completes each entry (zram_writeback_complete). Returns the last errno.
-    private func submit(_ batch: inout [(index: Int, block: Int)], _ backing: Backing, _ b: Storage,
-                        _ report: inout WritebackReport) -> Int32? {
-        var failure: Int32? = nil
-        var runStart = 0
-        while runStart < batch.count {
-            var runEnd = runStart + 1
-            while runEnd < batch.count && batch[runEnd].block == batch[runEnd - 1].block + 1 { runEnd += 1 }
-            for k in runStart..<runEnd {
-                backing.iovecs[k - runStart] = iovec(iov_base: backing.page(k), iov_len: pageSize)
-            }
-            let e = backing.file.write(firstBlock: batch[runStart].block, backing.iovecs, count: runEnd - runStart)
-            if e == 0 { backing.file.dropCache(firstBlock: batch[runStart].block, count: runEnd - runStart) }
-            for k in runStart..<runEnd {
-                let (index, block) = batch[k]
-                guard e == 0 else {
-                    writebackSettings.refund()
-                    backing.releaseBlock(block)
-                    unpick(index)
-                    report.failed += 1
-                    continue
-                }
-                counters.add(.bdWrites)
-                var f = slots.lock(index)
-                guard f.isPicked else {
-                    // Read, rewritten or freed while being written: the block is not its page.
-                    backing.releaseBlock(block)
-                    slots.unlock(index, flags: f)
-                    report.skipped += 1
-                    continue
-                }
-                // slot_free, then ZRAM_WB: the access time restarts at 0, as in the kernel.
-                let keep = f
-                freeContents(index, f, b)
-                f = .empty
-                f.isWrittenBack = true
-                if writebackSettings.compressed.load(ordering: .relaxed) {
-                    f.objectSize = keep.objectSize
-                    f.isHuge = keep.isHuge
-                    f.priority = keep.priority
-                }
-                slots.setHandle(index, UInt64(block))
-                counters.add(.pagesStored)
-                counters.add(.bdCount)
-                slots.unlock(index, flags: f)
-                report.written += 1
-            }
-            if e != 0 { failure = e }
-            runStart = runEnd
+    /// Writes the batch and completes each slot (zram_writeback_complete). Returns the last errno.
+    private func submit(_ batch: inout Batch, _ backing: Backing, _ b: Storage, _ report: inout WritebackReport) -> Int32? {
+        defer { batch = Batch(blocks: [], used: 0, entries: []); batch.blocks.reserveCapacity(Backing.maxBatch) }
+        if batch.lastPageIsEmpty, let block = batch.blocks.popLast() {   // opened for picks that went stale
+            backing.releaseBlock(block)
+            writebackSettings.refund()
         }
-        batch.removeAll(keepingCapacity: true)
+        let blocks = batch.blocks
+        var written = [Bool](repeating: true, count: blocks.count)
+        var failure: Int32? = nil
+        var first = 0
+        while first < blocks.count {
+            var end = first + 1
+            while end < blocks.count && blocks[end] == blocks[end - 1] + 1 { end += 1 }
+            for k in first..<end { backing.iovecs[k - first] = iovec(iov_base: backing.page(k), iov_len: pageSize) }
+            let e = backing.file.write(firstBlock: blocks[first], backing.iovecs, count: end - first)
+            if e == 0 {
+                backing.file.dropCache(firstBlock: blocks[first], count: end - first)
+                counters.add(.bdWrites, end - first)
+            } else {
+                failure = e
+                for k in first..<end { written[k] = false }
+            }
+            first = end
+        }
+        // The run holds each block while its slots switch over, so a slot freed meanwhile
+        // cannot release a block that more slots are about to point at.
+        for (k, block) in blocks.enumerated() where written[k] { backing.hold(block) }
+        let keepObject = writebackSettings.compressed.load(ordering: .relaxed)
+        for (index, page, offset) in batch.entries {
+            guard written[page] else {
+                unpick(index)
+                report.failed += 1
+                continue
+            }
+            var f = slots.lock(index)
+            guard f.isPicked else {
+                // Read, rewritten or freed while being written: the copy is not its page any more.
+                slots.unlock(index, flags: f)
+                report.skipped += 1
+                continue
+            }
+            // slot_free, then ZRAM_WB: the access time restarts at 0, as in the kernel.
+            let keep = f
+            freeContents(index, f, b)
+            f = .empty
+            f.isWrittenBack = true
+            if keepObject {
+                f.objectSize = keep.objectSize
+                f.isHuge = keep.isHuge
+                f.priority = keep.priority
+            }
+            backing.retain(blocks[page])
+            slots.setHandle(index, Backing.handle(block: blocks[page], offset: offset))
+            counters.add(.pagesStored)
+            slots.unlock(index, flags: f)
+            report.written += 1
+        }
+        for (k, block) in blocks.enumerated() {
+            if written[k] {
+                backing.release(block)   // the run's hold: frees a block no slot took
+            } else {
+                backing.releaseBlock(block)
+                writebackSettings.refund()
+            }
+        }
         return failure
     }
 
@@ -462,7 +508,7 @@ extension ZramDevice {
             memset(out, 0, pageSize)
             throw .ioError
         }
-        let block = Int(truncatingIfNeeded: slots.handle(index))
+        let (block, offset) = Backing.location(slots.handle(index))
         let size = flags.objectSize
         let compressed = size > 0 && !flags.isHuge
         let aligned = Int(bitPattern: out) & (pageSize - 1) == 0
@@ -475,7 +521,7 @@ extension ZramDevice {
         }
         let body = { (s: StreamBuffers) throws(ZramError) -> Void in
             guard backing.file.read(block: block, into: s.scratch) == 0,
-                  !compressed || s.codec.decompress(s.scratch, count: size, intoPage: out) else {
+                  !compressed || (offset + size <= pageSize && s.codec.decompress(s.scratch + offset, count: size, intoPage: out)) else {
                 memset(out, 0, pageSize)
                 throw .ioError
             }

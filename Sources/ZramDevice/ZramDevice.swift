@@ -33,8 +33,10 @@ public struct SlotCensus: Sendable, Equatable {
     public var storedPages = 0
     public var samePages = 0
     public var hugePages = 0
-    /// Pages on the backing device: what bd_count should be.
+    /// Slots whose page is on the backing device.
     public var writtenBackPages = 0
+    /// Backing blocks in use: what bd_count should be (more than one page a block when packed).
+    public var backingBlocks = 0
     /// Sum of stored object sizes in the pool: what compr_data_size should be.
     public var comprBytes = 0
 }
@@ -358,6 +360,7 @@ public final class ZramDevice: @unchecked Sendable {
                 if f.isHuge { c.hugePages += 1 }
                 c.comprBytes += f.objectSize
             }
+            c.backingBlocks = storage.backing?.blocksInUse() ?? 0
             return c
         }
     }
@@ -572,8 +575,7 @@ public final class ZramDevice: @unchecked Sendable {
         if flags.isWrittenBack {
             // A compressed writeback keeps the object's size and huge bit for the read; neither
             // counts in compr_data_size or huge_pages any more.
-            b.backing?.releaseBlock(Int(truncatingIfNeeded: slots.handle(index)))
-            counters.subtract(.bdCount)
+            b.backing?.release(Backing.location(slots.handle(index)).block)
         } else if flags.isSame {
             counters.subtract(.samePages)
         } else {

@@ -75,7 +75,7 @@ struct StatsTableTests {
             "failed_writes", "notify_free", "miss_free", "bd_count", "bd_reads", "bd_writes", "writeback_runs",
             "writeback_bytes_freed", "connections",
             "chain_size", "swap_priority", "writeback_limit", "writeback_limit_enable", "writeback_batch_size",
-            "compressed_writeback",
+            "compressed_writeback", "writeback_packing",
         ])
     }
 

@@ -264,8 +264,10 @@ def table(path, only):
     if want("writeback") and r.has("wb."):
         out.append("8. Writeback (zramnbd-lz4, `idle all` then `writeback type=idle` of the whole corpus to a")
         out.append("   sparse file on this disk, O_DIRECT; 4k random reads at QD1 with fio, microseconds)")
-        cols = [(c, m) for c in REAL_CORPORA for m in ("plain", "compressed")]
-        out.append("".ljust(34) + "".join(f"{c} {m}".rjust(20) for c, m in cols))
+        cols = [(c, m) for c in REAL_CORPORA for m in ("plain", "compressed", "packed")]
+        out.append("   plain: pages as they read; compressed: zram 7.0's compressed_writeback, one object a")
+        out.append("   block; packed: compressed objects packed into shared blocks (zramnbd's own)")
+        out.append("".ljust(34) + "".join(f"{c} {m}".rjust(17) for c, m in cols))
         rows = [("pages written back", "pages", "{:.0f}"), ("writeback MB/s", "mbs", "{:.1f}"),
                 ("pool MiB freed per MiB written", "freed_per_mib", "{:.3f}"),
                 ("RSS MiB freed per MiB written", "rss_freed_per_mib", "{:.3f}"),
@@ -277,7 +279,7 @@ def table(path, only):
             cells = []
             for c, m in cols:
                 v = r.num("zramnbd-lz4", f"wb.{c}.{m}.{key}")
-                cells.append((fmt.format(v) if v is not None else "n/a").rjust(20))
+                cells.append((fmt.format(v) if v is not None else "n/a").rjust(17))
             out.append(label.ljust(34) + "".join(cells))
         out.append("")
 
