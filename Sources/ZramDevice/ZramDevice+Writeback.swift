@@ -297,48 +297,46 @@ extension ZramDevice {
         return true
     }
 
-    /// Marks the selected slots picked and lists them in `backing.candidates`, largest bucket
-    /// first: a count per bucket, then each slot placed in its bucket's part of the list (a
-    /// slot that changed bucket between the passes is left out). Returns the list's length.
+    /// Marks the selected slots picked and lists them in `backing.candidates` in zram's order:
+    /// the largest bucket first and, within a bucket, the last slot scanned first (zram prepends
+    /// each pick to its bucket's list). A count per bucket, then each slot placed in its bucket's
+    /// part from the end (a slot that changed bucket between the passes is left out, and a part
+    /// that came out short is closed up). Returns the list's length.
     private func pick(_ request: WritebackRequest, into backing: Backing) -> Int {
         var counts = [Int](repeating: 0, count: Self.buckets)
         for scan in request.scans {
             for index in scan.pages where !slots.peekFlags(index).isUntouched {
-                let f = slots.peekFlags(index)
-                if eligible(SlotFlags(rawValue: f.rawValue & ~SlotFlags.lockBit), scan.mode) {
-                    counts[f.objectSize / Self.bucketBytes] += 1
-                }
+                let f = SlotFlags(rawValue: slots.peekFlags(index).rawValue & ~SlotFlags.lockBit)
+                if eligible(f, scan.mode) { counts[f.objectSize / Self.bucketBytes] += 1 }
             }
         }
-        // Bucket b's part starts after every larger bucket's.
-        var next = [Int](repeating: 0, count: Self.buckets)
+        // Bucket b's part is start[b]..<end[b], after every larger bucket's; filled from the end.
+        var start = [Int](repeating: 0, count: Self.buckets)
         var end = [Int](repeating: 0, count: Self.buckets)
         var total = 0
         for b in stride(from: Self.buckets - 1, through: 0, by: -1) {
-            next[b] = total
+            start[b] = total
             total = min(total + counts[b], pageCount)
             end[b] = total
         }
+        var next = end
         for scan in request.scans {
             for index in scan.pages where !slots.peekFlags(index).isUntouched {
                 var f = slots.lock(index)
                 let b = f.objectSize / Self.bucketBytes
-                if eligible(f, scan.mode) && next[b] < end[b] {
+                if eligible(f, scan.mode) && next[b] > start[b] {
+                    next[b] -= 1
                     backing.candidates[next[b]] = UInt32(truncatingIfNeeded: index)
-                    next[b] += 1
                     f.isPicked = true
                 }
                 slots.unlock(index, flags: f)
             }
         }
-        // Close the gaps of buckets that came out short, keeping the order.
         var out = 0
-        var start = 0
         for b in stride(from: Self.buckets - 1, through: 0, by: -1) {
-            let filled = next[b] - start
-            if out != start { (backing.candidates + out).update(from: backing.candidates + start, count: filled) }
+            let filled = end[b] - next[b]
+            if out != next[b] { memmove(backing.candidates + out, backing.candidates + next[b], filled * 4) }
             out += filled
-            start = end[b]
         }
         return out
     }

@@ -205,6 +205,24 @@ struct WritebackTests {
         #expect(dev.writebackBatchSize == 3)
     }
 
+    @Test("zram's order: the largest objects first, and within a size bucket the last page scanned first")
+    func order() throws {
+        let dir = TempDir()
+        let dev = try makeDevice(1 << 20, clock: TestClock())
+        try dev.setBackingDevice(dir.file("wb"))
+        let page = Buffer(4096)
+        page.fillText(seed: 3)
+        for p in 0..<8 { try dev.write(page, at: p * 4096) }      // eight equal objects, one bucket
+        page.randomize(seed: 9)
+        try dev.write(page, at: 9 * 4096)                         // one huge page, the largest bucket
+        dev.setWritebackLimitEnabled(true)
+        dev.setWritebackLimit(4)
+        #expect(try dev.writeback("page_indexes=0-9").written == 4)
+        let flags = dev.stateFlags()
+        #expect([9, 7, 6, 5].allSatisfy { flags[$0]?.contains("w") == true })
+        #expect((0..<5).allSatisfy { flags[$0]?.contains("w") == false })
+    }
+
     @Test("a full backing file stops the run with ENOSPC; the pages it could not take stay in RAM, intact")
     func backingFull() throws {
         let dir = TempDir()
