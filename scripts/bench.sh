@@ -425,10 +425,11 @@ writeback_pass() {   # 8. writeback of the real corpora to a file on this disk (
 			put "$t" "wb.$name.$mode.ram.p50" "$(cut -d' ' -f3 <<<"$s")"; put "$t" "wb.$name.$mode.ram.p99" "$(cut -d' ' -f4 <<<"$s")"
 			# Reads of the first half, in RAM, while the second half is written back (started a moment
 			# later); then the first half, with nothing else running.
-			local half=$((bytes / 8192 / 1048576 * 1048576 / 4096)) s2
+			local half_mib=$((bytes / 2 / 1048576)) s2
+			local half=$((half_mib * 256))   # pages
 			during=$WORK/during.txt
 			( fio_run "$t" "wb.$name.$mode.during" rand4k.fio RW=randread QD=1 JOBS=1 RUNTIME=$LAT_RUNTIME \
-				FIO_SIZE=$((half * 4096 / 1048576))M >"$during" ) &
+				FIO_SIZE=${half_mib}M >"$during" ) &
 			local fio_pid=$!
 			sleep 0.5
 			t0=$(now)
