@@ -305,9 +305,9 @@ extension ZramDevice {
     private func pick(_ request: WritebackRequest, into backing: Backing) -> Int {
         var counts = [Int](repeating: 0, count: Self.buckets)
         for scan in request.scans {
-            for index in scan.pages where !slots.peekFlags(index).isUntouched {
+            for index in scan.pages {
                 let f = SlotFlags(rawValue: slots.peekFlags(index).rawValue & ~SlotFlags.lockBit)
-                if eligible(f, scan.mode) { counts[f.objectSize / Self.bucketBytes] += 1 }
+                if !f.isUntouched && eligible(f, scan.mode) { counts[f.objectSize / Self.bucketBytes] += 1 }
             }
         }
         // Bucket b's part is start[b]..<end[b], after every larger bucket's; filled from the end.
