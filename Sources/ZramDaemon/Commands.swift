@@ -67,6 +67,9 @@ struct Serve: ParsableCommand {
 
     @Option(help: ArgumentHelp("Configuration file; its PATH.d/*.conf drop-ins are read too.", valueName: "path"))
     var config: String?
+    @Flag(help: ArgumentHelp("Read zram-generator's configuration instead: {/usr/lib,/usr/local/lib,/etc,/run}/systemd/zram-generator.conf "
+                             + "and .conf.d/*.conf, with systemd.zram from the kernel command line ($ZRAM_GENERATOR_ROOT prefixes them all)."))
+    var zramGeneratorConfig = false
 
     @Option(help: ArgumentHelp("Device name, also its NBD export name (default zram0).", valueName: "name"))
     var device: String?
@@ -145,19 +148,25 @@ struct Serve: ParsableCommand {
     }
 
     /// The settings these options ask for. `ramMiB` is MemTotal (for default sizes and expressions).
-    func settings(ramMiB: Double) throws(DaemonError) -> LoadedConfig {
+    /// `root` is zram-generator's root ($ZRAM_GENERATOR_ROOT or /), for its files and /proc/cmdline.
+    func settings(ramMiB: Double, root: String = ZramGeneratorConfig.root()) throws(DaemonError) -> LoadedConfig {
         var loaded: LoadedConfig
         if deviceFlagsGiven {
             if config != nil { throw .invalidValue("--config cannot be combined with device options (--device, --size, ...)") }
+            if zramGeneratorConfig { throw .invalidValue("--zram-generator-config cannot be combined with device options (--device, --size, ...)") }
             loaded = LoadedConfig(settings: DaemonSettings(), warnings: [], files: [])
             loaded.settings.devices = [try deviceFromFlags(ramMiB: ramMiB)]
+        } else if zramGeneratorConfig {
+            if config != nil { throw .invalidValue("--zram-generator-config and --config cannot be combined") }
+            loaded = try ZramGeneratorConfig.load(root: root, ramMiB: ramMiB, cmdline: KernelCommandLine.read(root: root))
         } else if let path = config {
             guard FileSystem.exists(path) else { throw .invalidValue("configuration file \(path) does not exist") }
-            guard let l = try ConfigFile.load(path: path, ramMiB: ramMiB) else {
+            guard let l = try ConfigFile.load(path: path, ramMiB: ramMiB, root: root, cmdline: KernelCommandLine.read(root: root)) else {
                 throw .invalidValue("configuration file \(path) does not exist")
             }
             loaded = l
-        } else if let l = try ConfigFile.load(path: DaemonSettings.defaultConfigFile, ramMiB: ramMiB) {
+        } else if let l = try ConfigFile.load(path: DaemonSettings.defaultConfigFile, ramMiB: ramMiB, root: root,
+                                              cmdline: KernelCommandLine.read(root: root)) {
             loaded = l
         } else {
             loaded = LoadedConfig(settings: DaemonSettings(), warnings: [], files: [])
@@ -252,7 +261,8 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let log = Log(level: verbose >= 2 ? .debug : verbose == 1 ? .info : (stdio ? .warning : .info))
-        let loaded = try settings(ramMiB: SystemInfo.memTotalMiB())
+        let root = ZramGeneratorConfig.root()
+        let loaded = try settings(ramMiB: SystemInfo.memTotalMiB(path: ZramGeneratorConfig.join(root, "proc/meminfo")), root: root)
         for w in loaded.warnings { log.warning(w) }
         let tlsServer = try loaded.settings.tls.loadServer()
         if check {

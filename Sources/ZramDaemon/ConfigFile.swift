@@ -2,6 +2,11 @@
 //
 //   /etc/zramnbd.conf, then /etc/zramnbd.conf.d/*.conf in file-name order; a later file's value
 //   for a key replaces an earlier one. One [zramN] section per device, [zramnbd] for the daemon.
+//   With --zram-generator-config, zram-generator's own files instead (ZramGeneratorConfig.swift).
+//
+// zram-generator's keys are read as zram-generator (src/config.rs) reads them: zram-size and
+// zram-resident-limit are fasteval expressions in MiB (SizeExpression), `set!VAR = program` lines
+// before the first section bind a program's output to VAR, and the INI syntax is rust-ini's.
 
 import NBD
 
@@ -25,35 +30,98 @@ public enum ConfigFile {
     }
 
     /// Reads and resolves the configuration at `path` (see `fragments(of:)`). Returns nil when
-    /// there is no file at all (the caller then uses the default device).
-    public static func load(path: String, ramMiB: Double) throws(DaemonError) -> LoadedConfig? {
+    /// there is no file at all (the caller then uses the default device). With
+    /// `zram-generator-config = yes` in [zramnbd], zram-generator's files under `root` are read
+    /// first (ZramGeneratorConfig) and `cmdline`'s systemd.zram applies.
+    public static func load(path: String, ramMiB: Double, root: String = "/", cmdline: String? = nil) throws(DaemonError) -> LoadedConfig? {
         let files = fragments(of: path)
         if files.isEmpty { return nil }
-        var sources: [(String, String)] = []
+        var sources: [(name: String, text: String)] = []
         for f in files {
-            // A drop-in linked to /dev/null masks the vendor file of that name (systemd's convention).
+            // A drop-in linked to /dev/null reads as empty.
             sources.append((f, try FileSystem.readText(f)))
+        }
+        if try wantsZramGenerator(sources) {
+            return try ZramGeneratorConfig.load(root: root, ramMiB: ramMiB, cmdline: cmdline, extra: sources)
         }
         return try parse(sources, ramMiB: ramMiB)
     }
 
-    /// Resolves already-read files, given as (name, contents) in precedence order.
-    public static func parse(_ sources: [(name: String, text: String)], ramMiB: Double) throws(DaemonError) -> LoadedConfig {
+    /// Whether [zramnbd] says `zram-generator-config = yes` (the last file's value wins).
+    static func wantsZramGenerator(_ sources: [(name: String, text: String)]) throws(DaemonError) -> Bool {
+        var ini = IniDocument()
+        for (name, text) in sources { try ini.read(text, file: name) }
+        guard let e = ini.sections.first(where: { $0.name == "zramnbd" })?.entries.first(where: { $0.0 == "zram-generator-config" })?.1 else {
+            return false
+        }
+        do { return try parseBool(e.value) } catch { throw .config(file: e.file, line: e.line, "zram-generator-config: \(error)") }
+    }
+
+    /// Resolves already-read files, given as (name, contents) in precedence order. `kernel` is
+    /// the kernel command line's `systemd.zram` (see KernelCommandLine.zramOption): false means
+    /// no devices at all, true adds zram0 with zram-generator's defaults when no file names it.
+    public static func parse(_ sources: [(name: String, text: String)], ramMiB: Double,
+                             kernel: Bool? = nil, shell: Shell = .system) throws(DaemonError) -> LoadedConfig {
+        // zram-generator's `ram` is MemTotal in whole MiB (it truncates kB / 1024 to an integer).
+        let ram = ramMiB.isFinite && ramMiB > 0 ? ramMiB.rounded(.down) : 0
         var ini = IniDocument()
         for (name, text) in sources { try ini.read(text, file: name) }
         var warnings = ini.warnings
+        var variables = try directives(ini.topLevel, ramMiB: ram, shell: shell, warnings: &warnings)
+        variables["ram"] = ram
         var settings = DaemonSettings()
-        for section in ini.sections {
+        var sections = ini.sections
+        if kernel == true, !sections.contains(where: { $0.name == "zram0" }) {
+            sections.append(IniSection(name: "zram0", file: "kernel command line (systemd.zram)", line: 0))
+        }
+        for section in sections {
             if section.name == "zramnbd" {
                 try applyDaemonKeys(section, to: &settings, warnings: &warnings)
             } else if section.name.hasPrefix("zram") {
-                if let d = try device(section, ramMiB: ramMiB, warnings: &warnings) { settings.devices.append(d) }
+                if let d = try device(section, ramMiB: ram, variables: variables, warnings: &warnings) { settings.devices.append(d) }
             } else {
                 warnings.append("\(section.file):\(section.line): ignoring section [\(section.name)] (expected [zramN] or [zramnbd])")
             }
         }
+        if kernel == false {
+            // zram-generator exits without creating anything; the daemon keeps its own settings.
+            if !settings.devices.isEmpty { warnings.append("systemd.zram=0 on the kernel command line: no devices") }
+            settings.devices = []
+        }
         do { try settings.validate() } catch { throw error.located(in: sources.last?.name ?? "config") }
         return LoadedConfig(settings: settings, warnings: warnings, files: sources.map(\.name))
+    }
+
+    /// The lines before the first section: zram-generator's `set!VAR = program` runs `program`
+    /// with /bin/sh and binds VAR to its output read as an expression (which may use `ram` and
+    /// earlier variables). Returns the variables.
+    static func directives(_ entries: [(String, IniEntry)], ramMiB: Double, shell: Shell,
+                           warnings: inout [String]) throws(DaemonError) -> [String: Double] {
+        var vars: [String: Double] = [:]
+        for (key, e) in entries {
+            guard let bang = key.firstIndex(of: "!") else {
+                warnings.append("\(e.file):\(e.line): invalid outside-of-section key \(key), ignoring.")
+                continue
+            }
+            let op = String(key[...bang]), name = String(key[key.index(after: bang)...])
+            guard op == "set!" else {
+                warnings.append("\(e.file):\(e.line): unknown outside-of-section operation \(op), ignoring.")
+                continue
+            }
+            let where_ = "\(key): \(SizeExpression.shown(e.value))"
+            let run: (status: Int32, output: [UInt8])
+            do { run = try shell.run(e.value) } catch { throw .config(file: e.file, line: e.line, "\(where_): \(error)") }
+            if run.status != 0 { warnings.append("\(e.file):\(e.line): \(where_) exited \(run.status)") }
+            guard let text = String(validating: run.output, as: UTF8.self) else {
+                throw .config(file: e.file, line: e.line, "\(where_): its output is not UTF-8")
+            }
+            var scope = vars
+            scope["ram"] = ramMiB
+            do { vars[name] = try SizeExpression(text).evaluateRaw(scope) } catch {
+                throw .config(file: e.file, line: e.line, "\(where_): output '\(SizeExpression.shown(text))': \(error)")
+            }
+        }
+        return vars
     }
 
     /// A device from `key=value` settings outside a file (`ctl DEVICE add ...`): the config keys,
@@ -62,11 +130,13 @@ public enum ConfigFile {
         var section = IniSection(name: name, file: "add \(name)", line: 0)
         var algorithm: String?
         var level: String?
+        var fixed = FixedSizes()
         for (k, v) in settings {
             let entry = { (value: String) in IniEntry(value: value, file: "add \(name)", line: 0) }
             switch k {
-            case "size": section.set("zram-size", entry("\(try ByteSize.parse(v))B"))
-            case "mem-limit": section.set("zram-resident-limit", entry("\(try ByteSize.parse(v))B"))
+            // Bytes, not zram-size's MiB expression: set after the section is read.
+            case "size": fixed.disk = try ByteSize.parse(v)
+            case "mem-limit": fixed.mem = try ByteSize.parse(v)
             case "algorithm": algorithm = v
             case "level": level = v
             default: section.set(k, entry(v))
@@ -78,21 +148,29 @@ public enum ConfigFile {
             section.set("compression-algorithm", IniEntry(value: level.map { "\(a)(level=\($0))" } ?? a, file: "add \(name)", line: 0))
         }
         var warnings: [String] = []
-        guard let spec = try device(section, ramMiB: ramMiB, warnings: &warnings) else {
+        let ram = ramMiB.isFinite && ramMiB > 0 ? ramMiB.rounded(.down) : 0
+        guard let spec = try device(section, ramMiB: ram, variables: ["ram": ram], fixed: fixed, warnings: &warnings) else {
             throw .invalidValue("\(name): \(warnings.last ?? "device skipped")")
         }
         if let unknown = warnings.first(where: { $0.contains("unknown key") }) { throw .invalidValue(unknown) }
         return spec
     }
 
-    static func device(_ s: IniSection, ramMiB: Double, warnings: inout [String]) throws(DaemonError) -> DeviceSpec? {
+    /// Sizes given in bytes rather than as zram-generator expressions (`ctl add size=1G`).
+    struct FixedSizes {
+        var disk: UInt64?
+        var mem: UInt64?
+    }
+
+    static func device(_ s: IniSection, ramMiB: Double, variables: [String: Double], fixed: FixedSizes = FixedSizes(),
+                       warnings: inout [String]) throws(DaemonError) -> DeviceSpec? {
         do { try DeviceSpec.validateName(s.name) } catch { throw .config(file: s.file, line: s.line, error.description) }
         var spec = DeviceSpec.standard(name: s.name, diskSize: 0)
-        var size = SizeExpression("min(ram / 2, 4096)")
         var sizeEntry: IniEntry?
+        var residentEntry: IniEntry?
         var fraction: Double?
-        var maxSizeMiB: Double?? = .none
-        var hostLimitMiB: Double?
+        var maxSizeMiB: UInt64?? = .none
+        var hostLimitMiB: UInt64?
         for (key, e) in s.entries {
             func fail(_ m: String) -> DaemonError { .config(file: e.file, line: e.line, "\(key): \(m)") }
             func check<T>(_ body: () throws(DaemonError) -> T) throws(DaemonError) -> T {
@@ -101,24 +179,21 @@ public enum ConfigFile {
             let v = e.value
             switch key {
             case "zram-size":
-                size = SizeExpression(v); sizeEntry = e
+                // Syntax now, value later: zram-generator parses each line as it reads it.
+                try check { () throws(DaemonError) in try SizeExpression(v).check() }
+                sizeEntry = e
+            case "zram-resident-limit":
+                try check { () throws(DaemonError) in try SizeExpression(v).check() }
+                residentEntry = e
             case "zram-fraction":
                 warnings.append("\(e.file):\(e.line): zram-fraction is deprecated, use zram-size")
                 guard let f = Double(v), f >= 0 else { throw fail("expected a non-negative number, got '\(v)'") }
                 fraction = f
             case "max-zram-size":
                 warnings.append("\(e.file):\(e.line): max-zram-size is deprecated, use zram-size")
-                if v == "none" { maxSizeMiB = .some(nil) } else {
-                    guard let m = Double(v), m >= 0 else { throw fail("expected MiB or 'none', got '\(v)'") }
-                    maxSizeMiB = .some(m)
-                }
+                maxSizeMiB = .some(try check { () throws(DaemonError) in try optionalMiB(v) })
             case "host-memory-limit", "memory-limit":
-                if v == "none" { hostLimitMiB = nil } else {
-                    guard let m = Double(v), m >= 0 else { throw fail("expected MiB or 'none', got '\(v)'") }
-                    hostLimitMiB = m
-                }
-            case "zram-resident-limit":
-                spec.memLimit = try check { () throws(DaemonError) in try sizeValue(v, ramMiB: ramMiB) }
+                hostLimitMiB = try check { () throws(DaemonError) in try optionalMiB(v) }
             case "compression-algorithm":
                 let list = try check { () throws(DaemonError) in try AlgorithmList.parse(v) }
                 if let first = list.first {
@@ -146,11 +221,14 @@ public enum ConfigFile {
                 guard let p = Int(v), (-1...32767).contains(p) else { throw fail("expected -1...32767, got '\(v)'") }
                 spec.swapPriority = p
             case "fs-type": spec.fsType = v.isEmpty ? nil : v
-            case "mount-point": spec.mountPoint = v.isEmpty ? nil : v
+            case "mount-point":
+                do { spec.mountPoint = try verifyPath(key, v) } catch { throw .config(file: e.file, line: e.line, error.description) }
             case "options": spec.options = v
             case "writeback-device", "backing-dev":
-                spec.writebackDevice = v.isEmpty || v == "none" ? nil : v
-                if let w = spec.writebackDevice, !w.hasPrefix("/") { throw fail("expected an absolute path, got '\(v)'") }
+                // 'none' and empty are ours (unset); anything else as zram-generator checks it.
+                if v.isEmpty || v == "none" { spec.writebackDevice = nil } else {
+                    do { spec.writebackDevice = try verifyPath(key, v) } catch { throw .config(file: e.file, line: e.line, error.description) }
+                }
             case "writeback-limit":
                 guard let pages = UInt64(v) else { throw fail("expected a number of 4 KiB pages, got '\(v)'") }
                 spec.writebackLimit = pages
@@ -186,22 +264,39 @@ public enum ConfigFile {
                 warnings.append("\(e.file):\(e.line): unknown key '\(key)' in [\(s.name)], ignored")
             }
         }
-        if let limit = hostLimitMiB, ramMiB > limit {
-            warnings.append("\(s.file):\(s.line): [\(s.name)] skipped: host-memory-limit \(Int(limit)) MiB < RAM \(Int(ramMiB)) MiB")
+        // zram-generator evaluates nothing for a device it leaves out for the host's memory.
+        if let limit = hostLimitMiB, Double(limit) < ramMiB {
+            warnings.append("\(s.file):\(s.line): [\(s.name)] skipped: host-memory-limit \(limit) MiB < RAM \(Int(ramMiB)) MiB")
             return nil
         }
-        if fraction != nil || maxSizeMiB != nil {
-            var mib = (fraction ?? 0.5) * ramMiB
-            if let m = maxSizeMiB ?? 4096 { mib = min(mib, m) }
+        if let bytes = fixed.disk {
+            spec.diskSize = bytes
+        } else if fraction != nil || maxSizeMiB != nil {
+            // zram-generator's deprecated path: floor(fraction × ram) MiB, then max-zram-size if
+            // set. Unset, it is no limit in its code (its manual says 4096).
+            var mib = ((fraction ?? 0.5) * ramMiB).rounded(.down)
+            if let m = maxSizeMiB ?? nil { mib = min(mib, Double(m)) }
             let key = fraction != nil ? "zram-fraction" : "max-zram-size"
             let e = s.entries.first { $0.0 == key }?.1
-            do { spec.diskSize = try SizeExpression.bytes(mib: mib.rounded(.down), text: "\(mib) MiB") } catch {
+            do { spec.diskSize = try SizeExpression.bytes(mib: mib, text: "\(mib) MiB") } catch {
                 throw .config(file: e?.file ?? s.file, line: e?.line ?? s.line, "\(key): \(error)")
             }
         } else {
             let e = sizeEntry
-            do { spec.diskSize = try sizeValue(size.text, ramMiB: ramMiB) } catch {
+            do { spec.diskSize = try SizeExpression(e?.value ?? "min(ram / 2, 4096)").bytes(ramMiB: ramMiB, variables: variables) } catch {
                 throw .config(file: e?.file ?? s.file, line: e?.line ?? s.line, "zram-size: \(error)")
+            }
+            // zram-generator's warning for sizes that only make sense as a unit mistake.
+            if ramMiB >= 1, spec.diskSize / UInt64(ramMiB * 1_048_576) > 32 {
+                let ratio = spec.diskSize / UInt64(ramMiB * 1_048_576)
+                warnings.append("\(e?.file ?? s.file):\(e?.line ?? s.line): \(s.name): zram-size (\(e?.value ?? "min(ram / 2, 4096)") = \(spec.diskSize)B) would require improbable compression ratio \(ratio) with available memory (\(Int(ramMiB))MB), units may be wrong")
+            }
+        }
+        if let bytes = fixed.mem {
+            spec.memLimit = bytes
+        } else if let e = residentEntry {
+            do { spec.memLimit = try SizeExpression(e.value).bytes(ramMiB: ramMiB, variables: variables) } catch {
+                throw .config(file: e.file, line: e.line, "zram-resident-limit: \(error)")
             }
         }
         if spec.diskSize == 0 {
@@ -216,12 +311,30 @@ public enum ConfigFile {
         return spec
     }
 
+    /// zram-generator's parse_optional_size: a whole number of MiB, or `none`.
+    static func optionalMiB(_ v: String) throws(DaemonError) -> UInt64? {
+        if v == "none" { return nil }
+        guard let n = UInt64(v) else { throw .invalidValue("expected whole MiB or 'none', got '\(v)'") }
+        return n
+    }
+
+    /// zram-generator's verify_mount_point (for mount-point and writeback-device): absolute,
+    /// without `..`; returned without `.` components and repeated or trailing slashes.
+    static func verifyPath(_ key: String, _ v: String) throws(DaemonError) -> String {
+        guard v.hasPrefix("/") else { throw .invalidValue("\(key) \(v) is not absolute") }
+        let parts = v.split(separator: "/", omittingEmptySubsequences: true)
+        guard !parts.contains("..") else { throw .invalidValue("\(key) \"\(v)\" is not normalized") }
+        return "/" + parts.filter { $0 != "." }.joined(separator: "/")
+    }
+
     static func applyDaemonKeys(_ s: IniSection, to settings: inout DaemonSettings, warnings: inout [String]) throws(DaemonError) {
         for (key, e) in s.entries {
             func fail(_ m: String) -> DaemonError { .config(file: e.file, line: e.line, "\(key): \(m)") }
             let v = e.value
             switch key {
             case "control-socket": settings.controlSocket = optionalPath(v)
+            case "zram-generator-config":   // acted on by load()
+                do { _ = try parseBool(v) } catch { throw fail(error.description) }
             case "stats-interval":
                 do { settings.statsInterval = try DaemonSettings.parseStatsInterval(v) } catch { throw fail(error.description) }
             case "prometheus-file": settings.prometheusFile = optionalPath(v)
@@ -257,19 +370,6 @@ public enum ConfigFile {
             default:
                 warnings.append("\(e.file):\(e.line): unknown key '\(key)' in [zramnbd], ignored")
             }
-        }
-    }
-
-    /// A size setting: "2G"-style with a unit suffix (memparse), else a zram-generator
-    /// expression in MiB of `ram`.
-    /// Either way at most ByteSize.maximum; a memparse-looking value ("-1G", "10E") that is no
-    /// expression either gets memparse's message.
-    static func sizeValue(_ text: String, ramMiB: Double) throws(DaemonError) -> UInt64 {
-        guard ByteSize.hasUnitSuffix(text) else { return try SizeExpression(text).bytes(ramMiB: ramMiB) }
-        let memparse: DaemonError
-        do { return try ByteSize.parse(text) } catch { memparse = error }
-        do { return try SizeExpression(text).bytes(ramMiB: ramMiB) } catch {
-            throw ByteSize.looksLikeMemparse(text) ? memparse : error
         }
     }
 
@@ -335,11 +435,10 @@ struct AlgorithmList {
                 }
                 let inner = u[u.index(after: i)..<close]
                 for p in inner.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\t" }) {
-                    let kv = p.split(separator: "=", maxSplits: 1)
-                    guard kv.count == 2, !kv[0].isEmpty else {
-                        throw .invalidValue("expected key=value in '\(text(inner))', got '\(text(p))'")
-                    }
-                    params.append((text(kv[0]), text(kv[1])))
+                    // zram-generator passes parameters through as text; a bare word is a
+                    // parameter without a value (its tests use "(recompargs)").
+                    let kv = p.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                    params.append((text(kv[0]), kv.count == 2 ? text(kv[1]) : ""))
                 }
                 i = u.index(after: close)
             }
@@ -373,33 +472,38 @@ struct IniSection {
     }
 }
 
-/// systemd-style INI: `[section]`, `key = value`, `#`/`;` comments. Sections with the same name
-/// in several files merge; sections keep their first-seen order.
+/// rust-ini's syntax, as zram-generator reads it: `[section]`, `key = value` or `key: value`,
+/// `#`/`;` comment lines, values in "double" or 'single' quotes, backslash escapes and a
+/// trailing backslash continuing a value on the next line. Sections with the same name merge,
+/// in one file as across files (zram-generator applies each in turn to the same device);
+/// sections keep their first-seen order.
 struct IniDocument {
     var sections: [IniSection] = []
+    /// Entries before the first section header of each file (zram-generator's directives).
+    var topLevel: [(String, IniEntry)] = []
     var warnings: [String] = []
 
-    /// Reads one file. A section twice in the same file is an error (`file:line` of the second);
-    /// across files, sections merge (drop-ins override the main file key by key).
     mutating func read(_ text: String, file: String) throws(DaemonError) {
         var current: Int?
-        var lineNumber = 0
-        var seenHere: [String: Int] = [:]
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            lineNumber += 1
-            let line = String(raw).trimmed()
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if let first = lines.first, first.hasPrefix("\u{FEFF}") { lines[0] = String(first.dropFirst()) }   // rust-ini skips a BOM
+        var index = 0
+        while index < lines.count {
+            let lineNumber = index + 1
+            var line = lines[index].trimmed()
+            index += 1
             if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
             if line.hasPrefix("[") {
-                guard line.hasSuffix("]"), line.count > 2 else {
-                    warnings.append("\(file):\(lineNumber): malformed section header '\(line)', ignored")
-                    current = nil
-                    continue
+                // rust-ini reads a section name up to ']'; without one it fails at the end of the
+                // file, where zram-generator stops with that error.
+                guard let close = line.firstIndex(of: "]") else {
+                    throw .config(file: file, line: lineNumber, "section header '\(line)' has no closing ']'")
                 }
-                let name = String(line.dropFirst().dropLast()).trimmed()
-                if let first = seenHere[name] {
-                    throw .config(file: file, line: lineNumber, "section [\(name)] appears twice in this file (first at line \(first))")
+                let after = String(line[line.index(after: close)...]).trimmed()
+                guard after.isEmpty else {
+                    throw .config(file: file, line: lineNumber, "unexpected '\(after)' after section header '\(line[...close])'")
                 }
-                seenHere[name] = lineNumber
+                let name = String(line[line.index(after: line.startIndex)..<close]).trimmed()
                 if let i = sections.firstIndex(where: { $0.name == name }) {
                     current = i
                 } else {
@@ -408,19 +512,84 @@ struct IniDocument {
                 }
                 continue
             }
-            guard let eq = line.firstIndex(of: "=") else {
+            guard let sep = line.firstIndex(where: { $0 == "=" || $0 == ":" }) else {
                 warnings.append("\(file):\(lineNumber): expected 'key = value', got '\(line)', ignored")
                 continue
             }
-            let key = String(line[..<eq]).trimmed()
-            var value = String(line[line.index(after: eq)...]).trimmed()
-            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
-            guard let c = current else {
-                warnings.append("\(file):\(lineNumber): '\(key)' is outside of any section, ignored")
+            let key = String(line[..<sep]).trimmed()
+            guard !key.isEmpty else { throw .config(file: file, line: lineNumber, "missing key before '\(line[sep])'") }
+            // A backslash at the very end continues the value on the next line (rust-ini).
+            while Self.trailingBackslashes(line) % 2 == 1, index < lines.count {
+                line = String(line.dropLast()) + lines[index]
+                index += 1
+            }
+            let raw = String(line[line.index(after: line.firstIndex(where: { $0 == "=" || $0 == ":" }) ?? line.startIndex)...])
+            let value: String
+            do { value = try Self.value(raw) } catch { throw .config(file: file, line: lineNumber, "\(key): \(error)") }
+            let entry = IniEntry(value: value, file: file, line: lineNumber)
+            if let c = current { sections[c].set(key, entry) } else { topLevel.append((key, entry)) }
+        }
+    }
+
+    static func trailingBackslashes(_ s: String) -> Int {
+        var n = 0
+        for c in s.reversed() { if c == "\\" { n += 1 } else { break } }
+        return n
+    }
+
+    /// rust-ini's parse_val: leading blanks dropped; quoted parts kept as written (quotes
+    /// removed), the rest trimmed; escapes \0 \a \b \t \r \n \xHHHH, any other \c is c.
+    static func value(_ raw: String) throws(DaemonError) -> String {
+        var chars = Array(raw.unicodeScalars)[...]
+        while let c = chars.first, c == " " || c == "\t" { chars = chars.dropFirst() }
+        var out = ""
+        var first = true
+        while !chars.isEmpty {
+            if let q = chars.first, q == "\"" || q == "'" {
+                chars = chars.dropFirst()
+                guard let end = chars.firstIndex(of: q) else { throw .invalidValue("missing closing \(q) in \(raw.trimmed())") }
+                out += try unescape(chars[..<end])
+                chars = chars[(end + 1)...]
+                first = false
                 continue
             }
-            sections[c].set(key, IniEntry(value: value, file: file, line: lineNumber))
+            var plain = try unescape(chars)
+            chars = chars[chars.endIndex...]
+            // rust-ini trims the whole first part, only the end of a part after a quote.
+            plain = first ? plain.trimmed() : String(plain.reversed().drop(while: { $0 == " " || $0 == "\t" || $0 == "\r" }).reversed())
+            out += plain
         }
+        return out
+    }
+
+    static func unescape(_ s: ArraySlice<Unicode.Scalar>) throws(DaemonError) -> String {
+        var out = String.UnicodeScalarView()
+        var i = s.startIndex
+        while i < s.endIndex {
+            let c = s[i]
+            i += 1
+            guard c == "\\" else { out.append(c); continue }
+            guard i < s.endIndex else { out.append("\\"); break }
+            let e = s[i]
+            i += 1
+            switch e {
+            case "0": out.append("\u{0}")
+            case "a": out.append("\u{7}")
+            case "b": out.append("\u{8}")
+            case "t": out.append("\t")
+            case "r": out.append("\r")
+            case "n": out.append("\n")
+            case "x":
+                guard i + 4 <= s.endIndex, let code = UInt32(String(String.UnicodeScalarView(s[i..<(i + 4)])), radix: 16),
+                      let scalar = Unicode.Scalar(code) else {
+                    throw .invalidValue("unknown character in \\xHHHH form")
+                }
+                out.append(scalar)
+                i += 4
+            default: out.append(e)
+            }
+        }
+        return String(out)
     }
 }
 

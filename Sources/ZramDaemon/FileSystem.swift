@@ -184,11 +184,12 @@ final class DirectoryHandle {
 
 public enum SystemInfo {
     /// MemTotal from /proc/meminfo in MiB (zram-generator's `ram`).
-    public static func memTotalMiB() -> Double {
-        guard let text = try? FileSystem.readText("/proc/meminfo") else { return 0 }
+    /// Whole MiB, truncated, as zram-generator's `ram` is. `path` is /proc/meminfo by default.
+    public static func memTotalMiB(path: String = "/proc/meminfo") -> Double {
+        guard let text = try? FileSystem.readText(path) else { return 0 }
         for line in text.split(separator: "\n") where line.hasPrefix("MemTotal:") {
             let fields = line.split(separator: " ")
-            if fields.count >= 2, let kb = Double(fields[1]) { return kb / 1024 }
+            if fields.count >= 2, let kb = UInt64(fields[1]) { return Double(kb / 1024) }
         }
         return 0
     }

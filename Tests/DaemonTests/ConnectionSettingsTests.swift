@@ -11,7 +11,7 @@ struct ConnectionSettingsTests {
         let defaults = DaemonSettings()
         #expect(defaults.handshakeLimitSeconds == 10 && defaults.payloadBudgetBytes == 256 << 20)
 
-        let c = try ConfigFile.parse([("c.conf", "[zramnbd]\nhandshake-limit = 2.5\npayload-budget = 64M\n[zram0]\nzram-size = 1G\n")],
+        let c = try ConfigFile.parse([("c.conf", "[zramnbd]\nhandshake-limit = 2.5\npayload-budget = 64M\n[zram0]\nzram-size = 1024\n")],
                                      ramMiB: 1000)
         #expect(c.warnings.isEmpty, "\(c.warnings)")
         #expect(c.settings.handshakeLimitSeconds == 2.5 && c.settings.payloadBudgetBytes == 64 << 20)

@@ -332,7 +332,7 @@ struct EndToEndTests {
             socket = \(dir.file("zram0.sock"))
             stats-dir = \(dir.file("zram0"))
             [zram1]
-            zram-size = 16M
+            zram-size = 16
             compression-algorithm = zstd(level=1)
             socket = \(dir.file("zram1.sock"))
             stats-dir = \(dir.file("zram1"))

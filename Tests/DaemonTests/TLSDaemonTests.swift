@@ -26,7 +26,7 @@ struct TLSDaemonTests {
             tls = require
             tls-psk = /etc/zramnbd/keys.psk
             [zram0]
-            zram-size = 1G
+            zram-size = 1024
             listen = 0.0.0.0:10809
             tls-identities = alice bob
             """)], ramMiB: 1000)

@@ -75,7 +75,7 @@ struct WritebackDaemonTests {
         defer { dir.remove() }
         dir.write("z.conf", """
             [zram0]
-            zram-size = 64M
+            zram-size = 64
             writeback-device = \(dir.file("wb.img"))
             writeback-limit = 10
             writeback-limit-enable = yes
