@@ -287,8 +287,10 @@ public enum ConfigFile {
                 throw .config(file: e?.file ?? s.file, line: e?.line ?? s.line, "zram-size: \(error)")
             }
             // zram-generator's warning for sizes that only make sense as a unit mistake.
-            if ramMiB >= 1, spec.diskSize / UInt64(ramMiB * 1_048_576) > 32 {
-                let ratio = spec.diskSize / UInt64(ramMiB * 1_048_576)
+            // In Double: ram × 1 MiB need not fit a UInt64. Truncated, as its integer division.
+            let ratio = ramMiB >= 1 ? (Double(spec.diskSize) / (ramMiB * 1_048_576)).rounded(.down) : 0
+            if ratio > 32 {
+                let ratio = Int(ratio)
                 warnings.append("\(e?.file ?? s.file):\(e?.line ?? s.line): \(s.name): zram-size (\(e?.value ?? "min(ram / 2, 4096)") = \(spec.diskSize)B) would require improbable compression ratio \(ratio) with available memory (\(Int(ramMiB))MB), units may be wrong")
             }
         }
