@@ -57,7 +57,11 @@ enum FileSystem {
         var prefix = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             prefix += "/" + part
-            if mkdir(prefix, mode) != 0, errno != EEXIST { throw .errno("mkdir \(prefix)") }
+            if mkdir(prefix, mode) == 0 {
+                _ = chmod(prefix, mode)   // the umask does not narrow it
+            } else if errno != EEXIST {
+                throw .errno("mkdir \(prefix)")
+            }
         }
         guard isDirectory(path) else { throw .system("mkdir \(path)", errno: ENOTDIR) }
     }
@@ -155,7 +159,9 @@ final class DirectoryHandle {
         }
         guard f >= 0 else { throw .errno("create \(path)/\(tmp)") }
         var st = stat()
-        let ok = IO.writeFully(f, Array(text.utf8)) && fstat(f, &st) == 0
+        // The mode as asked, whatever the umask (zramnbd.service runs with UMask=0077): stats
+        // files are read like sysfs, by anyone.
+        let ok = fchmod(f, mode) == 0 && IO.writeFully(f, Array(text.utf8)) && fstat(f, &st) == 0
         let saved = errno
         close(f)
         guard ok else {

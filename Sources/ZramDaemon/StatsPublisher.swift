@@ -32,6 +32,7 @@ final class StatsDirectory {
         for _ in 0..<5 {
             let made = mkdir(path, 0o755) == 0
             if !made, errno != EEXIST { throw .errno("mkdir \(path)") }
+            if made { _ = chmod(path, 0o755) }   // readable like sysfs, whatever the umask
             let handle: DirectoryHandle
             do {
                 handle = try DirectoryHandle(path: path, followLink: false)

@@ -67,6 +67,26 @@ struct StatsFileHardeningTests {
         #expect(FileSystem.isDirectory(other.file("stats")) && FileSystem.listDirectory(other.file("stats")).isEmpty)
     }
 
+    /// zramnbd.service runs with UMask=0077: the stats stay readable like sysfs, the control
+    /// and NBD sockets stay root's.
+    @Test("under umask 077 the stats directory is 0755 and its files 0644; the sockets stay 0600")
+    func statsReadableUnderPrivateUmask() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let d = try RunningDaemon(dir, extra: ["--stats-dir", dir.file("run/deep/stats")],
+                                  wrapper: ["/bin/sh", "-c", "umask 077; exec \"$@\"", "sh"])
+        func mode(_ path: String) -> mode_t {
+            var st = stat()
+            return lstat(path, &st) == 0 ? st.st_mode & 0o777 : 0
+        }
+        #expect(waitUntil(10) { dir.read("run/deep/stats/mm_stat") != nil && dir.read("zramnbd.prom") != nil })
+        #expect(mode(dir.file("run")) == 0o755 && mode(dir.file("run/deep/stats")) == 0o755)
+        #expect(mode(dir.file("run/deep/stats/mm_stat")) == 0o644 && mode(dir.file("run/deep/stats/io_stat")) == 0o644)
+        #expect(mode(dir.file("zramnbd.prom")) == 0o644)
+        #expect(mode(d.control) == 0o600 && mode(d.socket) == 0o600)
+        #expect(d.stop() == .exited(0))
+    }
+
     @Test("a second daemon on the same stats directory fails clearly and leaves the first one's files alone")
     func secondDaemonRefused() throws {
         let dir = TempDir()
