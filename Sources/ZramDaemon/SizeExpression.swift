@@ -295,42 +295,36 @@ public struct SizeExpression: Sendable {
         }
 
         mutating func arguments(of name: String, close: UInt8, depth: Int) throws(DaemonError) -> [Node] {
-            var args: [Node] = []
+            try list(of: name, close: close) { (p) throws(DaemonError) in try p.expression(depth: depth + 1, toEnd: false) }
+        }
+
+        mutating func printArgs(close: UInt8, depth: Int) throws(DaemonError) -> [PrintArg] {
+            try list(of: "print", close: close) { (p) throws(DaemonError) -> PrintArg in
+                p.skipSpaces()
+                guard p.peek() == UInt8(ascii: "\"") else { return .expr(try p.expression(depth: depth + 2, toEnd: false)) }
+                p.pos += 1
+                guard let end = p.text[p.pos...].firstIndex(of: UInt8(ascii: "\"")) else { throw p.error("unterminated string") }
+                defer { p.pos = end + 1 }
+                return .string(String(decoding: p.text[p.pos..<end], as: UTF8.self))
+            }
+        }
+
+        /// A function's arguments up to `close`, separated by ',' or ';' (fasteval takes both),
+        /// each read by `element`.
+        mutating func list<T>(of name: String, close: UInt8,
+                              _ element: (inout Parser) throws(DaemonError) -> T) throws(DaemonError) -> [T] {
+            var items: [T] = []
             while true {
                 skipSpaces()
                 guard let b = peek() else { throw error("missing ')' after the arguments of \(name)") }
-                if b == close { pos += 1; return args }
-                if !args.isEmpty {
+                if b == close { pos += 1; return items }
+                if !items.isEmpty {
                     guard b == UInt8(ascii: ",") || b == UInt8(ascii: ";") else {
                         throw error("expected ',' or ';' between the arguments of \(name), got '\(rest)'")
                     }
                     pos += 1
                 }
-                args.append(try expression(depth: depth + 1, toEnd: false))
-            }
-        }
-
-        mutating func printArgs(close: UInt8, depth: Int) throws(DaemonError) -> [PrintArg] {
-            var args: [PrintArg] = []
-            while true {
-                skipSpaces()
-                guard let b = peek() else { throw error("missing ')' after the arguments of print") }
-                if b == close { pos += 1; return args }
-                if !args.isEmpty {
-                    guard b == UInt8(ascii: ",") || b == UInt8(ascii: ";") else {
-                        throw error("expected ',' or ';' between the arguments of print, got '\(rest)'")
-                    }
-                    pos += 1
-                }
-                skipSpaces()
-                if peek() == UInt8(ascii: "\"") {
-                    pos += 1
-                    guard let end = text[pos...].firstIndex(of: UInt8(ascii: "\"")) else { throw error("unterminated string") }
-                    args.append(.string(String(decoding: text[pos..<end], as: UTF8.self)))
-                    pos = end + 1
-                } else {
-                    args.append(.expr(try expression(depth: depth + 2, toEnd: false)))
-                }
+                items.append(try element(&self))
             }
         }
     }

@@ -151,3 +151,14 @@ func expectConfigRefused(_ text: String, _ message: String) {
         #expect(error.exitStatus == 2)
     }
 }
+
+/// The error evaluating `text` (with ram = 1000 MiB) throws; nil, recorded as an issue, if it evaluates.
+func expressionError(_ text: String) -> DaemonError? {
+    do {
+        _ = try SizeExpression(text).evaluate(["ram": 1000])
+        Issue.record("'\(text)' evaluated")
+        return nil
+    } catch {
+        return error
+    }
+}
