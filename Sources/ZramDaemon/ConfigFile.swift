@@ -47,6 +47,9 @@ public enum ConfigFile {
         return try parse(sources, ramMiB: ramMiB)
     }
 
+    /// zram-generator's `ram`: MemTotal in whole MiB (it truncates kB / 1024 to an integer).
+    static func wholeMiB(_ ramMiB: Double) -> Double { ramMiB.isFinite && ramMiB > 0 ? ramMiB.rounded(.down) : 0 }
+
     /// Whether [zramnbd] says `zram-generator-config = yes` (the last file's value wins).
     static func wantsZramGenerator(_ sources: [(name: String, text: String)]) throws(DaemonError) -> Bool {
         var ini = IniDocument()
@@ -62,8 +65,7 @@ public enum ConfigFile {
     /// no devices at all, true adds zram0 with zram-generator's defaults when no file names it.
     public static func parse(_ sources: [(name: String, text: String)], ramMiB: Double,
                              kernel: Bool? = nil, shell: Shell = .system) throws(DaemonError) -> LoadedConfig {
-        // zram-generator's `ram` is MemTotal in whole MiB (it truncates kB / 1024 to an integer).
-        let ram = ramMiB.isFinite && ramMiB > 0 ? ramMiB.rounded(.down) : 0
+        let ram = wholeMiB(ramMiB)
         var ini = IniDocument()
         for (name, text) in sources { try ini.read(text, file: name) }
         var warnings = ini.warnings
@@ -148,7 +150,7 @@ public enum ConfigFile {
             section.set("compression-algorithm", IniEntry(value: level.map { "\(a)(level=\($0))" } ?? a, file: "add \(name)", line: 0))
         }
         var warnings: [String] = []
-        let ram = ramMiB.isFinite && ramMiB > 0 ? ramMiB.rounded(.down) : 0
+        let ram = wholeMiB(ramMiB)
         guard let spec = try device(section, ramMiB: ram, variables: ["ram": ram], fixed: fixed, warnings: &warnings) else {
             throw .invalidValue("\(name): \(warnings.last ?? "device skipped")")
         }
