@@ -81,9 +81,12 @@ public struct Export: Sendable {
     /// in anyone the listener does; a list only TLS peers authenticated under one of the names
     /// (PSK username, certificate DN or CN). Everyone else is refused it and LIST hides it.
     public var allowedPeers: [String]?
+    /// What its connections served (counted by the connections, read by anyone).
+    public let statistics: ExportStatistics
 
     public init(name: String, description: String = "", backend: any BlockBackend, readOnly: Bool = false,
-                allowedPeers: [String]? = nil) {
+                allowedPeers: [String]? = nil, statistics: ExportStatistics = ExportStatistics()) {
+        self.statistics = statistics
         self.name = name
         self.description = description
         self.backend = backend

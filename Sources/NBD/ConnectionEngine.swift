@@ -17,6 +17,9 @@ final class ConnectionEngine {
     private let maxInFlight: Int
     /// Set when the client upgraded with STARTTLS: every byte goes through it.
     private let tls: (any TLSChannel)?
+    /// This connection's counters, in its export's statistics.
+    private let statistics: ExportStatistics
+    private let shard: IOShard
 
     // The input buffer holds several of the usual big requests (nbdcopy's 256 KiB writes, the
     // kernel client's 128 KiB), so their payloads are used where read() put them: unparsed bytes
@@ -61,6 +64,8 @@ final class ConnectionEngine {
         self.log = log
         self.maxInFlight = max(1, maxInFlight)
         self.tls = tls
+        statistics = session.export.statistics
+        shard = statistics.open()
         let (seconds, attoseconds) = busyPoll.components
         // Busy polling peeks at the socket, which under TLS holds records, not requests.
         busyPollNanoseconds = tls != nil ? 0 : max(0, Int(clamping: seconds) &* 1_000_000_000 &+ Int(attoseconds / 1_000_000_000))
@@ -70,6 +75,7 @@ final class ConnectionEngine {
     }
 
     deinit {
+        statistics.close(shard)
         input.deallocate()
         iovs.deallocate()
         replies.removeAll()  // their big buffers go back to the budget first, then the spare
@@ -108,6 +114,11 @@ final class ConnectionEngine {
                     start += Wire.requestSize
                     guard discardPayload(header.payloadLength) else { return "client vanished in the middle of a write payload" }
                     handler.refuse(header, errno, message, into: nextReply())
+                    if let c = IOCommand(type: header.type) {
+                        shard.record(c, bytes: Int(header.length), nanoseconds: 0, errno: errno)
+                    } else {
+                        shard.recordError(errno)
+                    }
                     queued()
                 case .disconnect:
                     start += Wire.requestSize
@@ -124,9 +135,11 @@ final class ConnectionEngine {
     @inline(__always)
     private func answer(_ header: RequestHeader, _ command: Command, payload: UnsafeRawPointer?) {
         let reply = nextReply()
-        if let error = handler.handle(header, command, payload: payload, into: reply) {
-            log.debug("\(CommandType.name(header.type)) at \(header.offset) failed: \(error)")
-        }
+        let started = Clock.monotonicNanoseconds()
+        let error = handler.handle(header, command, payload: payload, into: reply)
+        shard.record(IOCommand(command), bytes: IOCommand.bytes(command), nanoseconds: Clock.monotonicNanoseconds() - started,
+                     errno: error.map { RequestHandler.replyErrno($0, header) })
+        if let error { log.debug("\(CommandType.name(header.type)) at \(header.offset) failed: \(error)") }
         queued()
     }
 

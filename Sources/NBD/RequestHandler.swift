@@ -53,11 +53,14 @@ struct RequestHandler {
             return nil
         } catch {
             reply.clear()
-            let code = error.wireErrno.legal(for: header.flags)
+            let code = Self.replyErrno(error, header)
             refuse(header, code, error.message ?? "\(CommandType.name(header.type)) failed: \(code)", into: reply)
             return error
         }
     }
+
+    /// The errno the reply to `header` carries for `error`.
+    static func replyErrno(_ error: NBDError, _ header: RequestHeader) -> NBDErrno { error.wireErrno.legal(for: header.flags) }
 
     /// An error reply: simple, or an ERROR chunk with `message` when structured replies are on.
     func refuse(_ header: RequestHeader, _ errno: NBDErrno, _ message: String, into reply: ReplyBuffer) {

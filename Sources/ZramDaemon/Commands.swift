@@ -17,7 +17,7 @@ public struct Zramnbd: ParsableCommand {
             Start the daemon with `zramnbd serve`, look at it with `zramnbd status`, control it with \
             `zramnbd ctl`.
             """,
-        version: "0.1.0",
+        version: BuildInfo.version,
         subcommands: [Serve.self, Status.self, Ctl.self])
 
     public init() {}

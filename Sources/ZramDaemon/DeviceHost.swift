@@ -273,6 +273,9 @@ public final class DeviceHost {
         f += s.counters.map { ($0.name, "\($0.value)") }
         f += [
             ("connections", "\(d.export?.activeConnections ?? 0)"),
+        ]
+        f += IOReport.recordFields(s.io).map { ($0.0, "\($0.1)") }
+        f += [
             ("socket", d.spec.socket ?? ""), ("listen", d.spec.listen ?? ""), ("stats_dir", d.spec.statsDir ?? ""),
             ("read_only", d.spec.readOnly ? "1" : "0"), ("tls_identities", d.spec.tlsIdentities?.joined(separator: ",") ?? ""),
             ("chain_size", "\(d.spec.chainSize)"),

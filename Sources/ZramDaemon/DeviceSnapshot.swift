@@ -1,3 +1,4 @@
+import NBD
 import ZramDevice
 
 // One device's state at one moment, in the forms the daemon publishes it.
@@ -24,6 +25,8 @@ public struct DeviceSnapshot: Sendable, Equatable {
     public var compressedWriteback = false
     /// zramnbd's own: compressed pages share backing blocks (no sysfs file; `show` has it).
     public var writebackPacking = false
+    /// What NBD clients asked of it (requests, bytes, latency, errors, connections).
+    public var io = IOStatistics.zero
 
     /// Byte-exact sysfs texts of the counters, as ZramStats renders them.
     public var mmStatText: String { stats.mmStatText }
@@ -69,6 +72,7 @@ public struct DeviceSnapshot: Sendable, Equatable {
         fields.append(("compression_ratio", compressionRatio.map(JSONValue.double) ?? .null))
         fields.append(("memory_ratio", memoryRatio.map(JSONValue.double) ?? .null))
         fields += extra
+        fields.append(("io", IOReport.json(io)))
         return JSONValue.object(fields).text + "\n"
     }
 }

@@ -126,6 +126,11 @@ final class PublishedFile {
 
 /// The node_exporter textfile-collector format: `# HELP`, `# TYPE`, then one sample per device,
 /// for every field of ZramStats.fields that has a Prometheus name, then the device info.
+/// What was built.
+public enum BuildInfo {
+    public static let version = "0.1.0"
+}
+
 public enum PrometheusText {
     /// The whole file for these devices (empty devices list: only the HELP/TYPE lines).
     public static func render(_ snapshots: [DeviceSnapshot]) -> String {
@@ -139,6 +144,9 @@ public enum PrometheusText {
         for s in snapshots {
             out += "zramnbd_device_info{device=\(label(s.name)),algorithm=\(label(s.algorithm)),level=\"\(s.level)\"} 1\n"
         }
+        out += IOReport.prometheus(snapshots)
+        out += "# HELP zramnbd_build_info The daemon's version; the value is always 1.\n# TYPE zramnbd_build_info gauge\n"
+        out += "zramnbd_build_info{version=\(label(BuildInfo.version))} 1\n"
         return out
     }
 

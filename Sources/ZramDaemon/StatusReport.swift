@@ -62,6 +62,7 @@ public enum StatusReport {
     static let numericKeys = Set(ZramStats.fields.map(\.name))
         .union(["level", "streams", "connections", "chain_size", "swap_priority", "writeback_limit",
                 "writeback_limit_enable", "writeback_batch_size", "compressed_writeback", "writeback_packing"])
+        .union(IOReport.recordKeys)
     static let nullableKeys: Set<String> = ["socket", "listen", "stats_dir", "tls_identities", "mount_point", "nbd_device", "mountpoint"]
 
     static func fixed2(_ d: Double) -> String {

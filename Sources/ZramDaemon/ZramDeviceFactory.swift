@@ -131,7 +131,7 @@ public final class ZramDeviceFactory: DeviceFactory {
 
     static func export(_ store: ZramPageStore, _ spec: DeviceSpec) -> Export {
         Export(name: spec.name, description: "zramnbd \(spec.algorithm) \(ByteSize.human(spec.diskSize))",
-               backend: store, readOnly: spec.readOnly, allowedPeers: spec.tlsIdentities)
+               backend: store, readOnly: spec.readOnly, allowedPeers: spec.tlsIdentities, statistics: store.io)
     }
 
     public func makeStore(_ spec: DeviceSpec) throws(DaemonError) -> any PageStore { try ZramPageStore(spec) }

@@ -1,5 +1,6 @@
 // A ZramDevice as the daemon's PageStore (its NBD side is in ZramDeviceFactory.swift).
 import Codec
+import NBD
 import Posix
 import ZramDevice
 
@@ -8,6 +9,8 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
     let size: UInt64
     /// zram's max_comp_streams: one stream per online CPU.
     let streams = Threads.onlineCPUs
+    /// What NBD clients asked of the device, on every socket that exports it.
+    let io = ExportStatistics()
 
     init(_ spec: DeviceSpec) throws(DaemonError) {
         // DeviceSpec.validate bounds both; the conversions are checked anyway, never trapping.
@@ -62,6 +65,7 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
         s.writebackBatchSize = device.writebackBatchSize
         s.compressedWriteback = device.compressedWriteback
         s.writebackPacking = device.writebackPacking
+        s.io = io.read()
         return s
     }
 

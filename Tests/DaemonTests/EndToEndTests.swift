@@ -150,6 +150,13 @@ final class NBDClient {
         let rc = bytes.withUnsafeBytes { nbd_pwrite(h, $0.baseAddress, $0.count, offset, 0) }
         return rc == 0 ? 0 : nbd_get_errno()
     }
+    func read(_ length: Int, at offset: UInt64) -> Int32 {
+        var buf = [UInt8](repeating: 0, count: length)
+        let rc = buf.withUnsafeMutableBytes { nbd_pread(h, $0.baseAddress, $0.count, offset, 0) }
+        return rc == 0 ? 0 : nbd_get_errno()
+    }
+    func trim(_ offset: UInt64, _ length: UInt64) -> Bool { nbd_trim(h, length, offset, 0) == 0 }
+    func flush() -> Bool { nbd_flush(h, 0) == 0 }
     func close() { nbd_close(h) }
 }
 
