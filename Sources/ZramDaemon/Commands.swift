@@ -137,6 +137,18 @@ struct Serve: ParsableCommand {
     var payloadBudget: String?
     @Flag(help: "Serve one NBD connection, then exit: on a socket-activation socket (nbdinfo/nbdcopy '[ CMD ]') or stdin/stdout.")
     var stdio = false
+    @Option(name: .customLong("run"), help: ArgumentHelp("Once every device serves, run COMMAND with /bin/sh -c, then stop and exit with its status "
+                               + "(128+N if signal N killed it), as nbdkit --run. $uri (also $nbd), $exportname, $port, "
+                               + "$unixsocket and $tls are set as nbdkit sets them, for the first device. Without --socket "
+                               + "or --listen the sockets go in a private temporary directory; no control socket, stats "
+                               + "directory or memory locking unless asked.", valueName: "command"))
+    var runCommand: String?
+    @Flag(help: "Stop when the parent process exits (PR_SET_PDEATHSIG).")
+    var exitWithParent = false
+    @Option(help: ArgumentHelp("Once serving, write the daemon's pid to this file (atomically); removed at exit.", valueName: "path"))
+    var pidfile: String?
+    @Flag(help: "Once serving, print each device's NBD URI on stdout, one a line.")
+    var printUri = false
     @Flag(help: "Check the configuration, print the devices and exit.")
     var check = false
     @Flag(name: .shortAndLong, help: "Log more (repeat for debug).")
@@ -149,7 +161,14 @@ struct Serve: ParsableCommand {
 
     /// The settings these options ask for. `ramMiB` is MemTotal (for default sizes and expressions).
     /// `root` is zram-generator's root ($ZRAM_GENERATOR_ROOT or /), for its files and /proc/cmdline.
-    func settings(ramMiB: Double, root: String = ZramGeneratorConfig.root()) throws(DaemonError) -> LoadedConfig {
+    /// `privateDir`: with --run, where sockets go that no flag or file placed.
+    func settings(ramMiB: Double, root: String = ZramGeneratorConfig.root(),
+                  privateDir: String = Serve.privateDirTemplate) throws(DaemonError) -> LoadedConfig {
+        if stdio {
+            if runCommand != nil { throw .invalidValue("--run cannot be combined with --stdio: the command would get the NBD connection's stdin and stdout") }
+            if printUri { throw .invalidValue("--print-uri cannot be combined with --stdio: stdout is the NBD connection") }
+            if pidfile != nil { throw .invalidValue("--pidfile cannot be combined with --stdio") }
+        }
         var loaded: LoadedConfig
         if deviceFlagsGiven {
             if config != nil { throw .invalidValue("--config cannot be combined with device options (--device, --size, ...)") }
@@ -182,6 +201,20 @@ struct Serve: ParsableCommand {
                 s.devices[i].socket = nil
                 s.devices[i].listen = nil
                 if statsDir == nil { s.devices[i].statsDir = nil }
+            }
+        }
+        if runCommand != nil {
+            // A captive daemon lives for one command: it takes none of the system daemon's paths
+            // (/run/zramnbd) and locks no memory, unless told to.
+            s.controlSocket = nil
+            s.lockMemory = false
+            for i in s.devices.indices {
+                let standard = DeviceSpec.standard(name: s.devices[i].name, diskSize: 0)
+                if socket == nil, s.devices[i].socket == standard.socket {
+                    // --listen alone is TCP alone, as nbdkit -p.
+                    s.devices[i].socket = listen != nil ? nil : privateDir + "/" + s.devices[i].name + ".sock"
+                }
+                if statsDir == nil, s.devices[i].statsDir == standard.statsDir { s.devices[i].statsDir = nil }
             }
         }
         if let v = statsInterval {
@@ -259,10 +292,20 @@ struct Serve: ParsableCommand {
         return spec
     }
 
+    /// What `--check` shows for the private directory of --run.
+    static let privateDirTemplate = "$TMPDIR/zramnbd-XXXXXX"
+
     func run() throws {
-        let log = Log(level: verbose >= 2 ? .debug : verbose == 1 ? .info : (stdio ? .warning : .info))
+        // First of all: the parent to compare with once PR_SET_PDEATHSIG is armed.
+        let parent = exitWithParent ? getppid() : nil
+        let quiet = stdio || runCommand != nil   // a tool's child: only what goes wrong
+        let log = Log(level: verbose >= 2 ? .debug : verbose == 1 ? .info : (quiet ? .warning : .info))
         let root = ZramGeneratorConfig.root()
-        let loaded = try settings(ramMiB: SystemInfo.memTotalMiB(path: ZramGeneratorConfig.join(root, "proc/meminfo")), root: root)
+        let ram = SystemInfo.memTotalMiB(path: ZramGeneratorConfig.join(root, "proc/meminfo"))
+        var privateDir: String?
+        defer { privateDir.map(Serve.removePrivateDirectory) }
+        if runCommand != nil, !check, socket == nil, listen == nil { privateDir = try Serve.makePrivateDirectory() }
+        let loaded = try settings(ramMiB: ram, root: root, privateDir: privateDir ?? Serve.privateDirTemplate)
         for w in loaded.warnings { log.warning(w) }
         let tlsServer = try loaded.settings.tls.loadServer()
         if check {
@@ -283,11 +326,28 @@ struct Serve: ParsableCommand {
                                         payloadBudget: Int(loaded.settings.payloadBudgetBytes),
                                         tls: loaded.settings.tls, tlsServer: tlsServer)
         if stdio {
+            if let parent, try !ParentDeath.arm(parent: parent) { return }
             try factory.serveStdio(loaded.settings.devices)
             return
         }
-        let status = try Daemon(settings: loaded.settings, factory: factory, log: log).run()
+        let captive = CaptiveOptions(run: runCommand, parent: parent, pidfile: pidfile, printURI: printUri)
+        let status = try Daemon(settings: loaded.settings, factory: factory, log: log, captive: captive).run()
         if status != 0 { throw ExitStatus(code: status) }
+    }
+
+    /// A directory only we can enter, under $TMPDIR or /tmp, as nbdkit makes for `-U -`.
+    static func makePrivateDirectory() throws(DaemonError) -> String {
+        let base = getenv("TMPDIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        var template = Array((base.hasSuffix("/") ? base : base + "/").utf8CString.dropLast()) + Array("zramnbd-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw .errno("mkdtemp \(base)/zramnbd-XXXXXX") }
+        return String(cString: template)
+    }
+
+    /// The private directory and the sockets the devices left in it (they remove their own on a
+    /// graceful stop).
+    static func removePrivateDirectory(_ path: String) {
+        for name in FileSystem.listDirectory(path) where name.hasSuffix(".sock") { unlink(path + "/" + name) }
+        rmdir(path)
     }
 
     static func describe(_ d: DeviceSpec) -> String {
