@@ -79,7 +79,7 @@ struct Serve: ParsableCommand {
     var algorithm: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("Compression level (zstd: level; lz4: acceleration).", valueName: "n"))
     var level: String?
-    @Option(help: ArgumentHelp("zsmalloc pages per zspage, \(DeviceSpec.chainSizes) (default 8, like the kernel).", valueName: "n"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("zsmalloc pages per zspage, \(DeviceSpec.chainSizes) (default 8, like the kernel).", valueName: "n"))
     var chainSize: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("Limit on the memory the pool may use (zram's mem_limit; default none).", valueName: "size"))
     var memLimit: String?
@@ -89,11 +89,11 @@ struct Serve: ParsableCommand {
     var compressedWriteback = false
     @Flag(help: "With --compressed-writeback, pack several compressed pages into each backing block (beyond the kernel).")
     var writebackPacking = false
-    @Option(help: ArgumentHelp("Write back pages not read or written for this long (seconds, or 30m, 1h, 1d).", valueName: "duration"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Write back pages not read or written for this long (seconds, or 30m, 1h, 1d).", valueName: "duration"))
     var writebackIdleAfter: String?
     @Flag(help: "Write back idle pages when the kernel reports memory pressure (PSI).")
     var writebackOnPressure = false
-    @Option(help: ArgumentHelp("Write back at most this much a day (zram's writeback_limit, refilled daily).", valueName: "size"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Write back at most this much a day (zram's writeback_limit, refilled daily).", valueName: "size"))
     var writebackDailyLimit: String?
     @Option(help: ArgumentHelp("Unix socket of the NBD export (default \(DaemonSettings.runDir)/NAME.sock).", valueName: "path"))
     var socket: String?
@@ -129,11 +129,11 @@ struct Serve: ParsableCommand {
     var noMlock = false
     @Flag(help: "Do not compact the pools automatically under memory pressure.")
     var noAutoCompact = false
-    @Option(help: ArgumentHelp("Microseconds a busy connection polls for its next request before sleeping (default 50, 0 = off).", valueName: "us"))
-    var busyPollUs: Int?
-    @Option(help: ArgumentHelp("Seconds an NBD client may take to negotiate before it is closed (default 10, 0 = no limit).", valueName: "seconds"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Microseconds a busy connection polls for its next request before sleeping (default 50, 0 = off).", valueName: "us"))
+    var busyPollUs: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Seconds an NBD client may take to negotiate before it is closed (default 10, 0 = no limit).", valueName: "seconds"))
     var handshakeLimit: String?
-    @Option(help: ArgumentHelp("Memory all NBD connections may hold in requests over 256 KiB; past it they wait (default 256M).", valueName: "size"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Memory all NBD connections may hold in requests over 256 KiB; past it they wait (default 256M).", valueName: "size"))
     var payloadBudget: String?
     @Flag(help: "Serve one NBD connection, then exit: on a socket-activation socket (nbdinfo/nbdcopy '[ CMD ]') or stdin/stdout.")
     var stdio = false
@@ -158,6 +158,9 @@ struct Serve: ParsableCommand {
         device != nil || size != nil || algorithm != nil || level != nil || chainSize != nil || memLimit != nil
             || socket != nil || listen != nil || statsDir != nil || readOnly || tlsIdentities != nil
     }
+
+    // Every option taking a number parses `.unconditional`: `--busy-poll-us -1` is a value to
+    // refuse by name, not a missing one.
 
     /// The settings these options ask for. `ramMiB` is MemTotal (for default sizes and expressions).
     /// `root` is zram-generator's root ($ZRAM_GENERATOR_ROOT or /), for its files and /proc/cmdline.
@@ -217,24 +220,28 @@ struct Serve: ParsableCommand {
                 if statsDir == nil, s.devices[i].statsDir == standard.statsDir { s.devices[i].statsDir = nil }
             }
         }
-        if let v = statsInterval {
-            do { s.statsInterval = try DaemonSettings.parseStatsInterval(v) } catch {
-                throw .invalidValue("invalid stats interval: \(error)")
-            }
-        }
+        if let v = statsInterval { s.statsInterval = try Serve.flag("--stats-interval") { () throws(DaemonError) in try DaemonSettings.parseStatsInterval(v) } }
         if let v = controlSocket { s.controlSocket = ConfigFile.optionalPath(v) }
         if let v = prometheusFile { s.prometheusFile = ConfigFile.optionalPath(v) }
         if let v = metricsListen { s.metricsListen = ConfigFile.optionalPath(v) }
         if noMlock { s.lockMemory = false }
         if noAutoCompact { s.autoCompact = false }
-        if let us = busyPollUs { s.busyPollMicroseconds = us }
+        if let v = busyPollUs {
+            guard let us = Int(v), DaemonSettings.busyPollRange.contains(us) else {
+                throw .invalidValue("--busy-poll-us: expected microseconds 0...10000, got '\(v)'")
+            }
+            s.busyPollMicroseconds = us
+        }
         if let v = handshakeLimit {
             guard let d = Double(v), DaemonSettings.handshakeLimitRange.contains(d) else {
-                throw .invalidValue("invalid handshake limit '\(v)' (seconds, 0...3600, 0 = none)")
+                throw .invalidValue("--handshake-limit: expected seconds 0...3600 (0 = none), got '\(v)'")
             }
             s.handshakeLimitSeconds = d
         }
-        if let v = payloadBudget { s.payloadBudgetBytes = try ByteSize.parse(v) }
+        if let v = payloadBudget {
+            s.payloadBudgetBytes = try Serve.flag("--payload-budget") { () throws(DaemonError) in try ByteSize.parse(v) }
+            guard s.payloadBudgetBytes <= DaemonSettings.payloadBudgetMax else { throw .invalidValue("--payload-budget: at most 1T, got '\(v)'") }
+        }
         if let v = tls {
             guard let m = TLSMode(rawValue: v) else { throw .invalidValue("invalid --tls '\(v)': expected off, on or require") }
             s.tls.mode = m
@@ -251,36 +258,36 @@ struct Serve: ParsableCommand {
         let name = device ?? "zram0"
         try DeviceSpec.validateName(name)
         let bytes: UInt64
-        if let size { bytes = try ByteSize.parse(size) } else {
+        if let size { bytes = try Serve.flag("--size") { () throws(DaemonError) in try ByteSize.parse(size) } } else {
             bytes = try SizeExpression("min(ram / 2, 4096)").bytes(ramMiB: ramMiB)
         }
-        guard bytes > 0 else { throw .invalidValue("invalid size '\(size ?? "0")': must be more than 0") }
+        guard bytes > 0 else { throw .invalidValue("--size: invalid size '\(size ?? "0")': must be more than 0") }
         var spec = DeviceSpec.standard(name: name, diskSize: bytes)
         if let a = algorithm {
             try DeviceSpec.validateAlgorithm(a)
             spec.algorithm = a
         }
         if let l = level {
-            guard let v = Int32(l) else { throw .invalidValue("invalid level '\(l)': expected an integer") }
-            try DeviceSpec.validateLevel(v, for: spec.algorithm)
+            guard let v = Int32(l) else { throw .invalidValue("--level: invalid level '\(l)': expected an integer") }
+            try Serve.flag("--level") { () throws(DaemonError) in try DeviceSpec.validateLevel(v, for: spec.algorithm) }
             spec.level = v
         }
         if let c = chainSize {
-            guard let v = Int(c) else { throw .invalidValue("invalid chain size '\(c)': expected \(DeviceSpec.chainSizes)") }
-            try DeviceSpec.validateChainSize(v)
+            guard let v = Int(c) else { throw .invalidValue("--chain-size: invalid chain size '\(c)': expected \(DeviceSpec.chainSizes)") }
+            try Serve.flag("--chain-size") { () throws(DaemonError) in try DeviceSpec.validateChainSize(v) }
             spec.chainSize = v
         }
-        if let m = memLimit { spec.memLimit = try ByteSize.parse(m) }
+        if let m = memLimit { spec.memLimit = try Serve.flag("--mem-limit") { () throws(DaemonError) in try ByteSize.parse(m) } }
         if let b = backingDev { spec.writebackDevice = ConfigFile.optionalPath(b) }
         if let a = writebackIdleAfter {
-            do { spec.writebackPolicy.idleAfter = try ConfigFile.parseDuration(a) } catch {
-                throw .invalidValue("invalid --writeback-idle-after: \(error)")
-            }
+            spec.writebackPolicy.idleAfter = try Serve.flag("--writeback-idle-after") { () throws(DaemonError) in try ConfigFile.parseDuration(a) }
         }
         spec.writebackPolicy.onPressure = writebackOnPressure
         spec.compressedWriteback = compressedWriteback
         spec.writebackPacking = writebackPacking
-        if let l = writebackDailyLimit { spec.writebackPolicy.dailyLimitPages = try ByteSize.parse(l) / 4096 }
+        if let l = writebackDailyLimit {
+            spec.writebackPolicy.dailyLimitPages = try Serve.flag("--writeback-daily-limit") { () throws(DaemonError) in try ByteSize.parse(l) } / 4096
+        }
         if let s = socket { spec.socket = ConfigFile.optionalPath(s) }
         if let l = listen {
             spec.listen = ConfigFile.optionalPath(l)
@@ -290,6 +297,11 @@ struct Serve: ParsableCommand {
         spec.readOnly = readOnly
         if let t = tlsIdentities { spec.tlsIdentities = try ConfigFile.parseIdentities(t) }
         return spec
+    }
+
+    /// `body`'s error with the flag it came from in front: "--size: invalid size '-1': ...".
+    static func flag<T>(_ name: String, _ body: () throws(DaemonError) -> T) throws(DaemonError) -> T {
+        do { return try body() } catch { throw .invalidValue("\(name): \(error)") }
     }
 
     /// What `--check` shows for the private directory of --run.

@@ -267,3 +267,42 @@ struct ServeOptionTests {
         #expect(throws: DaemonError.self) { try Serve.parse(["--config", "/x", "--size", "1G"]).settings(ramMiB: 1000) }
     }
 }
+
+@Suite("Flags taking numbers")
+struct NumericFlagTests {
+    /// Every serve option that takes a number, size or duration, with a negative value: parsed
+    /// as its value (not "Missing value"), then refused naming the flag.
+    @Test("a value starting with '-' is the option's value, refused in one line naming the flag", arguments: [
+        ("--size", "-1", "--size: invalid size '-1': must not be negative"),
+        ("--level", "-5", "--level: invalid level -5 for lz4 (1...65537)"),
+        ("--chain-size", "-1", "--chain-size: invalid chain size -1 (4...16)"),
+        ("--mem-limit", "-1M", "--mem-limit: invalid size '-1M': must not be negative"),
+        ("--writeback-idle-after", "-1", "--writeback-idle-after: expected a duration like 90, 30m, 1h or 1d (at most 10 years), got '-1'"),
+        ("--writeback-daily-limit", "-1G", "--writeback-daily-limit: invalid size '-1G': must not be negative"),
+        ("--stats-interval", "-1", "--stats-interval: expected seconds > 0, got '-1'"),
+        ("--busy-poll-us", "-1", "--busy-poll-us: expected microseconds 0...10000, got '-1'"),
+        ("--handshake-limit", "-1", "--handshake-limit: expected seconds 0...3600 (0 = none), got '-1'"),
+        ("--payload-budget", "-1", "--payload-budget: invalid size '-1': must not be negative"),
+    ])
+    func negative(_ flag: String, _ value: String, _ message: String) throws {
+        let args = (flag == "--size" ? [] : ["--size", "1M"]) + [flag, value]
+        let command: Serve
+        do { command = try Serve.parse(args) } catch {
+            Issue.record("\(args) did not parse: \(Serve.message(for: error))")
+            return
+        }
+        do {
+            _ = try command.settings(ramMiB: 1000)
+            Issue.record("accepted \(args)")
+        } catch {
+            #expect(error.description == message)
+            #expect(error.exitStatus == 2)
+        }
+    }
+
+    @Test("where negative is valid it is accepted: zstd --level -5, --busy-poll-us 0")
+    func valid() throws {
+        let s = try Serve.parse(["--size", "1M", "--algorithm", "zstd", "--level", "-5", "--busy-poll-us", "0"]).settings(ramMiB: 1000).settings
+        #expect(s.devices[0].level == -5 && s.busyPollMicroseconds == 0)
+    }
+}
