@@ -436,10 +436,11 @@ struct Ctl: ParsableCommand {
         let req = try request()
         let lines = try ControlClient.send(req, socket: controlSocket)
         if action == "get" {
+            // `show` prints sysfs's snake_case; the kebab-case of flags and config keys is the same key.
             let key = arguments[0]
             let fields = lines.map(ControlRecord.parse).flatMap(\.fields)
-            guard let v = fields.first(where: { $0.0 == key })?.1 else {
-                throw DaemonError.invalidValue("unknown key '\(key)' (see: zramnbd ctl \(device) show)")
+            guard let v = fields.first(where: { $0.0 == key || $0.0 == ControlAction.sysfsName(action: key) })?.1 else {
+                throw DaemonError.invalidValue("\(device): unknown key '\(key)' (see: zramnbd ctl \(device) show)")
             }
             FileSystem.writeAll(1, v + "\n")
             return

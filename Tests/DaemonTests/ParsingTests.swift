@@ -306,3 +306,31 @@ struct NumericFlagTests {
         #expect(s.devices[0].level == -5 && s.busyPollMicroseconds == 0)
     }
 }
+
+@Suite("ctl add: errors as sentences")
+struct CtlAddMessageTests {
+    @Test("every key deviceKeys lists is one a [zramN] section knows (ctl add refuses the others)")
+    func keyListIsTrue() {
+        for key in ConfigFile.deviceKeys {
+            // A bad value is an error; an unknown key would be a warning instead.
+            let warnings = (try? ConfigFile.parse([("k.conf", "[zram0]\nzram-size = 64\n\(key) = \n")], ramMiB: 1000))?.warnings ?? []
+            #expect(!warnings.contains { $0.contains("unknown key") }, "\(key): \(warnings)")
+        }
+    }
+
+    @Test("unknown keys, bad values and skipped devices: the device named, no file, line or 'ignored'", arguments: [
+        ([("bogus", "1")], "zram4: unknown key 'bogus' (keys: size, mem-limit, algorithm, level, zram-size, "),
+        ([("size", "1M"), ("chain-size", "99")], "zram4: chain-size: invalid chain size 99 (4...16)"),
+        ([("zram-size", "0")], "zram4: not added: zram-size is 0"),
+        ([("size", "1M"), ("swap-priority", "-7")], "zram4: swap-priority: expected -1...32767, got '-7'"),
+    ])
+    func messages(_ settings: [(String, String)], _ message: String) {
+        do {
+            _ = try ConfigFile.deviceSpec(name: "zram4", settings: settings, ramMiB: 1000)
+            Issue.record("accepted \(settings)")
+        } catch {
+            #expect(error.description.hasPrefix(message), "\(error)")
+            #expect(!error.description.contains("ignored") && !error.description.contains(":0"), "\(error)")
+        }
+    }
+}
