@@ -180,8 +180,12 @@ final class PidFile {
         let dir = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
         name = slash.map { String(path[path.index(after: $0)...]) } ?? path
         guard !name.isEmpty, name != ".", name != ".." else { throw .invalidValue("--pidfile \(path): expected a file name") }
-        directory = try DirectoryHandle(path: dir, followLink: true)
-        identity = try directory.writeAtomically(name, "\(getpid())\n")
+        do {
+            directory = try DirectoryHandle(path: dir, followLink: true)
+            identity = try directory.writeAtomically(name, "\(getpid())\n")
+        } catch {
+            throw .device("cannot write --pidfile \(path): \(error)")
+        }
     }
 
     func remove() {

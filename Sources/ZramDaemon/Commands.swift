@@ -139,7 +139,7 @@ struct Serve: ParsableCommand {
     var stdio = false
     @Option(name: .customLong("run"), help: ArgumentHelp("Once every device serves, run COMMAND with /bin/sh -c, then stop and exit with its status "
                                + "(128+N if signal N killed it), as nbdkit --run. $uri (also $nbd), $exportname, $port, "
-                               + "$unixsocket and $tls are set as nbdkit sets them, for the first device. Without --socket "
+                               + "$unixsocket and $tls are set as nbdkit sets them; with several devices, for the first. Without --socket "
                                + "or --listen the sockets go in a private temporary directory; no control socket, stats "
                                + "directory or memory locking unless asked.", valueName: "command"))
     var runCommand: String?
@@ -171,6 +171,9 @@ struct Serve: ParsableCommand {
             if runCommand != nil { throw .invalidValue("--run cannot be combined with --stdio: the command would get the NBD connection's stdin and stdout") }
             if printUri { throw .invalidValue("--print-uri cannot be combined with --stdio: stdout is the NBD connection") }
             if pidfile != nil { throw .invalidValue("--pidfile cannot be combined with --stdio") }
+        }
+        if let p = pidfile, p.isEmpty || p.hasSuffix("/") || p.hasSuffix("/.") || p.hasSuffix("/..") || p == "." || p == ".." {
+            throw .invalidValue("--pidfile '\(p)': expected the path of a file")
         }
         var loaded: LoadedConfig
         if deviceFlagsGiven {

@@ -102,6 +102,18 @@ struct CaptiveTests {
         #expect(leftovers(dir).isEmpty)
     }
 
+    @Test("SIGTERM to a captive daemon ends the command too, and the daemon exits with its status")
+    func terminated() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let p = try Subprocess([zramnbdBinary, "serve", "--size", "8M", "--run", "echo started; exec sleep 60"],
+                               outputPrefix: dir.file("serve"), environment: ["TMPDIR": dir.path])
+        #expect(eventually { p.stdout == "started\n" || p.termination != nil }, "\(p.stderr)")
+        p.signal(SIGTERM)
+        #expect(p.wait(timeout: .seconds(20)) == .exited(128 + SIGTERM), "\(p.stderr)")
+        #expect(leftovers(dir).isEmpty)
+    }
+
     @Test("a daemon that cannot start runs nothing; --run with --stdio is refused in one line")
     func failsToStart() throws {
         let dir = TempDir()
@@ -112,6 +124,9 @@ struct CaptiveTests {
         #expect(r.termination == .exited(1), "\(r.stderr)")
         #expect(r.stderr.hasPrefix("zramnbd: error: ") && r.stderr.filter { $0 == "\n" }.count == 1, "\(r.stderr)")
         #expect(!FileSystem.exists(mark))
+        let pid = try serve(["--size", "8M", "--pidfile", dir.file("missing/zramnbd.pid"), "--run", "touch \(mark)"], in: dir, tag: "pid")
+        #expect(pid.termination == .exited(1) && !FileSystem.exists(mark))
+        #expect(pid.stderr.hasPrefix("zramnbd: error: cannot write --pidfile \(dir.file("missing/zramnbd.pid")): "), "\(pid.stderr)")
         let bad = try serve(["--size", "8X", "--run", "touch \(mark)"], in: dir, tag: "bad")
         #expect(bad.termination == .exited(2) && !FileSystem.exists(mark))
         let stdio = try serve(["--size", "8M", "--stdio", "--run", "touch \(mark)"], in: dir, tag: "stdio")
