@@ -87,7 +87,11 @@ public final class Daemon {
         // read both).
         var pidFile: PidFile?
         var command: CaptiveCommand?
-        defer { pidFile?.remove() }
+        defer {
+            // Whatever ends the daemon (a failing poll included) never leaves the command orphaned.
+            if let c = command, c.reap() == nil { _ = c.terminate(grace: 5) }
+            pidFile?.remove()
+        }
         do {
             if let p = captive.pidfile { pidFile = try PidFile(path: p) }
             if captive.printURI {
