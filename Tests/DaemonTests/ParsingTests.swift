@@ -262,6 +262,28 @@ struct ServeOptionTests {
         #expect(s.devices[0].socket == nil && s.devices[0].statsDir == nil)
     }
 
+    @Test("--run takes none of the system daemon's paths unless told to")
+    func run() throws {
+        func settings(_ args: [String]) throws -> DaemonSettings {
+            try Serve.parse(["--run", "true"] + args).settings(ramMiB: 1000, privateDir: "/p").settings
+        }
+        let plain = try settings(["--size", "64M"])
+        #expect(plain.controlSocket == nil && !plain.lockMemory)
+        #expect(plain.devices[0].socket == "/p/zram0.sock" && plain.devices[0].statsDir == nil && plain.devices[0].listen == nil)
+        #expect(try settings(["--size", "64M", "--socket", "/s.sock"]).devices[0].socket == "/s.sock")
+        let tcp = try settings(["--size", "64M", "--listen", "127.0.0.1:10809"]).devices[0]
+        #expect(tcp.socket == nil && tcp.listen == "127.0.0.1:10809")   // TCP alone, as nbdkit -p
+        let asked = try settings(["--size", "64M", "--control-socket", "/c.sock", "--stats-dir", "/st"])
+        #expect(asked.controlSocket == "/c.sock" && asked.devices[0].statsDir == "/st")
+        // A config file's default paths are the system daemon's: private too; its own paths stay.
+        let dir = TempDir()
+        defer { dir.remove() }
+        dir.write("z.conf", "[zram0]\nzram-size = 8\n[zram1]\nzram-size = 8\nsocket = /mine.sock\nstats-dir = /mine\n")
+        let file = try settings(["--config", dir.file("z.conf")])
+        #expect(file.devices.map(\.socket) == ["/p/zram0.sock", "/mine.sock"] && file.devices.map(\.statsDir) == [nil, "/mine"])
+        #expect(file.controlSocket == nil)
+    }
+
     @Test("--config and device flags don't mix")
     func configAndFlags() throws {
         #expect(throws: DaemonError.self) { try Serve.parse(["--config", "/x", "--size", "1G"]).settings(ramMiB: 1000) }
