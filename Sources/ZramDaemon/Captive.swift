@@ -21,12 +21,16 @@ public struct CaptiveOptions: Sendable {
     public var pidfile: String?
     /// `--print-uri`.
     public var printURI = false
+    /// With `--run`: where sockets go that nothing else placed (devices added by `ctl add` too).
+    public var privateDirectory: String?
 
-    public init(run: String? = nil, parent: pid_t? = nil, pidfile: String? = nil, printURI: Bool = false) {
+    public init(run: String? = nil, parent: pid_t? = nil, pidfile: String? = nil, printURI: Bool = false,
+                privateDirectory: String? = nil) {
         self.run = run
         self.parent = parent
         self.pidfile = pidfile
         self.printURI = printURI
+        self.privateDirectory = privateDirectory
     }
 }
 

@@ -319,7 +319,8 @@ struct Serve: ParsableCommand {
         let ram = SystemInfo.memTotalMiB(path: ZramGeneratorConfig.join(root, "proc/meminfo"))
         var privateDir: String?
         defer { privateDir.map(Serve.removePrivateDirectory) }
-        if runCommand != nil, !check, socket == nil, listen == nil { privateDir = try Serve.makePrivateDirectory() }
+        // Even with --socket: a device `ctl add` makes later gets its socket there.
+        if runCommand != nil, !check { privateDir = try Serve.makePrivateDirectory() }
         let loaded = try settings(ramMiB: ram, root: root, privateDir: privateDir ?? Serve.privateDirTemplate)
         for w in loaded.warnings { log.warning(w) }
         let tlsServer = try loaded.settings.tls.loadServer()
@@ -345,7 +346,7 @@ struct Serve: ParsableCommand {
             try factory.serveStdio(loaded.settings.devices)
             return
         }
-        let captive = CaptiveOptions(run: runCommand, parent: parent, pidfile: pidfile, printURI: printUri)
+        let captive = CaptiveOptions(run: runCommand, parent: parent, pidfile: pidfile, printURI: printUri, privateDirectory: privateDir)
         let status = try Daemon(settings: loaded.settings, factory: factory, log: log, captive: captive).run()
         if status != 0 { throw ExitStatus(code: status) }
     }

@@ -36,6 +36,7 @@ public final class Daemon {
         self.log = log
         self.captive = captive
         host = DeviceHost(factory: factory, prometheusFile: settings.prometheusFile, log: log)
+        host.privateDirectory = captive.privateDirectory
     }
 
     /// Runs until SIGTERM/SIGINT (or the end of the --run command, or of the parent with

@@ -207,6 +207,20 @@ struct CaptiveTests {
         #expect(r.stdout == uris.map { $0 + "\n" }.joined() + "run \(uris[0])\n")
     }
 
+    @Test("--run with --control-socket: a device ctl adds gets its socket in the private directory, not /run")
+    func ctlAdd() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let control = dir.file("control.sock")
+        let r = try serve(["--size", "8M", "--control-socket", control, "--run",
+                           "'\(zramnbdBinary)' ctl --control-socket '\(control)' zram1 add size=4M >/dev/null && "
+                           + #"s="${unixsocket%/*}/zram1.sock" && echo "$s" && nbdinfo --size "nbd+unix:///zram1?socket=$s""#], in: dir)
+        #expect(r.succeeded, "\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.count == 2 && lines[0].hasPrefix(dir.path + "/zramnbd-") && lines[1] == "4194304", "\(r.stdout)")
+        #expect(leftovers(dir).isEmpty && !FileSystem.exists(control))
+    }
+
     @Test("--run with --listen only: TCP alone, $uri nbd://HOST:PORT/EXPORT and $port set")
     func tcpOnly() throws {
         let dir = TempDir()
