@@ -79,7 +79,7 @@ struct Serve: ParsableCommand {
     var algorithm: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("Compression level (zstd: level; lz4: acceleration).", valueName: "n"))
     var level: String?
-    @Option(help: ArgumentHelp("zsmalloc pages per zspage, \(DeviceSpec.chainSizes) (default 8, like the kernel).", valueName: "n"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("zsmalloc pages per zspage, \(DeviceSpec.chainSizes) (default 8, like the kernel).", valueName: "n"))
     var chainSize: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("Limit on the memory the pool may use (zram's mem_limit; default none).", valueName: "size"))
     var memLimit: String?
@@ -89,11 +89,11 @@ struct Serve: ParsableCommand {
     var compressedWriteback = false
     @Flag(help: "With --compressed-writeback, pack several compressed pages into each backing block (beyond the kernel).")
     var writebackPacking = false
-    @Option(help: ArgumentHelp("Write back pages not read or written for this long (seconds, or 30m, 1h, 1d).", valueName: "duration"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Write back pages not read or written for this long (seconds, or 30m, 1h, 1d).", valueName: "duration"))
     var writebackIdleAfter: String?
     @Flag(help: "Write back idle pages when the kernel reports memory pressure (PSI).")
     var writebackOnPressure = false
-    @Option(help: ArgumentHelp("Write back at most this much a day (zram's writeback_limit, refilled daily).", valueName: "size"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Write back at most this much a day (zram's writeback_limit, refilled daily).", valueName: "size"))
     var writebackDailyLimit: String?
     @Option(help: ArgumentHelp("Unix socket of the NBD export (default \(DaemonSettings.runDir)/NAME.sock).", valueName: "path"))
     var socket: String?
@@ -129,14 +129,26 @@ struct Serve: ParsableCommand {
     var noMlock = false
     @Flag(help: "Do not compact the pools automatically under memory pressure.")
     var noAutoCompact = false
-    @Option(help: ArgumentHelp("Microseconds a busy connection polls for its next request before sleeping (default 50, 0 = off).", valueName: "us"))
-    var busyPollUs: Int?
-    @Option(help: ArgumentHelp("Seconds an NBD client may take to negotiate before it is closed (default 10, 0 = no limit).", valueName: "seconds"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Microseconds a busy connection polls for its next request before sleeping (default 50, 0 = off).", valueName: "us"))
+    var busyPollUs: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Seconds an NBD client may take to negotiate before it is closed (default 10, 0 = no limit).", valueName: "seconds"))
     var handshakeLimit: String?
-    @Option(help: ArgumentHelp("Memory all NBD connections may hold in requests over 256 KiB; past it they wait (default 256M).", valueName: "size"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Memory all NBD connections may hold in requests over 256 KiB; past it they wait (default 256M).", valueName: "size"))
     var payloadBudget: String?
     @Flag(help: "Serve one NBD connection, then exit: on a socket-activation socket (nbdinfo/nbdcopy '[ CMD ]') or stdin/stdout.")
     var stdio = false
+    @Option(name: .customLong("run"), help: ArgumentHelp("Once every device serves, run COMMAND with /bin/sh -c, then stop and exit with its status "
+                               + "(128+N if signal N killed it), as nbdkit --run. $uri (also $nbd), $exportname, $port, "
+                               + "$unixsocket and $tls are set as nbdkit sets them; with several devices, for the first. Without --socket "
+                               + "or --listen the sockets go in a private temporary directory; no control socket, stats "
+                               + "directory or memory locking unless asked.", valueName: "command"))
+    var runCommand: String?
+    @Flag(help: "Stop when the parent process exits (PR_SET_PDEATHSIG).")
+    var exitWithParent = false
+    @Option(help: ArgumentHelp("Once serving, write the daemon's pid to this file (atomically); removed at exit.", valueName: "path"))
+    var pidfile: String?
+    @Flag(help: "Once serving, print each device's NBD URI on stdout, one a line.")
+    var printUri = false
     @Flag(help: "Check the configuration, print the devices and exit.")
     var check = false
     @Flag(name: .shortAndLong, help: "Log more (repeat for debug).")
@@ -147,9 +159,22 @@ struct Serve: ParsableCommand {
             || socket != nil || listen != nil || statsDir != nil || readOnly || tlsIdentities != nil
     }
 
+    // Every option taking a number parses `.unconditional`: `--busy-poll-us -1` is a value to
+    // refuse by name, not a missing one.
+
     /// The settings these options ask for. `ramMiB` is MemTotal (for default sizes and expressions).
     /// `root` is zram-generator's root ($ZRAM_GENERATOR_ROOT or /), for its files and /proc/cmdline.
-    func settings(ramMiB: Double, root: String = ZramGeneratorConfig.root()) throws(DaemonError) -> LoadedConfig {
+    /// `privateDir`: with --run, where sockets go that no flag or file placed.
+    func settings(ramMiB: Double, root: String = ZramGeneratorConfig.root(),
+                  privateDir: String = Serve.privateDirTemplate) throws(DaemonError) -> LoadedConfig {
+        if stdio {
+            if runCommand != nil { throw .invalidValue("--run cannot be combined with --stdio: the command would get the NBD connection's stdin and stdout") }
+            if printUri { throw .invalidValue("--print-uri cannot be combined with --stdio: stdout is the NBD connection") }
+            if pidfile != nil { throw .invalidValue("--pidfile cannot be combined with --stdio") }
+        }
+        if let p = pidfile, p.isEmpty || p.hasSuffix("/") || p.hasSuffix("/.") || p.hasSuffix("/..") || p == "." || p == ".." {
+            throw .invalidValue("--pidfile '\(p)': expected the path of a file")
+        }
         var loaded: LoadedConfig
         if deviceFlagsGiven {
             if config != nil { throw .invalidValue("--config cannot be combined with device options (--device, --size, ...)") }
@@ -184,24 +209,42 @@ struct Serve: ParsableCommand {
                 if statsDir == nil { s.devices[i].statsDir = nil }
             }
         }
-        if let v = statsInterval {
-            do { s.statsInterval = try DaemonSettings.parseStatsInterval(v) } catch {
-                throw .invalidValue("invalid stats interval: \(error)")
+        if runCommand != nil {
+            // A captive daemon lives for one command: it takes none of the system daemon's paths
+            // (/run/zramnbd) and locks no memory, unless told to.
+            s.controlSocket = nil
+            s.lockMemory = false
+            for i in s.devices.indices {
+                let standard = DeviceSpec.standard(name: s.devices[i].name, diskSize: 0)
+                if socket == nil, s.devices[i].socket == standard.socket {
+                    // --listen alone is TCP alone, as nbdkit -p.
+                    s.devices[i].socket = listen != nil ? nil : privateDir + "/" + s.devices[i].name + ".sock"
+                }
+                if statsDir == nil, s.devices[i].statsDir == standard.statsDir { s.devices[i].statsDir = nil }
             }
         }
+        if let v = statsInterval { s.statsInterval = try Serve.flag("--stats-interval") { () throws(DaemonError) in try DaemonSettings.parseStatsInterval(v) } }
         if let v = controlSocket { s.controlSocket = ConfigFile.optionalPath(v) }
         if let v = prometheusFile { s.prometheusFile = ConfigFile.optionalPath(v) }
         if let v = metricsListen { s.metricsListen = ConfigFile.optionalPath(v) }
         if noMlock { s.lockMemory = false }
         if noAutoCompact { s.autoCompact = false }
-        if let us = busyPollUs { s.busyPollMicroseconds = us }
+        if let v = busyPollUs {
+            guard let us = Int(v), DaemonSettings.busyPollRange.contains(us) else {
+                throw .invalidValue("--busy-poll-us: expected microseconds 0...10000, got '\(v)'")
+            }
+            s.busyPollMicroseconds = us
+        }
         if let v = handshakeLimit {
             guard let d = Double(v), DaemonSettings.handshakeLimitRange.contains(d) else {
-                throw .invalidValue("invalid handshake limit '\(v)' (seconds, 0...3600, 0 = none)")
+                throw .invalidValue("--handshake-limit: expected seconds 0...3600 (0 = none), got '\(v)'")
             }
             s.handshakeLimitSeconds = d
         }
-        if let v = payloadBudget { s.payloadBudgetBytes = try ByteSize.parse(v) }
+        if let v = payloadBudget {
+            s.payloadBudgetBytes = try Serve.flag("--payload-budget") { () throws(DaemonError) in try ByteSize.parse(v) }
+            guard s.payloadBudgetBytes <= DaemonSettings.payloadBudgetMax else { throw .invalidValue("--payload-budget: at most 1T, got '\(v)'") }
+        }
         if let v = tls {
             guard let m = TLSMode(rawValue: v) else { throw .invalidValue("invalid --tls '\(v)': expected off, on or require") }
             s.tls.mode = m
@@ -218,36 +261,36 @@ struct Serve: ParsableCommand {
         let name = device ?? "zram0"
         try DeviceSpec.validateName(name)
         let bytes: UInt64
-        if let size { bytes = try ByteSize.parse(size) } else {
+        if let size { bytes = try Serve.flag("--size") { () throws(DaemonError) in try ByteSize.parse(size) } } else {
             bytes = try SizeExpression("min(ram / 2, 4096)").bytes(ramMiB: ramMiB)
         }
-        guard bytes > 0 else { throw .invalidValue("invalid size '\(size ?? "0")': must be more than 0") }
+        guard bytes > 0 else { throw .invalidValue("--size: invalid size '\(size ?? "0")': must be more than 0") }
         var spec = DeviceSpec.standard(name: name, diskSize: bytes)
         if let a = algorithm {
             try DeviceSpec.validateAlgorithm(a)
             spec.algorithm = a
         }
         if let l = level {
-            guard let v = Int32(l) else { throw .invalidValue("invalid level '\(l)': expected an integer") }
-            try DeviceSpec.validateLevel(v, for: spec.algorithm)
+            guard let v = Int32(l) else { throw .invalidValue("--level: invalid level '\(l)': expected an integer") }
+            try Serve.flag("--level") { () throws(DaemonError) in try DeviceSpec.validateLevel(v, for: spec.algorithm) }
             spec.level = v
         }
         if let c = chainSize {
-            guard let v = Int(c) else { throw .invalidValue("invalid chain size '\(c)': expected \(DeviceSpec.chainSizes)") }
-            try DeviceSpec.validateChainSize(v)
+            guard let v = Int(c) else { throw .invalidValue("--chain-size: invalid chain size '\(c)': expected \(DeviceSpec.chainSizes)") }
+            try Serve.flag("--chain-size") { () throws(DaemonError) in try DeviceSpec.validateChainSize(v) }
             spec.chainSize = v
         }
-        if let m = memLimit { spec.memLimit = try ByteSize.parse(m) }
+        if let m = memLimit { spec.memLimit = try Serve.flag("--mem-limit") { () throws(DaemonError) in try ByteSize.parse(m) } }
         if let b = backingDev { spec.writebackDevice = ConfigFile.optionalPath(b) }
         if let a = writebackIdleAfter {
-            do { spec.writebackPolicy.idleAfter = try ConfigFile.parseDuration(a) } catch {
-                throw .invalidValue("invalid --writeback-idle-after: \(error)")
-            }
+            spec.writebackPolicy.idleAfter = try Serve.flag("--writeback-idle-after") { () throws(DaemonError) in try ConfigFile.parseDuration(a) }
         }
         spec.writebackPolicy.onPressure = writebackOnPressure
         spec.compressedWriteback = compressedWriteback
         spec.writebackPacking = writebackPacking
-        if let l = writebackDailyLimit { spec.writebackPolicy.dailyLimitPages = try ByteSize.parse(l) / 4096 }
+        if let l = writebackDailyLimit {
+            spec.writebackPolicy.dailyLimitPages = try Serve.flag("--writeback-daily-limit") { () throws(DaemonError) in try ByteSize.parse(l) } / 4096
+        }
         if let s = socket { spec.socket = ConfigFile.optionalPath(s) }
         if let l = listen {
             spec.listen = ConfigFile.optionalPath(l)
@@ -259,10 +302,26 @@ struct Serve: ParsableCommand {
         return spec
     }
 
+    /// `body`'s error with the flag it came from in front: "--size: invalid size '-1': ...".
+    static func flag<T>(_ name: String, _ body: () throws(DaemonError) -> T) throws(DaemonError) -> T {
+        do { return try body() } catch { throw .invalidValue("\(name): \(error)") }
+    }
+
+    /// What `--check` shows for the private directory of --run.
+    static let privateDirTemplate = "$TMPDIR/zramnbd-XXXXXX"
+
     func run() throws {
-        let log = Log(level: verbose >= 2 ? .debug : verbose == 1 ? .info : (stdio ? .warning : .info))
+        // First of all: the parent to compare with once PR_SET_PDEATHSIG is armed.
+        let parent = exitWithParent ? getppid() : nil
+        let quiet = stdio || runCommand != nil   // a tool's child: only what goes wrong
+        let log = Log(level: verbose >= 2 ? .debug : verbose == 1 ? .info : (quiet ? .warning : .info))
         let root = ZramGeneratorConfig.root()
-        let loaded = try settings(ramMiB: SystemInfo.memTotalMiB(path: ZramGeneratorConfig.join(root, "proc/meminfo")), root: root)
+        let ram = SystemInfo.memTotalMiB(path: ZramGeneratorConfig.join(root, "proc/meminfo"))
+        var privateDir: String?
+        defer { privateDir.map(Serve.removePrivateDirectory) }
+        // Even with --socket: a device `ctl add` makes later gets its socket there.
+        if runCommand != nil, !check { privateDir = try Serve.makePrivateDirectory() }
+        let loaded = try settings(ramMiB: ram, root: root, privateDir: privateDir ?? Serve.privateDirTemplate)
         for w in loaded.warnings { log.warning(w) }
         let tlsServer = try loaded.settings.tls.loadServer()
         if check {
@@ -283,11 +342,28 @@ struct Serve: ParsableCommand {
                                         payloadBudget: Int(loaded.settings.payloadBudgetBytes),
                                         tls: loaded.settings.tls, tlsServer: tlsServer)
         if stdio {
+            if let parent, try !ParentDeath.arm(parent: parent) { return }
             try factory.serveStdio(loaded.settings.devices)
             return
         }
-        let status = try Daemon(settings: loaded.settings, factory: factory, log: log).run()
+        let captive = CaptiveOptions(run: runCommand, parent: parent, pidfile: pidfile, printURI: printUri, privateDirectory: privateDir)
+        let status = try Daemon(settings: loaded.settings, factory: factory, log: log, captive: captive).run()
         if status != 0 { throw ExitStatus(code: status) }
+    }
+
+    /// A directory only we can enter, under $TMPDIR or /tmp, as nbdkit makes for `-U -`.
+    static func makePrivateDirectory() throws(DaemonError) -> String {
+        let base = getenv("TMPDIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        var template = Array((base.hasSuffix("/") ? base : base + "/").utf8CString.dropLast()) + Array("zramnbd-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw .errno("mkdtemp \(base)/zramnbd-XXXXXX") }
+        return String(cString: template)
+    }
+
+    /// The private directory and the sockets the devices left in it (they remove their own on a
+    /// graceful stop).
+    static func removePrivateDirectory(_ path: String) {
+        for name in FileSystem.listDirectory(path) where name.hasSuffix(".sock") { unlink(path + "/" + name) }
+        rmdir(path)
     }
 
     static func describe(_ d: DeviceSpec) -> String {
@@ -364,10 +440,11 @@ struct Ctl: ParsableCommand {
         let req = try request()
         let lines = try ControlClient.send(req, socket: controlSocket)
         if action == "get" {
+            // `show` prints sysfs's snake_case; the kebab-case of flags and config keys is the same key.
             let key = arguments[0]
             let fields = lines.map(ControlRecord.parse).flatMap(\.fields)
-            guard let v = fields.first(where: { $0.0 == key })?.1 else {
-                throw DaemonError.invalidValue("unknown key '\(key)' (see: zramnbd ctl \(device) show)")
+            guard let v = fields.first(where: { $0.0 == key || $0.0 == ControlAction.sysfsName(action: key) })?.1 else {
+                throw DaemonError.invalidValue("\(device): unknown key '\(key)' (see: zramnbd ctl \(device) show)")
             }
             FileSystem.writeAll(1, v + "\n")
             return

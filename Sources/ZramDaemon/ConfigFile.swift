@@ -126,15 +126,31 @@ public enum ConfigFile {
         return vars
     }
 
+    /// The keys of a [zramN] section (`device` reads them; ParsingTests checks the list).
+    static let deviceKeys = [
+        "zram-size", "zram-resident-limit", "compression-algorithm", "swap-priority", "fs-type", "mount-point", "options",
+        "host-memory-limit", "memory-limit", "writeback-device", "backing-dev", "zram-fraction", "max-zram-size",
+        "writeback-limit", "writeback-limit-enable", "writeback-batch-size", "compressed-writeback", "writeback-packing",
+        "writeback-idle-after", "writeback-on-pressure", "writeback-daily-limit",
+        "socket", "listen", "stats-dir", "chain-size", "read-only", "tls-identities",
+    ]
+    /// `ctl add`'s own spellings, in bytes and words as on the command line.
+    static let addKeys = ["size", "mem-limit", "algorithm", "level"]
+
     /// A device from `key=value` settings outside a file (`ctl DEVICE add ...`): the config keys,
     /// plus the command-line spellings `size` and `mem-limit` (memparse bytes), `algorithm`, `level`.
+    /// Errors are sentences about the device ("zram4: chain-size: ..."): there is no file or line.
     public static func deviceSpec(name: String, settings: [(String, String)], ramMiB: Double) throws(DaemonError) -> DeviceSpec {
-        var section = IniSection(name: name, file: "add \(name)", line: 0)
+        // Refused, not ignored as in a file: the device would be made without what was asked.
+        if let unknown = settings.first(where: { !addKeys.contains($0.0) && !deviceKeys.contains($0.0) }) {
+            throw .invalidValue("\(name): unknown key '\(unknown.0)' (keys: \((addKeys + deviceKeys).joined(separator: ", ")))")
+        }
+        var section = IniSection(name: name, file: name, line: 0)
         var algorithm: String?
         var level: String?
         var fixed = FixedSizes()
         for (k, v) in settings {
-            let entry = { (value: String) in IniEntry(value: value, file: "add \(name)", line: 0) }
+            let entry = { (value: String) in IniEntry(value: value, file: name, line: 0) }
             switch k {
             // Bytes, not zram-size's MiB expression: set after the section is read.
             case "size": fixed.disk = try ByteSize.parse(v)
@@ -147,14 +163,16 @@ public enum ConfigFile {
         if algorithm != nil || level != nil {
             let a = algorithm ?? "lz4"
             try DeviceSpec.validateAlgorithm(a)
-            section.set("compression-algorithm", IniEntry(value: level.map { "\(a)(level=\($0))" } ?? a, file: "add \(name)", line: 0))
+            section.set("compression-algorithm", IniEntry(value: level.map { "\(a)(level=\($0))" } ?? a, file: name, line: 0))
         }
         var warnings: [String] = []
         let ram = wholeMiB(ramMiB)
         guard let spec = try device(section, ramMiB: ram, variables: ["ram": ram], fixed: fixed, warnings: &warnings) else {
-            throw .invalidValue("\(name): \(warnings.last ?? "device skipped")")
+            // The file form's "NAME:0: [NAME] skipped: why" as "NAME: not added: why".
+            let last = warnings.last ?? ""
+            let why = last.firstRange(of: "skipped: ").map { String(last[$0.upperBound...]) } ?? last
+            throw .invalidValue("\(name): not added: \(why)")
         }
-        if let unknown = warnings.first(where: { $0.contains("unknown key") }) { throw .invalidValue(unknown) }
         return spec
     }
 

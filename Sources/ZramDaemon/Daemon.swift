@@ -29,16 +29,26 @@ public final class Daemon {
     let log: Log
     let notifier = SystemdNotifier()
 
-    public init(settings: DaemonSettings, factory: any DeviceFactory, log: Log) {
+    let captive: CaptiveOptions
+
+    public init(settings: DaemonSettings, factory: any DeviceFactory, log: Log, captive: CaptiveOptions = CaptiveOptions()) {
         self.settings = settings
         self.log = log
+        self.captive = captive
         host = DeviceHost(factory: factory, prometheusFile: settings.prometheusFile, log: log)
+        host.privateDirectory = captive.privateDirectory
     }
 
-    /// Runs until SIGTERM/SIGINT; returns the exit status.
+    /// Runs until SIGTERM/SIGINT (or the end of the --run command, or of the parent with
+    /// --exit-with-parent); returns the exit status (the command's with --run).
     public func run() throws(DaemonError) -> Int32 {
         // Before any thread exists, so every thread inherits the blocked mask.
-        let signals = try SignalEvents()
+        let signals = try SignalEvents(children: captive.run != nil)
+        // Before the devices, as nbdkit does: a parent that dies while they start still stops us.
+        if let parent = captive.parent, try !ParentDeath.arm(parent: parent) {
+            log.info("the parent process is gone: not starting")
+            return 0
+        }
         if let low = DescriptorLimit.raise() { log.warning(low) }
         if settings.lockMemory {
             // Before the devices: their memory is locked as it is touched (MCL_FUTURE).
@@ -74,6 +84,38 @@ public final class Daemon {
         }
         notifier.notify("READY=1\nSTATUS=\(status)")
 
+        // Serving: now the pid file, the URIs and the command, in that order (the command may
+        // read both).
+        var pidFile: PidFile?
+        var command: CaptiveCommand?
+        defer {
+            // Whatever ends the daemon (a failing poll included) never leaves the command orphaned.
+            if let c = command, c.reap() == nil { _ = c.terminate(grace: 5) }
+            pidFile?.remove()
+        }
+        do {
+            if let p = captive.pidfile { pidFile = try PidFile(path: p) }
+            if captive.printURI {
+                let uris = settings.devices.compactMap { CaptiveURI.endpoint($0, tls: settings.tls)?.uri }
+                FileSystem.writeAll(1, uris.map { $0 + "\n" }.joined())
+            }
+            if let program = captive.run {
+                command = try CaptiveCommand(CaptiveURI.script(program, first: settings.devices.first, tls: settings.tls))
+            }
+        } catch {
+            control?.close()
+            metrics?.close()
+            shared.with { $0.stopAll() }
+            throw error
+        }
+        func stop() {
+            notifier.notify("STOPPING=1\nSTATUS=stopping")
+            // No new control request once the devices start to go.
+            control?.close()
+            metrics?.close()
+            shared.with { $0.stopAll() }
+        }
+
         let interval = settings.statsInterval
         var nextStats = SystemInfo.now() + interval
         var nextWatchdog = notifier.watchdogInterval.map { SystemInfo.now() + $0 }
@@ -101,13 +143,21 @@ public final class Daemon {
                         shared.with { $0.refreshStats(force: true) }
                         continue
                     }
+                    if sig == SIGCHLD {
+                        guard let code = command?.reap() else { continue }
+                        log.info("the --run command exited with status \(code): stopping")
+                        stop()
+                        return code
+                    }
                     log.info("signal \(sig): stopping")
-                    notifier.notify("STOPPING=1\nSTATUS=stopping")
-                    // No new control request once the devices start to go.
-                    control?.close()
-                    metrics?.close()
-                    shared.with { $0.stopAll() }
-                    return 0
+                    guard let c = command else {
+                        stop()
+                        return 0
+                    }
+                    // The command first, so it ends before its device vanishes under it.
+                    kill(c.pid, SIGTERM)
+                    stop()
+                    return c.terminate(grace: 5)
                 }
             }
             if pressure != nil {

@@ -75,6 +75,9 @@ public final class DeviceHost {
     var prometheusFile: String?
     /// Runs the devices' writeback policies; nil = none (tests).
     var writebackPolicy: WritebackPolicy?
+    /// A captive daemon's private directory (serve --run): `ctl add` puts a device's default
+    /// socket there and gives it no default stats directory, as for the devices it started with.
+    var privateDirectory: String?
     /// The open Prometheus file (its directory checked once), after the first publication.
     private var prometheus: PublishedFile?
     var log: Log
@@ -209,7 +212,13 @@ public final class DeviceHost {
             publish(d, force: true)
             return []
         case .add(let name, let settings):
-            try add(try ConfigFile.deviceSpec(name: name, settings: settings, ramMiB: SystemInfo.memTotalMiB()))
+            var spec = try ConfigFile.deviceSpec(name: name, settings: settings, ramMiB: SystemInfo.memTotalMiB())
+            if let dir = privateDirectory {
+                let standard = DeviceSpec.standard(name: name, diskSize: 0)
+                if spec.socket == standard.socket { spec.socket = dir + "/" + name + ".sock" }
+                if spec.statsDir == standard.statsDir { spec.statsDir = nil }
+            }
+            try add(spec)
             return [record(try device(name)).line]
         case .remove(let name):
             try remove(name)

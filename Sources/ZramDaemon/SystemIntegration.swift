@@ -5,7 +5,7 @@ import Glibc
 
 // prctl(2) is variadic in C, which Swift cannot call; bind the integer form directly.
 @_silgen_name("prctl")
-private func prctl5(_ option: Int32, _ a2: UInt, _ a3: UInt, _ a4: UInt, _ a5: UInt) -> Int32
+func prctl5(_ option: Int32, _ a2: UInt, _ a3: UInt, _ a4: UInt, _ a5: UInt) -> Int32
 
 // Glibc's Swift module leaves out the _GNU_SOURCE declarations; bind the two we need.
 @_silgen_name("signalfd")
@@ -130,10 +130,11 @@ final class SignalEvents {
 
     static let handled = [SIGTERM, SIGINT, SIGHUP]
 
-    init() throws(DaemonError) {
+    /// `children`: SIGCHLD too (the --run command's end).
+    init(children: Bool = false) throws(DaemonError) {
         var set = sigset_t()
         sigemptyset(&set)
-        for s in SignalEvents.handled { sigaddset(&set, s) }
+        for s in SignalEvents.handled + (children ? [SIGCHLD] : []) { sigaddset(&set, s) }
         guard pthread_sigmask(SIG_BLOCK, &set, nil) == 0 else { throw .errno("pthread_sigmask") }
         fd = signalfd(-1, &set, sfdCloexec | sfdNonblock)
         guard fd >= 0 else { throw .errno("signalfd") }

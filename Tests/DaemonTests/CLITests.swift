@@ -6,10 +6,10 @@ import TestSupport
 @Suite("zramnbd command line")
 struct CLITests {
     @Test("bad values: exit 2 and one clear line", arguments: [
-        (["serve", "--size", "4X"], "zramnbd: error: invalid size '4X': unknown suffix 'X' (use K, M, G or T)"),
+        (["serve", "--size", "4X"], "zramnbd: error: --size: invalid size '4X': unknown suffix 'X' (use K, M, G or T)"),
         (["serve", "--algorithm", "lzo"], "zramnbd: error: unknown compression algorithm 'lzo' (supported: lz4, zstd)"),
-        (["serve", "--chain-size", "3"], "zramnbd: error: invalid chain size 3 (4...16)"),
-        (["serve", "--level", "x"], "zramnbd: error: invalid level 'x': expected an integer"),
+        (["serve", "--chain-size", "3"], "zramnbd: error: --chain-size: invalid chain size 3 (4...16)"),
+        (["serve", "--level", "x"], "zramnbd: error: --level: invalid level 'x': expected an integer"),
         (["serve", "--listen", "localhost"], "zramnbd: error: invalid address 'localhost': expected HOST:PORT"),
         (["serve", "--frobnicate"], "zramnbd: error: Unknown option '--frobnicate' (see --help)"),
         (["ctl", "zram0", "mem-limit"], "zramnbd: error: usage: zramnbd ctl DEVICE mem-limit SIZE"),

@@ -412,6 +412,32 @@ struct EndToEndTests {
         #expect(d.stop() == .exited(0))
     }
 
+    @Test("ctl: add refuses an unknown key in a sentence; get takes kebab-case and sysfs names alike")
+    func ctlSentences() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let d = try RunningDaemon(dir)
+        let bogus = try d.ctl(["add", "bogus=1", "socket=\(dir.file("zram4.sock"))"], device: "zram4")
+        #expect(bogus.termination == .exited(1))
+        #expect(bogus.stderr.hasPrefix("zramnbd: error: zram4: unknown key 'bogus' (keys: size, mem-limit, algorithm, level, "), "\(bogus.stderr)")
+        #expect(!bogus.stderr.contains("ignored") && !bogus.stderr.contains(":0") && bogus.stderr.filter { $0 == "\n" }.count == 1)
+        let chain = try d.ctl(["add", "size=1M", "chain-size=99", "socket=\(dir.file("zram4.sock"))"], device: "zram4")
+        #expect(chain.stderr == "zramnbd: error: zram4: chain-size: invalid chain size 99 (4...16)\n")
+        #expect(try d.ctl(["get", "disksize"], device: "zram4").termination == .exited(1), "zram4 must not exist")
+
+        let client = try NBDClient(socket: d.socket)
+        #expect(client.write([UInt8](repeating: 0x5c, count: 8192), at: 0) == 0)
+        client.close()
+        for (kebab, snake) in [("mem-used-total", "mem_used_total"), ("writeback-limit", "writeback_limit"), ("orig-data-size", "orig_data_size")] {
+            let a = try d.ctl(["get", kebab]), b = try d.ctl(["get", snake])
+            #expect(a.succeeded && b.succeeded && a.stdout == b.stdout && !a.stdout.isEmpty, "\(kebab): \(a.stderr) \(b.stderr)")
+        }
+        #expect(try d.ctl(["get", "orig-data-size"]).stdout == "8192\n")
+        let unknown = try d.ctl(["get", "colour"])
+        #expect(unknown.termination == .exited(2) && unknown.stderr == "zramnbd: error: zram0: unknown key 'colour' (see: zramnbd ctl zram0 show)\n")
+        #expect(d.stop() == .exited(0))
+    }
+
     @Test("--stdio serves nbdinfo one connection")
     func stdio() throws {
         let dir = TempDir()

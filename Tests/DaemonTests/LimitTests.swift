@@ -132,7 +132,7 @@ struct LimitTests {
             _ = try Serve.parse(["--size", "1M", "--stats-interval", value]).settings(ramMiB: 1000)
             Issue.record("accepted as a flag")
         } catch {
-            #expect("\(error)" == "invalid stats interval: \(problem)")
+            #expect("\(error)" == "--stats-interval: \(problem)")
         }
         var s = DaemonSettings()
         s.statsInterval = Double(value) ?? -1
@@ -141,12 +141,12 @@ struct LimitTests {
     }
 
     @Test("serve flags: a negative value reaches the size parser; huge sizes are refused", arguments: [
-        (["--size", "-1G"], "invalid size '-1G': must not be negative"),
-        (["--size", "7E"], "invalid size '7E': too large (at most 16T)"),
-        (["--size", "10E"], "invalid size '10E': too large (at most 16T)"),
-        (["--size", "1G", "--mem-limit", "8E"], "invalid size '8E': too large (at most 16T)"),
-        (["--size", "1G", "--mem-limit", "-1"], "invalid size '-1': must not be negative"),
-        (["--size", "1G", "--level", "-5", "--algorithm", "lz4"], "invalid level -5 for lz4"),
+        (["--size", "-1G"], "--size: invalid size '-1G': must not be negative"),
+        (["--size", "7E"], "--size: invalid size '7E': too large (at most 16T)"),
+        (["--size", "10E"], "--size: invalid size '10E': too large (at most 16T)"),
+        (["--size", "1G", "--mem-limit", "8E"], "--mem-limit: invalid size '8E': too large (at most 16T)"),
+        (["--size", "1G", "--mem-limit", "-1"], "--mem-limit: invalid size '-1': must not be negative"),
+        (["--size", "1G", "--level", "-5", "--algorithm", "lz4"], "--level: invalid level -5 for lz4"),
     ])
     func serveFlags(_ args: [String], _ message: String) {
         do {
@@ -204,11 +204,12 @@ struct LimitTests {
 @Suite("zramnbd command line: limits")
 struct CLILimitTests {
     @Test("huge, negative and too-frequent values: exit 2 and one clear line, with or without --check", arguments: [
-        (["serve", "--size", "7E"], "invalid size '7E': too large (at most 16T)"),
-        (["serve", "--size", "10E"], "invalid size '10E': too large (at most 16T)"),
-        (["serve", "--size", "1G", "--mem-limit", "8E"], "invalid size '8E': too large (at most 16T)"),
-        (["serve", "--size", "-1G"], "invalid size '-1G': must not be negative"),
-        (["serve", "--size", "64M", "--stats-interval", "1e-9"], "invalid stats interval: '1e-9' is outside 0.01...86400 seconds"),
+        (["serve", "--size", "7E"], "--size: invalid size '7E': too large (at most 16T)"),
+        (["serve", "--size", "10E"], "--size: invalid size '10E': too large (at most 16T)"),
+        (["serve", "--size", "1G", "--mem-limit", "8E"], "--mem-limit: invalid size '8E': too large (at most 16T)"),
+        (["serve", "--size", "-1G"], "--size: invalid size '-1G': must not be negative"),
+        (["serve", "--size", "64M", "--stats-interval", "1e-9"], "--stats-interval: '1e-9' is outside 0.01...86400 seconds"),
+        (["serve", "--size", "64M", "--busy-poll-us", "-1"], "--busy-poll-us: expected microseconds 0...10000, got '-1'"),
     ])
     func badFlags(_ args: [String], _ message: String) throws {
         let dir = TempDir()

@@ -262,8 +262,97 @@ struct ServeOptionTests {
         #expect(s.devices[0].socket == nil && s.devices[0].statsDir == nil)
     }
 
+    @Test("--run takes none of the system daemon's paths unless told to")
+    func run() throws {
+        func settings(_ args: [String]) throws -> DaemonSettings {
+            try Serve.parse(["--run", "true"] + args).settings(ramMiB: 1000, privateDir: "/p").settings
+        }
+        let plain = try settings(["--size", "64M"])
+        #expect(plain.controlSocket == nil && !plain.lockMemory)
+        #expect(plain.devices[0].socket == "/p/zram0.sock" && plain.devices[0].statsDir == nil && plain.devices[0].listen == nil)
+        #expect(try settings(["--size", "64M", "--socket", "/s.sock"]).devices[0].socket == "/s.sock")
+        let tcp = try settings(["--size", "64M", "--listen", "127.0.0.1:10809"]).devices[0]
+        #expect(tcp.socket == nil && tcp.listen == "127.0.0.1:10809")   // TCP alone, as nbdkit -p
+        let asked = try settings(["--size", "64M", "--control-socket", "/c.sock", "--stats-dir", "/st"])
+        #expect(asked.controlSocket == "/c.sock" && asked.devices[0].statsDir == "/st")
+        // A config file's default paths are the system daemon's: private too; its own paths stay.
+        let dir = TempDir()
+        defer { dir.remove() }
+        dir.write("z.conf", "[zram0]\nzram-size = 8\n[zram1]\nzram-size = 8\nsocket = /mine.sock\nstats-dir = /mine\n")
+        let file = try settings(["--config", dir.file("z.conf")])
+        #expect(file.devices.map(\.socket) == ["/p/zram0.sock", "/mine.sock"] && file.devices.map(\.statsDir) == [nil, "/mine"])
+        #expect(file.controlSocket == nil)
+    }
+
     @Test("--config and device flags don't mix")
     func configAndFlags() throws {
         #expect(throws: DaemonError.self) { try Serve.parse(["--config", "/x", "--size", "1G"]).settings(ramMiB: 1000) }
+    }
+}
+
+@Suite("Flags taking numbers")
+struct NumericFlagTests {
+    /// Every serve option that takes a number, size or duration, with a negative value: parsed
+    /// as its value (not "Missing value"), then refused naming the flag.
+    @Test("a value starting with '-' is the option's value, refused in one line naming the flag", arguments: [
+        ("--size", "-1", "--size: invalid size '-1': must not be negative"),
+        ("--level", "-5", "--level: invalid level -5 for lz4 (1...65537)"),
+        ("--chain-size", "-1", "--chain-size: invalid chain size -1 (4...16)"),
+        ("--mem-limit", "-1M", "--mem-limit: invalid size '-1M': must not be negative"),
+        ("--writeback-idle-after", "-1", "--writeback-idle-after: expected a duration like 90, 30m, 1h or 1d (at most 10 years), got '-1'"),
+        ("--writeback-daily-limit", "-1G", "--writeback-daily-limit: invalid size '-1G': must not be negative"),
+        ("--stats-interval", "-1", "--stats-interval: expected seconds > 0, got '-1'"),
+        ("--busy-poll-us", "-1", "--busy-poll-us: expected microseconds 0...10000, got '-1'"),
+        ("--handshake-limit", "-1", "--handshake-limit: expected seconds 0...3600 (0 = none), got '-1'"),
+        ("--payload-budget", "-1", "--payload-budget: invalid size '-1': must not be negative"),
+    ])
+    func negative(_ flag: String, _ value: String, _ message: String) throws {
+        let args = (flag == "--size" ? [] : ["--size", "1M"]) + [flag, value]
+        let command: Serve
+        do { command = try Serve.parse(args) } catch {
+            Issue.record("\(args) did not parse: \(Serve.message(for: error))")
+            return
+        }
+        do {
+            _ = try command.settings(ramMiB: 1000)
+            Issue.record("accepted \(args)")
+        } catch {
+            #expect(error.description == message)
+            #expect(error.exitStatus == 2)
+        }
+    }
+
+    @Test("where negative is valid it is accepted: zstd --level -5, --busy-poll-us 0")
+    func valid() throws {
+        let s = try Serve.parse(["--size", "1M", "--algorithm", "zstd", "--level", "-5", "--busy-poll-us", "0"]).settings(ramMiB: 1000).settings
+        #expect(s.devices[0].level == -5 && s.busyPollMicroseconds == 0)
+    }
+}
+
+@Suite("ctl add: errors as sentences")
+struct CtlAddMessageTests {
+    @Test("every key deviceKeys lists is one a [zramN] section knows (ctl add refuses the others)")
+    func keyListIsTrue() {
+        for key in ConfigFile.deviceKeys {
+            // A bad value is an error; an unknown key would be a warning instead.
+            let warnings = (try? ConfigFile.parse([("k.conf", "[zram0]\nzram-size = 64\n\(key) = \n")], ramMiB: 1000))?.warnings ?? []
+            #expect(!warnings.contains { $0.contains("unknown key") }, "\(key): \(warnings)")
+        }
+    }
+
+    @Test("unknown keys, bad values and skipped devices: the device named, no file, line or 'ignored'", arguments: [
+        ([("bogus", "1")], "zram4: unknown key 'bogus' (keys: size, mem-limit, algorithm, level, zram-size, "),
+        ([("size", "1M"), ("chain-size", "99")], "zram4: chain-size: invalid chain size 99 (4...16)"),
+        ([("zram-size", "0")], "zram4: not added: zram-size is 0"),
+        ([("size", "1M"), ("swap-priority", "-7")], "zram4: swap-priority: expected -1...32767, got '-7'"),
+    ])
+    func messages(_ settings: [(String, String)], _ message: String) {
+        do {
+            _ = try ConfigFile.deviceSpec(name: "zram4", settings: settings, ramMiB: 1000)
+            Issue.record("accepted \(settings)")
+        } catch {
+            #expect(error.description.hasPrefix(message), "\(error)")
+            #expect(!error.description.contains("ignored") && !error.description.contains(":0"), "\(error)")
+        }
     }
 }
