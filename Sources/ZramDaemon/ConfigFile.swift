@@ -127,7 +127,8 @@ public enum ConfigFile {
     }
 
     /// A device from `key=value` settings outside a file (`ctl DEVICE add ...`): the config keys,
-    /// plus the command-line spellings `size` and `mem-limit` (memparse bytes), `algorithm`, `level`.
+    /// plus the command-line spellings `size` and `mem-limit` (bytes as `serve --size` reads them:
+    /// util-linux's strtosize), `algorithm`, `level`.
     public static func deviceSpec(name: String, settings: [(String, String)], ramMiB: Double) throws(DaemonError) -> DeviceSpec {
         var section = IniSection(name: name, file: "add \(name)", line: 0)
         var algorithm: String?
@@ -137,8 +138,8 @@ public enum ConfigFile {
             let entry = { (value: String) in IniEntry(value: value, file: "add \(name)", line: 0) }
             switch k {
             // Bytes, not zram-size's MiB expression: set after the section is read.
-            case "size": fixed.disk = try ByteSize.parse(v)
-            case "mem-limit": fixed.mem = try ByteSize.parse(v)
+            case "size": fixed.disk = try ByteSize.strtosize(v)
+            case "mem-limit": fixed.mem = try ByteSize.strtosize(v)
             case "algorithm": algorithm = v
             case "level": level = v
             default: section.set(k, entry(v))
