@@ -333,7 +333,7 @@ struct Status: ParsableCommand {
             \(StatusReport.columnHelp)
             """)
 
-    @Option(name: [.short, .long], help: ArgumentHelp("Columns to show (see below); +LIST adds to the default ones.", valueName: "list"))
+    @Option(name: [.short, .long], help: ArgumentHelp("Columns to show (listed above), comma-separated; +LIST adds to the default ones.", valueName: "list"))
     var output: String?
     @Flag(help: "Show every column.")
     var outputAll = false
@@ -345,7 +345,7 @@ struct Status: ParsableCommand {
     var raw = false
     @Flag(help: "Print JSON with every counter.")
     var json = false
-    @Option(help: ArgumentHelp("Redraw every SECONDS (default 1), with rates per second; Ctrl-C ends it.", valueName: "seconds"))
+    @Option(help: ArgumentHelp("Redraw every SECONDS (may be left out: 1), with rates per second; Ctrl-C ends it (exit 0).", valueName: "seconds"))
     var watch: String?
     @Option(help: ArgumentHelp("With --watch: stop after N frames.", valueName: "n"))
     var count: String?

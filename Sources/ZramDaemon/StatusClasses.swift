@@ -44,10 +44,13 @@ enum StatusClasses {
         }
     }
 
-    /// $COLUMNS, or 80.
+    /// $COLUMNS; else the terminal's width (shells set COLUMNS but seldom export it); else 80.
     static func terminalWidth() -> Int {
-        guard let p = getenv("COLUMNS"), let w = Int(String(cString: p)), (20...10_000).contains(w) else { return 80 }
-        return w
+        let usable = 20...10_000
+        if let p = getenv("COLUMNS"), let w = Int(String(cString: p)), usable.contains(w) { return w }
+        var size = winsize()
+        if isatty(1) == 1, ioctl(1, UInt(TIOCGWINSZ), &size) == 0, usable.contains(Int(size.ws_col)) { return Int(size.ws_col) }
+        return 80
     }
 
     static func report(device: String, socket: String, width: Int, colour: Bool) throws(DaemonError) -> String {

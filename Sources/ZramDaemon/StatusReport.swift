@@ -10,14 +10,26 @@ public struct StatusColumn: Sendable {
     let right: Bool
     /// Needs two frames (`--watch`): a rate per second.
     let rate: Bool
+    /// zramctl's absolute width hint (whint >= 1; its relative ones do not act on its output).
+    let hint: Int
     let cell: @Sendable (StatusRow) -> String
 
-    init(_ name: String, right: Bool = true, rate: Bool = false, _ help: String, cell: @escaping @Sendable (StatusRow) -> String) {
+    init(_ name: String, right: Bool = true, rate: Bool = false, hint: Int = 0, _ help: String,
+         cell: @escaping @Sendable (StatusRow) -> String) {
         self.name = name
         self.help = help
         self.right = right
         self.rate = rate
+        self.hint = hint
         self.cell = cell
+    }
+
+    /// libsmartcols' width (util-linux 2.38–2.41, count_column_width): the widest cell, at least
+    /// the header (counted even with -n); a column whose cells are as wide as its header grows
+    /// to its hint. So DATA is 5 wide for "2.2M" but 4 for "0B", as zramctl prints it.
+    func width(cells: Int) -> Int {
+        if cells < name.count { return name.count }
+        return hint > cells && name.count < hint ? hint : cells
     }
 }
 
@@ -62,21 +74,21 @@ public enum StatusReport {
     /// one that is often empty or long. Rate columns exist only with --watch.
     public static let allColumns: [StatusColumn] = [
         StatusColumn("NAME", right: false, "zram device name") { $0.text("name") },
-        StatusColumn("DISKSIZE", "limit on the uncompressed amount of data") { $0.size("disksize") },
-        StatusColumn("DATA", "uncompressed size of stored data") { $0.size("orig_data_size") },
-        StatusColumn("COMPR", "compressed size of stored data") { $0.size("compr_data_size") },
-        StatusColumn("ALGORITHM", right: false, "the selected compression algorithm") { $0.text("algorithm") },
-        StatusColumn("STREAMS", "number of concurrent compress operations") { $0.text("streams") },
+        StatusColumn("DISKSIZE", hint: 5, "limit on the uncompressed amount of data") { $0.size("disksize") },
+        StatusColumn("DATA", hint: 5, "uncompressed size of stored data") { $0.size("orig_data_size") },
+        StatusColumn("COMPR", hint: 5, "compressed size of stored data") { $0.size("compr_data_size") },
+        StatusColumn("ALGORITHM", right: false, hint: 3, "the selected compression algorithm") { $0.text("algorithm") },
+        StatusColumn("STREAMS", hint: 3, "number of concurrent compress operations") { $0.text("streams") },
         // zramctl prints the page count as it is, -b or not.
-        StatusColumn("ZERO-PAGES", "empty pages with no allocated memory") { $0.text("same_pages").isEmpty ? "0" : $0.text("same_pages") },
-        StatusColumn("TOTAL", "all memory including allocator fragmentation and metadata overhead") { $0.size("mem_used_total") },
-        StatusColumn("MEM-LIMIT", "memory limit used to store compressed data") { $0.size("mem_limit") },
-        StatusColumn("MEM-USED", "peak memory usage to store compressed data") { $0.size("mem_used_max") },
+        StatusColumn("ZERO-PAGES", hint: 3, "empty pages with no allocated memory") { $0.text("same_pages").isEmpty ? "0" : $0.text("same_pages") },
+        StatusColumn("TOTAL", hint: 5, "all memory including allocator fragmentation and metadata overhead") { $0.size("mem_used_total") },
+        StatusColumn("MEM-LIMIT", hint: 5, "memory limit used to store compressed data") { $0.size("mem_limit") },
+        StatusColumn("MEM-USED", hint: 5, "peak memory usage to store compressed data") { $0.size("mem_used_max") },
         // mm_stat's pages_compacted; zramctl formats it as a size ("0B", "5B" for 5), and so do we.
-        StatusColumn("MIGRATED", "number of objects migrated by compaction") { $0.size("pages_compacted") },
+        StatusColumn("MIGRATED", hint: 5, "number of objects migrated by compaction") { $0.size("pages_compacted") },
         // util-linux: "%.4f" of DATA / TOTAL, so "inf" for a device of zero pages only and
         // "-nan" for an empty one (x86's 0/0).
-        StatusColumn("COMP-RATIO", "compression ratio: DATA/TOTAL") {
+        StatusColumn("COMP-RATIO", hint: 5, "compression ratio: DATA/TOTAL") {
             let data = $0.record.uint("orig_data_size"), total = $0.record.uint("mem_used_total")
             if total == 0 { return data == 0 ? "-nan" : "inf" }
             return fixed(Double(data) / Double(total), digits: 4)
@@ -87,7 +99,7 @@ public enum StatusReport {
         },
         StatusColumn("NBD", right: false, "the kernel NBD device that serves it (zramnbd)") { $0.text("nbd_device") },
         StatusColumn("CONNECTIONS", "NBD client connections open now (zramnbd)") { $0.text("connections") },
-        StatusColumn("WB", "written back to the backing device: bd_count pages (zramnbd)") {
+        StatusColumn("WB", hint: 5, "written back to the backing device: bd_count pages (zramnbd)") {
             $0.size(clampedUInt(Double($0.record.uint("bd_count")) * 4096))
         },
         StatusColumn("MOUNTPOINT", right: false, "where the device is mounted") { $0.text("mountpoint") },
@@ -95,16 +107,16 @@ public enum StatusReport {
 
     /// With --watch: rates between two frames, per second.
     static let rateColumns: [StatusColumn] = [
-        StatusColumn("DATA/s", rate: true, "change of DATA per second (--watch)") { $0.sizeRate("orig_data_size", counter: false) },
-        StatusColumn("TOTAL/s", rate: true, "change of TOTAL per second (--watch)") { $0.sizeRate("mem_used_total", counter: false) },
-        StatusColumn("READ/s", rate: true, "bytes NBD clients read per second (--watch)") { $0.sizeRate("nbd_read_bytes", counter: true) },
-        StatusColumn("WRITE/s", rate: true, "bytes NBD clients wrote per second (--watch)") { $0.sizeRate("nbd_write_bytes", counter: true) },
+        StatusColumn("DATA/s", rate: true, hint: 5, "change of DATA per second (--watch)") { $0.sizeRate("orig_data_size", counter: false) },
+        StatusColumn("TOTAL/s", rate: true, hint: 5, "change of TOTAL per second (--watch)") { $0.sizeRate("mem_used_total", counter: false) },
+        StatusColumn("READ/s", rate: true, hint: 5, "bytes NBD clients read per second (--watch)") { $0.sizeRate("nbd_read_bytes", counter: true) },
+        StatusColumn("WRITE/s", rate: true, hint: 5, "bytes NBD clients wrote per second (--watch)") { $0.sizeRate("nbd_write_bytes", counter: true) },
         StatusColumn("R-IOPS", rate: true, "NBD reads per second (--watch)") { $0.countRate("nbd_reads") },
         StatusColumn("W-IOPS", rate: true, "NBD writes per second (--watch)") { $0.countRate("nbd_writes") },
-        StatusColumn("BD-READ/s", rate: true, "bytes read from the backing device per second (--watch)") {
+        StatusColumn("BD-READ/s", rate: true, hint: 5, "bytes read from the backing device per second (--watch)") {
             $0.sizeRate("bd_reads", counter: true, scale: 4096)
         },
-        StatusColumn("BD-WRITE/s", rate: true, "bytes written to the backing device per second (--watch)") {
+        StatusColumn("BD-WRITE/s", rate: true, hint: 5, "bytes written to the backing device per second (--watch)") {
             $0.sizeRate("bd_writes", counter: true, scale: 4096)
         },
     ]
@@ -188,8 +200,9 @@ public enum StatusReport {
         if format.raw {
             return rows.map { $0.map(rawEscape).joined(separator: " ") + "\n" }.joined()
         }
-        var widths = columns.map(\.name.count)
-        for row in rows { for (i, c) in row.enumerated() { widths[i] = max(widths[i], c.count) } }
+        var cellWidths = [Int](repeating: 0, count: columns.count)
+        for row in rows.dropFirst(format.noHeadings ? 0 : 1) { for (i, c) in row.enumerated() { cellWidths[i] = max(cellWidths[i], c.count) } }
+        let widths = zip(columns, cellWidths).map { $0.width(cells: $1) }
         var out = ""
         for row in rows {
             var line = ""

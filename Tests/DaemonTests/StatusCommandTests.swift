@@ -104,9 +104,9 @@ struct StatusCommandTests {
     func cells() throws {
         let cols = try StatusReport.select("NAME,ZERO-PAGES,MIGRATED,MEM-USED,COMP-RATIO,RATIO,NBD,CONNECTIONS,WB")
         #expect(StatusReport.table([zram0, empty], columns: cols, format: .init()) == """
-            NAME  ZERO-PAGES MIGRATED MEM-USED COMP-RATIO RATIO NBD       CONNECTIONS  WB
-            zram0      39382       5B   219.3M     2.4007  2.40 /dev/nbd0           4 12K
-            zram1          0       0B       0B       -nan     -                        0B
+            NAME  ZERO-PAGES MIGRATED MEM-USED COMP-RATIO RATIO NBD       CONNECTIONS    WB
+            zram0      39382       5B   219.3M     2.4007  2.40 /dev/nbd0           4   12K
+            zram1          0       0B       0B       -nan     -                          0B
 
             """)
         let bytes = StatusReport.table([zram0], columns: cols, format: .init(bytes: true, raw: true, noHeadings: true))
@@ -128,8 +128,9 @@ struct StatusCommandTests {
 
     @Test("the default table stays zramctl's plus RATIO")
     func defaultTable() {
-        #expect(StatusReport.table([zram0]).hasPrefix("NAME  ALGORITHM DISKSIZE DATA  COMPR  TOTAL STREAMS RATIO MOUNTPOINT\n"
-                                                      + "zram0 lz4             4G 512M 207.8M 213.3M       2  2.40 /mnt/my disk\\x\n"))
+        // DATA is 5 wide for "512M": zramctl's width hint (see StatusColumn.width).
+        #expect(StatusReport.table([zram0]) == "NAME  ALGORITHM DISKSIZE  DATA  COMPR  TOTAL STREAMS RATIO MOUNTPOINT\n"
+                                                + "zram0 lz4             4G  512M 207.8M 213.3M       2  2.40 /mnt/my disk\\x\n")
     }
 
     @Test("rates are the change between two frames per second; counters that went back show -")
@@ -204,7 +205,7 @@ struct StatusCommandTests {
 
 @Suite("zramnbd status against a running daemon")
 struct StatusDaemonTests {
-    @Test("-o NAME,DATA,COMPR,ZERO-PAGES --raw -n -b is mm_stat's numbers; --watch 0.2 --count 2 is two frames; --classes names the classes")
+    @Test("-o NAME,DATA,COMPR,ZERO-PAGES --raw -n -b is mm_stat's numbers; --watch 0.2 --count 2 is two frames, Ctrl-C exits 0; --classes names the classes")
     func status() throws {
         let dir = TempDir()
         defer { dir.remove() }
@@ -233,6 +234,17 @@ struct StatusDaemonTests {
         #expect(frames.first?.hasPrefix("NAME  DATA DATA/s\nzram0  16M      -") == true, "\(watch.stdout)")
         #expect(frames.last?.contains("zram0  16M     0B") == true, "\(watch.stdout)")   // nothing written between
 
+        // Ctrl-C ends a live view with status 0. The first frame is written once the handler is
+        // in place, so the signal waits for it.
+        let live = try Subprocess([zramnbdBinary, "status", "--control-socket", d.control, "--watch", "0.05"], outputPrefix: dir.file("live"))
+        var waited = 0
+        while live.stdout.isEmpty, live.termination == nil, waited < 1000 {
+            var ts = timespec(tv_sec: 0, tv_nsec: 10_000_000); nanosleep(&ts, nil); waited += 1
+        }
+        #expect(live.stdout.hasPrefix("NAME "), "\(live.stderr)")
+        live.signal(SIGINT)
+        #expect(live.wait(timeout: .seconds(10)) == .exited(0))
+
         let classes = try d.zramnbd(["status", "--control-socket", d.control, "--classes", "zram0"])
         #expect(classes.succeeded, "\(classes.stderr)")
         let inUse = StatusClasses.parse(dir.read("stats/classes") ?? "").filter { $0.objAllocated > 0 }
@@ -241,5 +253,61 @@ struct StatusDaemonTests {
         #expect(drawn == inUse.map(\.index))
         #expect(classes.stdout.contains("compaction would free"))
         #expect(d.stop() == .exited(0))
+    }
+}
+
+@Suite("zramnbd status against zramctl")
+struct ZramctlOracleTests {
+    /// zramctl 2.38's columns (Debian 12), in its --output-all order.
+    static let zramctlColumns = "NAME,DISKSIZE,DATA,COMPR,ALGORITHM,STREAMS,ZERO-PAGES,TOTAL,MEM-LIMIT,MEM-USED,MIGRATED,MOUNTPOINT"
+
+    @Test("the same counters print as zramctl prints them for a kernel zram device: widths, sizes, -b, -n, --raw")
+    func sameAsZramctl() throws {
+        if let why = KernelZram.unavailableReason { print("SKIP zramctl oracle: \(why)"); return }
+        guard access("/usr/sbin/zramctl", X_OK) == 0 || access("/sbin/zramctl", X_OK) == 0 else { print("SKIP zramctl oracle: no zramctl"); return }
+        let kernel = try KernelZram(algorithm: "lz4", diskSize: 64 << 20)
+        defer { kernel.remove() }
+        // Text, zeros and noise, so DATA, COMPR and TOTAL have fractions and ZERO-PAGES is not 0.
+        let aligned = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)   // O_DIRECT
+        defer { aligned.deallocate() }
+        var page = [UInt8](repeating: 0, count: 4096)
+        var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
+        for p in 0..<700 {
+            for i in page.indices {
+                switch p % 5 {
+                case 0: page[i] = 0
+                case 1:
+                    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
+                    page[i] = UInt8(truncatingIfNeeded: rng)
+                default: page[i] = UInt8(ascii: "a") + UInt8((i * 7 + p) % 23)
+                }
+            }
+            page.withUnsafeBytes { aligned.copyMemory(from: $0.baseAddress!, byteCount: 4096) }
+            try kernel.write(aligned, count: 4096, offset: p * 4096)
+        }
+        func sysfs(_ name: String) -> String { ((try? FileSystem.readText(kernel.sysfs + "/" + name)) ?? "").trimmed() }
+        let mm = try kernel.mmStat()
+        let algorithms = sysfs("comp_algorithm")
+        let selected = algorithms.split(separator: "[").last?.split(separator: "]").first.map(String.init) ?? ""
+        var fields: [(String, String)] = [("name", kernel.devicePath), ("disksize", sysfs("disksize")), ("algorithm", selected),
+                                          ("streams", sysfs("max_comp_streams"))]
+        let names = ["orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max", "same_pages", "pages_compacted"]
+        for (i, n) in names.enumerated() { fields.append((n, String(mm[i]))) }
+        let record = ControlRecord(fields)
+
+        for (flags, list) in [([], nil), (["--output-all"], Self.zramctlColumns), (["--raw"], nil), (["-n", "-b"], nil),
+                              (["--output-all", "--raw", "-b"], Self.zramctlColumns), (["-o", "name,ZERO-PAGES,migrated,MEM-USED,data"], "name,ZERO-PAGES,migrated,MEM-USED,data")] as [([String], String?)] {
+            let zramctl = try Subprocess.run(["zramctl"] + flags + [kernel.devicePath], outputPrefix: "/tmp/zramnbd-zramctl-oracle")
+            #expect(zramctl.succeeded, "\(zramctl.stderr)")
+            let raw = flags.contains("--raw")
+            // Our default set has RATIO; compare zramctl's default set.
+            let columns = try StatusReport.select(list ?? "NAME,ALGORITHM,DISKSIZE,DATA,COMPR,TOTAL,STREAMS,MOUNTPOINT")
+            let ours = StatusReport.table([record], columns: columns,
+                                          format: .init(bytes: flags.contains("-b"), raw: raw, noHeadings: flags.contains("-n")))
+            // zramctl pads an empty last cell with blanks; we drop blanks at the end of a line (not in --raw).
+            let theirs = raw ? zramctl.stdout
+                : zramctl.stdout.split(separator: "\n").map { var l = String($0); while l.hasSuffix(" ") { l.removeLast() }; return l + "\n" }.joined()
+            #expect(ours == theirs, "zramctl \(flags)")
+        }
     }
 }
