@@ -93,6 +93,7 @@ enum StatusClasses {
             var used = (r.objUsed * barWidth + r.objAllocated / 2) / r.objAllocated
             if r.objUsed > 0 { used = max(used, 1) }
             if r.objUsed < r.objAllocated { used = min(used, barWidth - 1) }
+            used = min(max(used, 0), barWidth)   // a file claiming more in use than allocated
             let usedBar = String(repeating: "#", count: used), freeBar = String(repeating: ".", count: barWidth - used)
             let bar = colour
                 ? "\u{1B}[32m" + usedBar + (r.compactable ? "\u{1B}[33;1m" : "\u{1B}[2m") + freeBar + "\u{1B}[0m"

@@ -198,6 +198,9 @@ struct StatusCommandTests {
         #expect(wide.split(separator: "\n").map(String.init)[2].count == 120)
         let coloured = StatusClasses.render(device: "zram0", rows: rows, width: 60, colour: true)
         #expect(coloured.contains("\u{1B}[32m") && !text.contains("\u{1B}"))
+        // More in use than allocated (a foreign file): a full bar, not a trap.
+        let odd = StatusClasses.Row(index: 3, size: 80, objAllocated: 10, objUsed: 500, pagesUsed: 1, pagesPerZspage: 1, freeable: 0)
+        #expect(StatusClasses.render(device: "zram0", rows: [odd], width: 60, colour: false).contains(String(repeating: "#", count: 10)))
         // A table that is not one (a truncated or foreign file) draws nothing and never traps.
         #expect(StatusClasses.parse("class size\n 1 2 3\n 99999999999999999999 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1\n").isEmpty)
     }
