@@ -313,4 +313,37 @@ struct ZramctlOracleTests {
             #expect(ours == theirs, "zramctl \(flags)")
         }
     }
+
+    @Test("serve --size reads what zramctl --size reads: the disk sizes zramctl sets on a kernel zram device")
+    func sizesAsZramctl() throws {
+        if let why = KernelZram.unavailableReason { print("SKIP zramctl sizes: \(why)"); return }
+        guard access("/usr/sbin/zramctl", X_OK) == 0 || access("/sbin/zramctl", X_OK) == 0 else { print("SKIP zramctl sizes: no zramctl"); return }
+        // A private device, not KernelZram: that one holds the device open, and zramctl resets it.
+        let added = try FileSystem.readText("/sys/class/zram-control/hot_add").trimmed()
+        guard let id = Int(added), id != 0 else { Issue.record("hot_add gave \(added)"); return }
+        func write(_ path: String, _ text: String) {
+            let fd = open(path, O_WRONLY)
+            if fd >= 0 { _ = FileSystem.writeAll(fd, text); close(fd) }
+        }
+        defer {
+            write("/sys/block/zram\(id)/reset", "1")
+            write("/sys/class/zram-control/hot_remove", "\(id)")
+        }
+        var tried = 0, set = 0
+        for text in ["1.5G", "512M", "1KiB", "3.3MB", "3.3MiB", "3.3M", "0.05M", "7.25K", "0x100000", "010", "4096000",
+                     "1.05G", "0.5MB", "2k", "512B", "1.5", "1KIB", "64M ", "-1M", "1Z", "08", ".5G", "1.5.5G", "4X", ""] {
+            defer { tried += 1 }
+            let r = try Subprocess.run(["zramctl", "--size", text, "/dev/zram\(id)"], outputPrefix: "/tmp/zramnbd-zramctl-size")
+            let ours = try? ByteSize.strtosize(text)
+            if r.succeeded {
+                set += 1
+                // The kernel rounds disksize up to whole pages.
+                let disksize = UInt64((try? FileSystem.readText("/sys/block/zram\(id)/disksize"))?.trimmed() ?? "")
+                #expect(ours.map { ($0 + 4095) / 4096 * 4096 } == disksize, "'\(text)'")
+            } else {
+                #expect(ours == nil, "'\(text)': zramctl refused it: \(r.stderr)")
+            }
+        }
+        #expect(set == 14 && tried == 25)   // zramctl took the first 14 and refused the rest
+    }
 }
