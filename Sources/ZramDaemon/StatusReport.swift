@@ -191,6 +191,8 @@ public enum StatusReport {
     /// `previous` and `seconds` feed the rate columns (the frame before, by device name).
     static func table(_ records: [ControlRecord], columns: [StatusColumn], format: Format,
                       previous: [String: ControlRecord] = [:], seconds: Double = 0) -> String {
+        // libsmartcols prints no header for a table without lines: zramctl with no device is silent.
+        guard !records.isEmpty else { return "" }
         var rows: [[String]] = []
         if !format.noHeadings { rows.append(columns.map(\.name)) }
         for r in records {

@@ -111,6 +111,7 @@ struct StatusCommandTests {
             """)
         let bytes = StatusReport.table([zram0], columns: cols, format: .init(bytes: true, raw: true, noHeadings: true))
         #expect(bytes == "zram0 39382 5 230000000 2.4007 2.40 /dev/nbd0 4 12288\n")
+        #expect(StatusReport.table([], columns: cols, format: .init()) == "")   // no device: nothing, as zramctl
         let zeroPagesOnly = ControlRecord([("orig_data_size", "4096"), ("mem_used_total", "0")])
         #expect(StatusReport.table([zeroPagesOnly], columns: try StatusReport.select("COMP-RATIO"), format: .init(raw: true, noHeadings: true)) == "inf\n")
     }
