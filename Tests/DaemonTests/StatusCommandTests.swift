@@ -269,6 +269,8 @@ struct ZramctlOracleTests {
     func sameAsZramctl() throws {
         if let why = KernelZram.unavailableReason { print("SKIP zramctl oracle: \(why)"); return }
         guard access("/usr/sbin/zramctl", X_OK) == 0 || access("/sbin/zramctl", X_OK) == 0 else { print("SKIP zramctl oracle: no zramctl"); return }
+        let dir = TempDir()
+        defer { dir.remove() }
         let kernel = try KernelZram(algorithm: "lz4", diskSize: 64 << 20)
         defer { kernel.remove() }
         // Text, zeros and noise, so DATA, COMPR and TOTAL have fractions and ZERO-PAGES is not 0.
@@ -301,7 +303,7 @@ struct ZramctlOracleTests {
 
         for (flags, list) in [([], nil), (["--output-all"], Self.zramctlColumns), (["--raw"], nil), (["-n", "-b"], nil),
                               (["--output-all", "--raw", "-b"], Self.zramctlColumns), (["-o", "name,ZERO-PAGES,migrated,MEM-USED,data"], "name,ZERO-PAGES,migrated,MEM-USED,data")] as [([String], String?)] {
-            let zramctl = try Subprocess.run(["zramctl"] + flags + [kernel.devicePath], outputPrefix: "/tmp/zramnbd-zramctl-oracle")
+            let zramctl = try Subprocess.run(["zramctl"] + flags + [kernel.devicePath], outputPrefix: dir.file("zramctl"))
             #expect(zramctl.succeeded, "\(zramctl.stderr)")
             let raw = flags.contains("--raw")
             // Our default set has RATIO; compare zramctl's default set.
@@ -319,6 +321,8 @@ struct ZramctlOracleTests {
     func sizesAsZramctl() throws {
         if let why = KernelZram.unavailableReason { print("SKIP zramctl sizes: \(why)"); return }
         guard access("/usr/sbin/zramctl", X_OK) == 0 || access("/sbin/zramctl", X_OK) == 0 else { print("SKIP zramctl sizes: no zramctl"); return }
+        let dir = TempDir()
+        defer { dir.remove() }
         // A private device, not KernelZram: that one holds the device open, and zramctl resets it.
         let added = try FileSystem.readText("/sys/class/zram-control/hot_add").trimmed()
         guard let id = Int(added), id != 0 else { Issue.record("hot_add gave \(added)"); return }
@@ -334,7 +338,7 @@ struct ZramctlOracleTests {
         for text in ["1.5G", "512M", "1KiB", "3.3MB", "3.3MiB", "3.3M", "0.05M", "7.25K", "0x100000", "010", "4096000",
                      "1.05G", "0.5MB", "2k", "512B", "1.5", "1KIB", "64M ", "-1M", "1Z", "08", ".5G", "1.5.5G", "4X", ""] {
             defer { tried += 1 }
-            let r = try Subprocess.run(["zramctl", "--size", text, "/dev/zram\(id)"], outputPrefix: "/tmp/zramnbd-zramctl-size")
+            let r = try Subprocess.run(["zramctl", "--size", text, "/dev/zram\(id)"], outputPrefix: dir.file("zramctl"))
             let ours = try? ByteSize.strtosize(text)
             if r.succeeded {
                 set += 1
