@@ -151,6 +151,15 @@ struct StatusCommandTests {
         #expect(StatusReport.watchDefaults([after]).contains("W-IOPS"))
     }
 
+    @Test("--help lists every column with zramctl's help texts, and says why RATIO is a default")
+    func help() {
+        let text = Status.helpMessage(columns: 200)
+        #expect(text.contains(" ZERO-PAGES  empty pages with no allocated memory\n"))
+        #expect(text.contains("      TOTAL  all memory including allocator fragmentation and metadata overhead\n"))
+        #expect(text.contains("BD-WRITE/s"))
+        #expect(text.contains("The default columns are zramctl's plus RATIO"))
+    }
+
     @Test("--watch without SECONDS gets 1; --watch and --count are checked")
     func watchArguments() throws {
         #expect(Status.insertingWatchDefault(["status", "--watch"]) == ["status", "--watch", "1"])
