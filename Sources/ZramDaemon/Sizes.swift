@@ -11,9 +11,9 @@ public enum ByteSize {
 
     /// The kernel's memparse, as zram's `disksize`/`mem_limit` accept it: an integer in
     /// simple_strtoull's base 0 (decimal, 0x hex, a leading 0 octal) with an optional
-    /// K/M/G/T/P/E suffix in powers of 1024. The kernel ignores what follows the suffix, so
-    /// "4GiB" and "4GB" are 4 GiB there and here, and so is a "B" ("512B"); any other trailing text
-    /// (which the kernel would silently drop: "1.5G" is 1 byte there) is refused.
+    /// K/M/G/T/P/E suffix in powers of 1024. The kernel ignores what follows the number or suffix:
+    /// "4GiB" and "4GB" are 4 GiB in both, "512B" is 512. Other trailing text, which the kernel
+    /// would silently drop ("1.5G" is 1 byte there), is refused.
     /// Sizes above `maximum` and negative ones are refused with a message naming `text`.
     public static func parse(_ text: String, maximum: UInt64 = ByteSize.maximum) throws(DaemonError) -> UInt64 {
         let s = text.trimmed()
@@ -59,7 +59,7 @@ public enum ByteSize {
         func invalid(_ why: String) -> DaemonError {
             .invalidValue("invalid size '\(text)': \(why)")
         }
-        let shape = "expected a number with an optional suffix K, M, G, T, P, E (KiB = 1024, KB = 1000)"
+        let shape = "expected a number with an optional K, M, G or T suffix (KiB = 1024, KB = 1000)"
         var u = Array(text.utf8)[...]
         while let c = u.first, c == 0x20 || (0x09...0x0d).contains(c) { u = u.dropFirst() }   // strtoumax skips isspace
         if u.first == UInt8(ascii: "-") { throw invalid("must not be negative") }
