@@ -405,7 +405,6 @@ struct Status: ParsableCommand {
                 throw .invalidValue("--classes cannot be combined with --watch or the table options")
             }
         }
-        // Unknown columns are bad input before the daemon is asked anything.
         _ = try StatusReport.select(output, all: outputAll, watch: plan != nil,
                                     defaults: plan != nil ? StatusReport.watchDefaults([]) : StatusReport.defaultColumnNames)
     }

@@ -124,7 +124,6 @@ public enum StatusReport {
     /// zramctl's default columns plus RATIO, the real saving (zramctl's own COMP-RATIO is the
     /// same number, but not shown by default).
     public static let defaultColumnNames = ["NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "STREAMS", "RATIO", "MOUNTPOINT"]
-    public static var columns: [String] { defaultColumnNames }
 
     static func column(_ name: String) -> StatusColumn? {
         allColumns.first { $0.name.lowercased() == name.lowercased() }
