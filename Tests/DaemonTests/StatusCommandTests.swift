@@ -174,6 +174,11 @@ struct StatusCommandTests {
         #expect(throws: DaemonError.invalidValue("invalid --count '0': a number of frames, at least 1")) {
             try Status.parse(["--watch", "1", "--count", "0"]).check()
         }
+        // A terminal gets each frame on a cleared screen, anything else frames a blank line apart.
+        var w = StatusWatch(output: nil, all: false, format: .init(), devices: [], socket: "", interval: 0.5, frames: 2, terminal: true)
+        #expect(w.render("T\n", frame: 1) == "\u{1B}[H\u{1B}[2JEvery 0.5s: zramnbd status (Ctrl-C to quit)\n\nT\n")
+        w.terminal = false
+        #expect(w.render("T\n", frame: 0) == "T\n" && w.render("T\n", frame: 1) == "\nT\n")
         #expect(throws: DaemonError.self) { try Status.parse(["--json", "--watch", "1"]).check() }
         #expect(throws: DaemonError.self) { try Status.parse(["--classes"]).check() }
         #expect(throws: DaemonError.invalidValue("unknown column: bogus (see --help for the columns)")) {
