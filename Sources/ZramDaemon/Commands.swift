@@ -26,7 +26,7 @@ public struct Zramnbd: ParsableCommand {
     /// on stderr), 1 when something fails at run time.
     public static func main(arguments: [String]) -> Never {
         do {
-            var command = try parseAsRoot(arguments)
+            var command = try parseAsRoot(Status.insertingWatchDefault(arguments))
             try command.run()
             Glibc.exit(0)
         } catch let e as DaemonError {
@@ -61,8 +61,10 @@ struct Serve: ParsableCommand {
             zram0, lz4, min(RAM/2, 4 GiB), socket \(DaemonSettings.runDir)/zram0.sock, stats in \
             \(DaemonSettings.runDir)/zram0/.
 
-            Sizes take K, M, G, T suffixes (powers of 1024), at most 16T. Paths accept 'none' to turn a socket or \
-            file off. SIGTERM or SIGINT stop the daemon gracefully.
+            --size and --mem-limit are read as zramctl reads sizes (util-linux): 1.5G, 512M, 1K = 1KiB = 1024, \
+            1KB = 1000, plain numbers are bytes. Other sizes take K, M, G, T suffixes (powers of 1024, as the \
+            kernel's memparse). At most 16T. Paths accept 'none' to turn a socket or file off. SIGTERM or SIGINT \
+            stop the daemon gracefully.
             """)
 
     @Option(help: ArgumentHelp("Configuration file; its PATH.d/*.conf drop-ins are read too.", valueName: "path"))
@@ -261,7 +263,7 @@ struct Serve: ParsableCommand {
         let name = device ?? "zram0"
         try DeviceSpec.validateName(name)
         let bytes: UInt64
-        if let size { bytes = try Serve.flag("--size") { () throws(DaemonError) in try ByteSize.parse(size) } } else {
+        if let size { bytes = try Serve.flag("--size") { () throws(DaemonError) in try ByteSize.strtosize(size) } } else {
             bytes = try SizeExpression("min(ram / 2, 4096)").bytes(ramMiB: ramMiB)
         }
         guard bytes > 0 else { throw .invalidValue("--size: invalid size '\(size ?? "0")': must be more than 0") }
@@ -280,7 +282,7 @@ struct Serve: ParsableCommand {
             try Serve.flag("--chain-size") { () throws(DaemonError) in try DeviceSpec.validateChainSize(v) }
             spec.chainSize = v
         }
-        if let m = memLimit { spec.memLimit = try Serve.flag("--mem-limit") { () throws(DaemonError) in try ByteSize.parse(m) } }
+        if let m = memLimit { spec.memLimit = try Serve.flag("--mem-limit") { () throws(DaemonError) in try ByteSize.strtosize(m) } }
         if let b = backingDev { spec.writebackDevice = ConfigFile.optionalPath(b) }
         if let a = writebackIdleAfter {
             spec.writebackPolicy.idleAfter = try Serve.flag("--writeback-idle-after") { () throws(DaemonError) in try ConfigFile.parseDuration(a) }
@@ -394,24 +396,116 @@ struct Status: ParsableCommand {
         discussion: """
             DISKSIZE is the capacity (uncompressed). DATA is the uncompressed size of what is stored, \
             COMPR its compressed size, TOTAL the memory the pool really uses (COMPR plus allocator \
-            overhead and fragmentation). RATIO is DATA/TOTAL. MOUNTPOINT shows [SWAP] or the mount \
-            point once the setup tools attached an NBD device.
+            overhead and fragmentation). MOUNTPOINT shows [SWAP] or the mount point once the setup \
+            tools attached an NBD device.
+
+            The default columns are zramctl's plus RATIO (DATA/TOTAL, what the RAM really saves; \
+            zramctl's COMP-RATIO is the same number with four decimals, but not a default column). \
+            --output +LIST adds columns to the defaults, --output LIST replaces them. With --watch the \
+            defaults add DATA/s and TOTAL/s, the NBD read/write rates and IOPS when the daemon counts them, \
+            and the backing device's rates when it has one; rates are the change between two frames.
+
+            Available output columns:
+            \(StatusReport.columnHelp)
             """)
 
+    @Option(name: [.short, .long], help: ArgumentHelp("Columns to show (listed above), comma-separated; +LIST adds to the default ones.", valueName: "list"))
+    var output: String?
+    @Flag(help: "Show every column.")
+    var outputAll = false
+    @Flag(name: .shortAndLong, help: "Print sizes in bytes rather than in human-readable form.")
+    var bytes = false
+    @Flag(name: [.short, .customLong("noheadings")], help: "Don't print headings.")
+    var noHeadings = false
+    @Flag(help: "Raw output: one blank between fields, blanks and unprintable bytes as \\xHH.")
+    var raw = false
     @Flag(help: "Print JSON with every counter.")
     var json = false
-    @Flag(name: .shortAndLong, help: "Print sizes in bytes.")
-    var bytes = false
+    @Option(help: ArgumentHelp("Redraw every SECONDS (may be left out: 1), with rates per second; Ctrl-C ends it (exit 0).", valueName: "seconds"))
+    var watch: String?
+    @Option(help: ArgumentHelp("With --watch: stop after N frames.", valueName: "n"))
+    var count: String?
+    @Flag(help: "Draw the device's zsmalloc size classes: objects used of allocated, fragmentation, what compaction would free.")
+    var classes = false
     @Option(help: ArgumentHelp("Control socket of the daemon.", valueName: "path"))
     var controlSocket: String = DaemonSettings.defaultControlSocket
     @Argument(help: "Devices to show (default: all).")
     var devices: [String] = []
 
-    func run() throws {
+    /// `--watch` may come without its SECONDS, as in `watch`-like tools; ArgumentParser options
+    /// always take a value, so `status ... --watch` gets the default inserted when the next word
+    /// is not a number.
+    static func insertingWatchDefault(_ arguments: [String]) -> [String] {
+        guard arguments.first == "status" else { return arguments }
+        var out: [String] = []
+        var i = 0
+        while i < arguments.count {
+            let a = arguments[i]
+            out.append(a)
+            if a == "--" { out += arguments[(i + 1)...]; break }
+            if a == "--watch", i + 1 >= arguments.count || Double(arguments[i + 1]) == nil { out.append("1") }
+            i += 1
+        }
+        return out
+    }
+
+    /// The frames --watch and --count ask for: (seconds between frames, frames or nil = until Ctrl-C).
+    func watchPlan() throws(DaemonError) -> (interval: Double, frames: Int?)? {
+        guard watch != nil || count != nil else { return nil }
+        var interval = 1.0
+        if let w = watch {
+            guard let v = Double(w), v.isFinite, v >= 0.01, v <= 86_400 else {
+                throw .invalidValue("invalid --watch '\(w)': seconds between frames, 0.01...86400")
+            }
+            interval = v
+        }
+        var frames: Int?
+        if let c = count {
+            guard let n = Int(c), n >= 1 else { throw .invalidValue("invalid --count '\(c)': a number of frames, at least 1") }
+            frames = n
+        }
+        return (interval, frames)
+    }
+
+    /// Bad input (exit 2) before the daemon is asked anything. Not ArgumentParser's validate():
+    /// errors from there lose their DaemonError and its one-line message.
+    func check() throws(DaemonError) {
         for d in devices { try DeviceSpec.validateName(d) }
-        let lines = try ControlClient.send(.status(devices), socket: controlSocket)
-        let records = lines.map(ControlRecord.parse)
-        FileSystem.writeAll(1, json ? StatusReport.json(records) : StatusReport.table(records, bytes: bytes))
+        let plan = try watchPlan()
+        if json, plan != nil || classes || output != nil || outputAll || raw || noHeadings {
+            throw .invalidValue("--json cannot be combined with --watch, --classes or the table options")
+        }
+        if classes {
+            guard devices.count == 1 else { throw .invalidValue("--classes shows one device: zramnbd status --classes DEVICE") }
+            if plan != nil || output != nil || outputAll || raw || noHeadings || bytes {
+                throw .invalidValue("--classes cannot be combined with --watch or the table options")
+            }
+        }
+        _ = try StatusReport.select(output, all: outputAll, watch: plan != nil,
+                                    defaults: plan != nil ? StatusReport.watchDefaults([]) : StatusReport.defaultColumnNames)
+    }
+
+    func run() throws {
+        try check()
+        let format = StatusReport.Format(bytes: bytes, raw: raw, noHeadings: noHeadings)
+        if classes {
+            let text = try StatusClasses.report(device: devices[0], socket: controlSocket,
+                                                width: StatusClasses.terminalWidth(), colour: isatty(1) == 1)
+            FileSystem.writeAll(1, text)
+            return
+        }
+        if let plan = try watchPlan() {
+            try StatusWatch(output: output, all: outputAll, format: format, devices: devices, socket: controlSocket,
+                            interval: plan.interval, frames: plan.frames, terminal: isatty(1) == 1).run()
+            return
+        }
+        let records = try ControlClient.send(.status(devices), socket: controlSocket).map(ControlRecord.parse)
+        if json {
+            FileSystem.writeAll(1, StatusReport.json(records))
+            return
+        }
+        let columns = try StatusReport.select(output, all: outputAll)
+        FileSystem.writeAll(1, StatusReport.table(records, columns: columns, format: format))
     }
 }
 

@@ -138,7 +138,8 @@ public enum ConfigFile {
     static let addKeys = ["size", "mem-limit", "algorithm", "level"]
 
     /// A device from `key=value` settings outside a file (`ctl DEVICE add ...`): the config keys,
-    /// plus the command-line spellings `size` and `mem-limit` (memparse bytes), `algorithm`, `level`.
+    /// plus the command-line spellings `size` and `mem-limit` (bytes as `serve --size` reads them:
+    /// util-linux's strtosize), `algorithm`, `level`.
     /// Errors are sentences about the device ("zram4: chain-size: ..."): there is no file or line.
     public static func deviceSpec(name: String, settings: [(String, String)], ramMiB: Double) throws(DaemonError) -> DeviceSpec {
         // Refused, not ignored as in a file: the device would be made without what was asked.
@@ -153,8 +154,8 @@ public enum ConfigFile {
             let entry = { (value: String) in IniEntry(value: value, file: name, line: 0) }
             switch k {
             // Bytes, not zram-size's MiB expression: set after the section is read.
-            case "size": fixed.disk = try ByteSize.parse(v)
-            case "mem-limit": fixed.mem = try ByteSize.parse(v)
+            case "size": fixed.disk = try ByteSize.strtosize(v)
+            case "mem-limit": fixed.mem = try ByteSize.strtosize(v)
             case "algorithm": algorithm = v
             case "level": level = v
             default: section.set(k, entry(v))

@@ -6,7 +6,7 @@ import TestSupport
 @Suite("zramnbd command line")
 struct CLITests {
     @Test("bad values: exit 2 and one clear line", arguments: [
-        (["serve", "--size", "4X"], "zramnbd: error: --size: invalid size '4X': unknown suffix 'X' (use K, M, G or T)"),
+        (["serve", "--size", "4X"], "zramnbd: error: --size: invalid size '4X': unknown suffix 'X' (use K, M, G or T; KiB = 1024, KB = 1000)"),
         (["serve", "--algorithm", "lzo"], "zramnbd: error: unknown compression algorithm 'lzo' (supported: lz4, zstd)"),
         (["serve", "--chain-size", "3"], "zramnbd: error: --chain-size: invalid chain size 3 (4...16)"),
         (["serve", "--level", "x"], "zramnbd: error: --level: invalid level 'x': expected an integer"),

@@ -251,9 +251,9 @@ struct StatusReportTests {
     @Test("the table has zramctl's columns and alignment, plus RATIO")
     func table() {
         #expect(StatusReport.table(records) == """
-            NAME  ALGORITHM DISKSIZE DATA  COMPR  TOTAL STREAMS RATIO MOUNTPOINT
-            zram0 lz4             4G 512M 207.8M 213.3M       2  2.40 [SWAP]
-            zram1 zstd            0B   0B     0B     0B       2     -
+            NAME  ALGORITHM DISKSIZE  DATA  COMPR  TOTAL STREAMS RATIO MOUNTPOINT
+            zram0 lz4             4G  512M 207.8M 213.3M       2  2.40 [SWAP]
+            zram1 zstd            0B    0B     0B     0B       2     -
 
             """)
         #expect(StatusReport.table(records, bytes: true).contains(" 536870912 217882026 223629312 "))
