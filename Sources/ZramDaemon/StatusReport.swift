@@ -62,6 +62,13 @@ struct StatusRow {
         return (r < 0 && magnitude > 0 ? "-" : "") + size(magnitude)
     }
 
+    /// The mean service time of the requests between two frames, in microseconds ("-" without any).
+    func meanLatency(_ command: String, _ requests: String) -> String {
+        guard let n = rate(requests, counter: true), n > 0, let ns = rate("nbd_\(command)_latency_ns", counter: true) else { return "-" }
+        let us = ns / n / 1000
+        return us < 10 ? StatusReport.fixed2(us) : String(StatusReport.clampedUInt(us.rounded()))
+    }
+
     func countRate(_ key: String) -> String {
         guard let r = rate(key, counter: true) else { return "-" }
         return String(StatusReport.clampedUInt(r.rounded()))
@@ -113,6 +120,8 @@ public enum StatusReport {
         StatusColumn("WRITE/s", rate: true, hint: 5, "bytes NBD clients wrote per second (--watch)") { $0.sizeRate("nbd_write_bytes", counter: true) },
         StatusColumn("R-IOPS", rate: true, "NBD reads per second (--watch)") { $0.countRate("nbd_reads") },
         StatusColumn("W-IOPS", rate: true, "NBD writes per second (--watch)") { $0.countRate("nbd_writes") },
+        StatusColumn("R-LAT", rate: true, "mean service time of NBD reads in µs (--watch)") { $0.meanLatency("read", "nbd_reads") },
+        StatusColumn("W-LAT", rate: true, "mean service time of NBD writes in µs (--watch)") { $0.meanLatency("write", "nbd_writes") },
         StatusColumn("BD-READ/s", rate: true, hint: 5, "bytes read from the backing device per second (--watch)") {
             $0.sizeRate("bd_reads", counter: true, scale: 4096)
         },
@@ -132,10 +141,10 @@ public enum StatusReport {
     /// The default set under --watch, for these records: DATA/s and TOTAL/s, the NBD I/O rates
     /// when the daemon reports I/O counters, the backing device's when one is set.
     static func watchDefaults(_ records: [ControlRecord]) -> [String] {
-        var names = defaultColumnNames + ["DATA/s", "TOTAL/s"]
-        if records.contains(where: { $0["nbd_read_bytes"] != nil }) { names += ["READ/s", "WRITE/s", "R-IOPS", "W-IOPS"] }
+        var names = defaultColumnNames.filter { $0 != "MOUNTPOINT" } + ["DATA/s", "TOTAL/s"]
+        if records.contains(where: { $0["nbd_read_bytes"] != nil }) { names += ["READ/s", "WRITE/s", "R-IOPS", "W-IOPS", "R-LAT", "W-LAT"] }
         if records.contains(where: { ($0["backing_dev"] ?? "none") != "none" }) { names += ["BD-READ/s", "BD-WRITE/s"] }
-        return names
+        return names + ["MOUNTPOINT"]   // last, as in zramctl: often empty, sometimes long
     }
 
     /// The columns util-linux's way: --output-all or the defaults, then `-o LIST` replaces

@@ -147,8 +147,17 @@ struct StatusCommandTests {
         let first = StatusReport.table([after], columns: cols, format: .init(raw: true, noHeadings: true))
         #expect(first == "- - - - - - -\n")
         // The watch defaults add I/O columns only when the daemon reports I/O counters.
-        #expect(StatusReport.watchDefaults([zram0]) == StatusReport.defaultColumnNames + ["DATA/s", "TOTAL/s"])
+        #expect(StatusReport.watchDefaults([zram0]) == StatusReport.defaultColumnNames.dropLast() + ["DATA/s", "TOTAL/s", "MOUNTPOINT"])
         #expect(StatusReport.watchDefaults([after]).contains("W-IOPS"))
+
+        // Mean service time over the interval: the latency sums' change over the requests'.
+        let slowBefore = ControlRecord([("name", "zram0"), ("nbd_reads", "10"), ("nbd_read_latency_ns", "50000"),
+                                        ("nbd_writes", "7"), ("nbd_write_latency_ns", "1000")])
+        let slowAfter = ControlRecord([("name", "zram0"), ("nbd_reads", "110"), ("nbd_read_latency_ns", "2550000"),
+                                       ("nbd_writes", "7"), ("nbd_write_latency_ns", "1000")])
+        let latency = StatusReport.table([slowAfter], columns: try StatusReport.select("R-LAT,W-LAT", watch: true),
+                                         format: .init(raw: true, noHeadings: true), previous: ["zram0": slowBefore], seconds: 1)
+        #expect(latency == "25 -\n")   // 2.5 ms over 100 reads; no writes in between
     }
 
     @Test("--help lists every column with zramctl's help texts, and says why RATIO is a default")
