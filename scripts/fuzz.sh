@@ -60,7 +60,7 @@ if wants config || wants control; then
 	build_module Codec Codec -I "$root/Sources/CLZ4" -I "$root/Sources/CZstd"
 	build_module ZramDevice ZramDevice -I "$root/Sources/CLZ4" -I "$root/Sources/CZstd"
 	daemon=()
-	for f in DaemonError Sizes SizeExpression DeviceSpec TLSSettings ConfigFile ZramGeneratorConfig FileSystem ControlProtocol ControlActions Control; do
+	for f in DaemonError Sizes SizeExpression DeviceSpec TLSSettings ConfigFile ZramGeneratorConfig ShellCommand FileSystem ControlProtocol ControlActions Control; do
 		daemon+=("$root/Sources/ZramDaemon/$f.swift")
 	done
 	for target in config control; do

@@ -142,8 +142,10 @@ final class ConnectionEngine {
         let started = lastEnded ?? Clock.monotonicNanoseconds()
         let error = handler.handle(header, command, payload: payload, into: reply)
         let ended = Clock.monotonicNanoseconds()
-        shard.record(IOCommand(command), bytes: IOCommand.bytes(command), nanoseconds: ended - started,
-                     errno: error.map { RequestHandler.replyErrno($0, header) })
+        if let c = IOCommand(type: header.type) {   // always: a served request has a known type
+            shard.record(c, bytes: IOCommand.bytes(command), nanoseconds: ended - started,
+                         errno: error.map { RequestHandler.replyErrno($0, header) })
+        }
         lastEnded = ended
         if let error { log.debug("\(CommandType.name(header.type)) at \(header.offset) failed: \(error)") }
         queued()

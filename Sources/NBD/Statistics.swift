@@ -26,18 +26,6 @@ public enum IOCommand: Int, CaseIterable, Sendable {
         }
     }
 
-    init(_ command: Command) {
-        switch command {
-        case .read: self = .read
-        case .write: self = .write
-        case .trim: self = .trim
-        case .writeZeroes: self = .writeZeroes
-        case .flush: self = .flush
-        case .cache: self = .cache
-        case .blockStatus: self = .blockStatus
-        }
-    }
-
     init?(type: UInt16) {
         switch CommandType(rawValue: type) {
         case .read: self = .read

@@ -98,37 +98,11 @@ final class CaptiveCommand {
     static let daemonOnlyEnvironment = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"]
 
     init(_ program: String) throws(DaemonError) {
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        // The daemon blocks the signals it reads from a signalfd and ignores SIGPIPE; the command
-        // starts with neither.
-        var empty = sigset_t(), all = sigset_t()
-        sigemptyset(&empty)
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var env: [UnsafeMutablePointer<CChar>?] = []
-        var p = environ
-        while let entry = p.pointee {
-            let s = String(cString: entry)
-            let name = s.split(separator: "=", maxSplits: 1).first.map(String.init) ?? s
-            if !Self.daemonOnlyEnvironment.contains(name) { env.append(strdup(s)) }
-            p += 1
+        let environment = ShellCommand.currentEnvironment().filter { entry in
+            let name = entry.split(separator: "=", maxSplits: 1).first.map(String.init) ?? entry
+            return !Self.daemonOnlyEnvironment.contains(name)
         }
-        env.append(nil)
-        let words: [String] = ["/bin/sh", "-c", "--", program]
-        var args: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) }
-        args.append(nil)
-        defer {
-            for a in args { free(a) }
-            for e in env { free(e) }
-        }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, "/bin/sh", nil, &attr, args, env)
-        guard rc == 0 else { throw .system("cannot run /bin/sh for --run", errno: rc) }
-        pid = child
+        pid = try ShellCommand.spawn(program, environment: environment)
     }
 
     /// The exit status once the command ended (128 + N after signal N, as nbdkit); nil while it runs.
@@ -139,7 +113,7 @@ final class CaptiveCommand {
         repeat { r = waitpid(pid, &st, block ? 0 : WNOHANG) } while r < 0 && errno == EINTR
         guard r == pid else { return nil }
         let signal = st & 0x7f
-        status = signal == 0 ? (st >> 8) & 0xff : 128 + signal
+        status = ShellCommand.exitStatus(st)
         if signal != 0 { FileSystem.writeAll(2, "zramnbd: the --run command was killed by signal \(signal)\n") }
         return status
     }

@@ -126,33 +126,13 @@ public struct Shell: Sendable {
         // Close-on-exec: only the dup'ed stdout reaches the program, so EOF comes when it exits.
         _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
         _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        // The program starts with an empty signal mask and default dispositions, not the
-        // daemon's blocked signals.
-        var empty = sigset_t(), all = sigset_t()
-        sigemptyset(&empty)
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv = ["/bin/sh", "-c", "--", program]
-        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
-        cargs.append(nil)
-        defer { for p in cargs { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/bin/sh", &actions, &attr, cargs, environ)
-        close(fds[1])
-        guard rc == 0 else {
+        let pid: pid_t
+        do { pid = try ShellCommand.spawn(program, stdout: fds[1]) } catch {
             close(fds[0])
-            throw .system("cannot run /bin/sh", errno: rc)
+            close(fds[1])
+            throw error
         }
+        close(fds[1])
         var output: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
@@ -166,7 +146,6 @@ public struct Shell: Sendable {
         while waitpid(pid, &status, 0) < 0 {
             guard errno == EINTR else { throw .system("waitpid", errno: errno) }
         }
-        let signal = status & 0x7f
-        return (signal == 0 ? (status >> 8) & 0xff : 128 + signal, output)
+        return (ShellCommand.exitStatus(status), output)
     }
 }
