@@ -95,26 +95,13 @@ private enum Slot {
 }
 
 /// One connection's counters: written by its thread only, read by anyone.
-final class IOShard: @unchecked Sendable {   // @unchecked: the storage is atomics only
-    private let values: UnsafeMutablePointer<Atomic<Int>>
+final class IOShard: Sendable {
+    private let values = CounterArray(count: Slot.count)
 
-    init() {
-        values = .allocate(capacity: Slot.count)
-        for i in 0..<Slot.count { (values + i).initialize(to: Atomic<Int>(0)) }
-    }
-
-    deinit {
-        values.deinitialize(count: Slot.count)
-        values.deallocate()
-    }
-
-    /// The single writer's add: a plain load and store (wrapping, as a counter may).
     @inline(__always)
-    private func bump(_ slot: Int, _ n: Int) {
-        values[slot].store(values[slot].load(ordering: .relaxed) &+ n, ordering: .relaxed)
-    }
+    private func bump(_ slot: Int, _ n: Int) { values.addBySoleWriter(slot, n) }
 
-    func load(_ slot: Int) -> Int { values[slot].load(ordering: .relaxed) }
+    func load(_ slot: Int) -> Int { values.load(slot) }
 
     /// One request served (or refused, with `errno`) in `nanoseconds`.
     @inline(__always)

@@ -1,5 +1,4 @@
 import Posix
-import Synchronization
 
 /// One counter the device keeps itself (the pool reports mem_used_total and pages_compacted).
 /// Adding a counter: a case here, its row in `row`, a field (and its table row) in ZramStats, and
@@ -51,41 +50,23 @@ enum ZramCounter: Int, CaseIterable, Sendable {
 
 /// The device's counters: relaxed atomics (as zram's atomic64_t), one per `ZramCounter`, updated
 /// where the event happens, cleared by `reset()` and read into a `ZramStats` by `read(into:)`.
-final class ZramCounters: @unchecked Sendable {   // @unchecked: the storage is atomics only
-    private static let count = ZramCounter.allCases.count
-    private let values: UnsafeMutablePointer<Atomic<Int>>
-
-    init() {
-        values = .allocate(capacity: Self.count)
-        for i in 0..<Self.count { (values + i).initialize(to: Atomic<Int>(0)) }
-    }
-
-    deinit {
-        values.deinitialize(count: Self.count)
-        values.deallocate()
-    }
+final class ZramCounters: Sendable {
+    private let values = CounterArray(count: ZramCounter.allCases.count)
 
     @inline(__always)
-    func add(_ c: ZramCounter, _ n: Int = 1) { values[c.rawValue].add(n, ordering: .relaxed) }
+    func add(_ c: ZramCounter, _ n: Int = 1) { values.add(c.rawValue, n) }
 
     @inline(__always)
-    func subtract(_ c: ZramCounter, _ n: Int = 1) { values[c.rawValue].subtract(n, ordering: .relaxed) }
+    func subtract(_ c: ZramCounter, _ n: Int = 1) { values.subtract(c.rawValue, n) }
 
     @inline(__always)
-    func load(_ c: ZramCounter) -> Int { values[c.rawValue].load(ordering: .relaxed) }
+    func load(_ c: ZramCounter) -> Int { values.load(c.rawValue) }
 
     @inline(__always)
-    func store(_ c: ZramCounter, _ v: Int) { values[c.rawValue].store(v, ordering: .relaxed) }
+    func store(_ c: ZramCounter, _ v: Int) { values.store(c.rawValue, v) }
 
     /// Raises the counter to `v` if it is lower (a peak, as mem_used_max).
-    func raise(_ c: ZramCounter, to v: Int) {
-        var seen = load(c)
-        while v > seen {
-            let r = values[c.rawValue].compareExchange(expected: seen, desired: v, ordering: .relaxed)
-            if r.exchanged { break }
-            seen = r.original
-        }
-    }
+    func raise(_ c: ZramCounter, to v: Int) { values.raise(c.rawValue, to: v) }
 
     /// Zeroes every counter but the settings (`keptByReset`).
     func reset() {
