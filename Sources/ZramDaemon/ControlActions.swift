@@ -79,6 +79,11 @@ struct ControlAction: Sendable {
         attribute("backing-dev", "PATH|none", arguments: 1...1,
                   help: "the file or block device pages are written back to; a missing file is created "
                       + "sparse and removed with the device"),
+        attribute("recomp-algorithm", "algo=NAME [priority=1..3]", arguments: 1...2,
+                  help: "a secondary algorithm for recompress, priority 1 (default) to 3 (zram's recomp_algorithm)"),
+        attribute("recompress", "[ARGS...]", arguments: 0...anyNumber.upperBound,
+                  help: "store pages again with the secondary algorithms when they shrink into a smaller size class: "
+                      + "type=idle|huge|huge_idle, max_pages=N, threshold=BYTES, algo=NAME, priority=N (zram's recompress)"),
         attribute("block-state", "[LO-HI]", arguments: 0...1,
                   help: "per stored page: index, access time, flags s w h i r n (zram's debugfs block_state)"),
     ]

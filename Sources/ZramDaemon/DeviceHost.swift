@@ -238,7 +238,7 @@ public final class DeviceHost {
 
     /// Attributes whose write walks the whole slot table or writes to disk: SharedHost runs them
     /// without the host lock, so the stats, the watchdog and other requests go on meanwhile.
-    static let longAttributes: Set<String> = ["idle", "writeback", "block_state"]
+    static let longAttributes: Set<String> = ["idle", "writeback", "recompress", "block_state"]
 
     /// After an attribute write: publish and log what it did (a writeback that stopped early
     /// still moved pages), and return its lines or its error.

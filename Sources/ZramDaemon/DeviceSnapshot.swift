@@ -16,6 +16,8 @@ public struct DeviceSnapshot: Sendable, Equatable {
     public var stats = ZramStats()
     /// Byte-exact sysfs texts the device renders from more than its counters.
     public var compAlgorithmText = ""
+    /// zram's recomp_algorithm: `#1: lzo [zstd] ...` per secondary algorithm, "" for none.
+    public var recompAlgorithmText = ""
     public var classesText = ""
     /// zram's writeback attributes (backing_dev nil = `none`).
     public var backingDev: String?
@@ -52,6 +54,7 @@ public struct DeviceSnapshot: Sendable, Equatable {
     public var sysfsFiles: [(name: String, text: String)] {
         [("mm_stat", mmStatText), ("io_stat", ioStatText), ("debug_stat", debugStatText),
          ("bd_stat", bdStatText), ("disksize", "\(self.diskSize)\n"), ("comp_algorithm", compAlgorithmText),
+         ("recomp_algorithm", recompAlgorithmText),
          ("initstate", initialized ? "1\n" : "0\n"), ("mem_limit", "\(self.memLimit)\n"),
          ("mem_used_max", "\(self.memUsedMax)\n"), ("max_comp_streams", "\(streams)\n"),
          ("classes", classesText), ("backing_dev", (backingDev ?? "none") + "\n"),

@@ -59,6 +59,7 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
         s.streams = streams
         s.compAlgorithmText = device.compAlgorithmText
         if classes { s.classesText = device.classesText }
+        s.recompAlgorithmText = device.recompAlgorithmText
         s.backingDev = device.backingDevicePath
         s.writebackLimit = device.writebackLimit
         s.writebackLimitEnable = device.writebackLimitEnabled
@@ -118,6 +119,30 @@ extension ZramPageStore {
             let line = Self.describe(report)
             if let stop = report.stop { throw .device("\(device.name): \(line), then stopped: \(stop) (errno \(stop.errno))") }
             return [line]
+        case "recomp_algorithm":
+            var algorithm: String?, priority = 1
+            for word in value.split(separator: " ") {
+                let kv = word.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                switch (kv[0], kv.count > 1 ? String(kv[1]) : "") {
+                case ("algo", let v) where !v.isEmpty: algorithm = v
+                case ("priority", let v):
+                    guard let p = Int(v) else { throw fail("priority=\(v) is not a number") }
+                    priority = p
+                default: throw fail("expected algo=NAME [priority=1..3], got '\(word)'")
+                }
+            }
+            guard let algorithm else { throw fail("expected algo=NAME [priority=1..3]") }
+            let codec: CompressionAlgorithm
+            do { codec = try CompressionAlgorithm(name: algorithm) } catch {
+                throw fail("\(error) (\(CompressionAlgorithm.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            try apply(busyMessage: "pages recompressed with priority \(priority)'s algorithm are stored; it changes only while none are") {
+                () throws(ZramError) in try device.setRecompressionAlgorithm(codec, priority: priority)
+            }
+            return []
+        case "recompress":
+            let report = try apply { () throws(ZramError) in try device.recompress(try RecompressRequest.parse(value)) }
+            return [Self.describe(report)]
         case "writeback_limit":
             guard let pages = KernelNumber.parse(value, base: 10) else { throw fail("expected a number of 4 KiB pages, got '\(value)'") }
             device.setWritebackLimit(pages)
@@ -163,6 +188,12 @@ extension ZramPageStore {
         default:
             throw fail("unknown attribute")
         }
+    }
+
+    /// "recompressed 3100 of 4000 pages tried (saved 5.1 MiB), 200 incompressible, in 0.82 s".
+    static func describe(_ r: RecompressReport) -> String {
+        "recompressed \(r.recompressed) of \(r.tried) pages tried (saved \(ByteSize.human(UInt64(r.bytesSaved)))), "
+            + "\(r.incompressible) incompressible, in " + StatusReport.fixed2(r.seconds) + " s"
     }
 
     /// "wrote back 12034 pages (47.0 MiB, freed 18.2 MiB) in 0.41 s".

@@ -76,7 +76,7 @@ struct SlotFlags: RawRepresentable, Equatable, Sendable {
         set { setBit(Self.idleBit, newValue) }
     }
 
-    /// ZRAM_INCOMPRESSIBLE: recompression could not shrink it (never set: no recompression yet).
+    /// ZRAM_INCOMPRESSIBLE: no recompression algorithm could shrink it; recompress skips it.
     @inline(__always) var isIncompressible: Bool {
         get { rawValue & Self.incompressibleBit != 0 }
         set { setBit(Self.incompressibleBit, newValue) }

@@ -19,6 +19,9 @@ enum ZramCounter: Int, CaseIterable, Sendable {
     case bdWrites
     case writebackRuns
     case writebackBytesFreed
+    case recompressRuns
+    case recompressedPages
+    case recompressBytesSaved
 
     /// How a counter's value is reported: as it is, or as a page count shown in bytes.
     enum Unit: Sendable {
@@ -44,6 +47,9 @@ enum ZramCounter: Int, CaseIterable, Sendable {
         case .bdWrites: (\.bdWrites, .count, false)
         case .writebackRuns: (\.writebackRuns, .count, false)
         case .writebackBytesFreed: (\.writebackBytesFreed, .count, false)
+        case .recompressRuns: (\.recompressRuns, .count, false)
+        case .recompressedPages: (\.recompressedPages, .count, false)
+        case .recompressBytesSaved: (\.recompressBytesSaved, .count, false)
         }
     }
 }

@@ -177,7 +177,7 @@ extension ZramDevice {
                     throw .busy
                 }
                 storage.backing?.file.close(removing: true)
-                storage = Storage(pool: storage.pool, streams: storage.streams, backing: new)
+                storage = storage.with(backing: .some(new))
             }
         }
     }
@@ -190,7 +190,7 @@ extension ZramDevice {
         runLock.withLock {
             quiesce.exclusive {
                 storage.backing?.file.close(removing: true)
-                storage = Storage(pool: storage.pool, streams: storage.streams, backing: nil)
+                storage = storage.with(backing: .some(nil))
             }
         }
     }
@@ -268,7 +268,7 @@ extension ZramDevice {
                 guard let backing = storage.backing else { throw .noBackingDevice }
                 let before = storage.pool.totalPages
                 var report = WritebackReport()
-                let count = pick(request, into: backing)
+                let count = pickSlots(request.scans, into: backing.candidates) { f, mode in Self.eligible(f, mode) }
                 report.picked = count
                 writeBack(count, backing, storage, &report)
                 backing.releaseCandidates(count: count)
@@ -288,8 +288,9 @@ extension ZramDevice {
     private static let bucketBytes = 64
     private static let buckets = pageSize / bucketBytes + 1
 
+    /// What writeback may pick: stored in the pool, not picked by another run, of the mode.
     @inline(__always)
-    private func eligible(_ f: SlotFlags, _ mode: WritebackMode) -> Bool {
+    private static func eligible(_ f: SlotFlags, _ mode: WritebackMode) -> Bool {
         guard f.isAllocated, !f.isWrittenBack, !f.isSame, !f.isPicked else { return false }
         if mode.contains(.idle) && !f.isIdle { return false }
         if mode.contains(.huge) && !f.isHuge { return false }
@@ -297,14 +298,16 @@ extension ZramDevice {
         return true
     }
 
-    /// Marks the selected slots picked and lists them in `backing.candidates` in zram's order:
+    /// Marks the slots `eligible` selects picked and lists them in `candidates` in zram's order:
     /// the largest bucket first and, within a bucket, the last slot scanned first (zram prepends
     /// each pick to its bucket's list). A count per bucket, then each slot placed in its bucket's
     /// part from the end (a slot that changed bucket between the passes is left out, and a part
     /// that came out short is closed up). Returns the list's length.
-    private func pick(_ request: WritebackRequest, into backing: Backing) -> Int {
+    /// Writeback and recompression both pick this way (zram's place_pp_slot and select_pp_slot).
+    func pickSlots(_ scans: [WritebackRequest.Scan], into candidates: UnsafeMutablePointer<UInt32>,
+                   eligible: (SlotFlags, WritebackMode) -> Bool) -> Int {
         var counts = [Int](repeating: 0, count: Self.buckets)
-        for scan in request.scans {
+        for scan in scans {
             for index in scan.pages {
                 let f = SlotFlags(rawValue: slots.peekFlags(index).rawValue & ~SlotFlags.lockBit)
                 if !f.isUntouched && eligible(f, scan.mode) { counts[f.objectSize / Self.bucketBytes] += 1 }
@@ -320,13 +323,13 @@ extension ZramDevice {
             end[b] = total
         }
         var next = end
-        for scan in request.scans {
+        for scan in scans {
             for index in scan.pages where !slots.peekFlags(index).isUntouched {
                 var f = slots.lock(index)
                 let b = f.objectSize / Self.bucketBytes
                 if eligible(f, scan.mode) && next[b] > start[b] {
                     next[b] -= 1
-                    backing.candidates[next[b]] = UInt32(truncatingIfNeeded: index)
+                    candidates[next[b]] = UInt32(truncatingIfNeeded: index)
                     f.isPicked = true
                 }
                 slots.unlock(index, flags: f)
@@ -335,7 +338,7 @@ extension ZramDevice {
         var out = 0
         for b in stride(from: Self.buckets - 1, through: 0, by: -1) {
             let filled = end[b] - next[b]
-            if out != next[b] { memmove(backing.candidates + out, backing.candidates + next[b], filled * 4) }
+            if out != next[b] { memmove(candidates + out, candidates + next[b], filled * 4) }
             out += filled
         }
         return out
@@ -408,7 +411,7 @@ extension ZramDevice {
         }
     }
 
-    private func unpick(_ index: Int) {
+    func unpick(_ index: Int) {
         var f = slots.lock(index)
         f.isPicked = false
         slots.unlock(index, flags: f)
@@ -497,6 +500,14 @@ extension ZramDevice {
         return failure
     }
 
+    /// A compressed written-back object read into `s.scratch` + `offset`, decompressed by the
+    /// compressor of its priority (a secondary's stream is taken after the primary's `s`).
+    private func decompressWrittenBack(_ s: StreamBuffers, _ offset: Int, _ size: Int, _ priority: Int,
+                                       _ out: UnsafeMutableRawPointer, _ b: Storage) throws(ZramError) -> Bool {
+        if priority == 0 { return s.codec.decompress(s.scratch + offset, count: size, intoPage: out) }
+        return try b.streams(priority: priority).withStream { r in r.codec.decompress(s.scratch + offset, count: size, intoPage: out) }
+    }
+
     /// A written-back page (slot lock held): the block read into `out`, or with compressed
     /// writeback read and decompressed. An I/O error zeroes the page and is an I/O error.
     func readBack(_ index: Int, _ flags: SlotFlags, into out: UnsafeMutableRawPointer, _ b: Storage,
@@ -519,7 +530,7 @@ extension ZramDevice {
         }
         let body = { (s: StreamBuffers) throws(ZramError) -> Void in
             guard backing.file.read(block: block, into: s.scratch) == 0,
-                  !compressed || (offset + size <= pageSize && s.codec.decompress(s.scratch + offset, count: size, intoPage: out)) else {
+                  !compressed || (offset + size <= pageSize && (try? self.decompressWrittenBack(s, offset, size, flags.priority, out, b)) == true) else {
                 memset(out, 0, pageSize)
                 throw .ioError
             }

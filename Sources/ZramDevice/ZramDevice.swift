@@ -48,10 +48,30 @@ final class Storage: Sendable {
     let pool: ZsPool
     let streams: CompressionStreams
     let backing: Backing?
-    init(pool: ZsPool, streams: CompressionStreams, backing: Backing?) {
+    /// zram's recompression algorithms by priority (1...3; index 0, the primary, is `streams`).
+    let recompressors: [CompressionStreams?]
+    init(pool: ZsPool, streams: CompressionStreams, backing: Backing?,
+         recompressors: [CompressionStreams?] = [CompressionStreams?](repeating: nil, count: ZramDevice.maxPriorities)) {
         self.pool = pool
         self.streams = streams
         self.backing = backing
+        self.recompressors = recompressors
+    }
+
+    /// The same storage with some parts replaced.
+    func with(pool: ZsPool? = nil, streams: CompressionStreams? = nil, backing: Backing?? = .none,
+              recompressors: [CompressionStreams?]? = nil) -> Storage {
+        Storage(pool: pool ?? self.pool, streams: streams ?? self.streams, backing: backing ?? self.backing,
+                recompressors: recompressors ?? self.recompressors)
+    }
+
+    /// The streams of the compressor that produced a slot of `priority` (0 = the primary); an
+    /// I/O error if it is gone (cannot happen: a priority in use cannot be changed).
+    @inline(__always)
+    func streams(priority: Int) throws(ZramError) -> CompressionStreams {
+        if priority == 0 { return streams }
+        guard priority < recompressors.count, let r = recompressors[priority] else { throw .ioError }
+        return r
     }
 }
 
@@ -276,7 +296,7 @@ public final class ZramDevice: @unchecked Sendable {
         quiesce.exclusive {
             slots.clearAll()
             storage.backing?.releaseAll()
-            storage = Storage(pool: pool, streams: storage.streams, backing: storage.backing)
+            storage = storage.with(pool: pool)
             counters.reset()
         }
     }
@@ -312,7 +332,7 @@ public final class ZramDevice: @unchecked Sendable {
         let streams = try CompressionStreams(algorithm: algorithm, level: level)
         try quiesce.exclusive { () throws(ZramError) in
             guard counters.load(.pagesStored) == 0 else { throw .busy }
-            storage = Storage(pool: storage.pool, streams: streams, backing: storage.backing)
+            storage = storage.with(streams: streams)
         }
     }
 
@@ -332,8 +352,11 @@ public final class ZramDevice: @unchecked Sendable {
 
     /// `/sys/block/zramN/comp_algorithm`: every algorithm, the selected one in brackets, each
     /// followed by a space, then a newline.
-    public var compAlgorithmText: String {
-        let selected = algorithm
+    public var compAlgorithmText: String { Self.algorithmList(selected: algorithm) }
+
+    /// Every algorithm, `selected` in brackets, each followed by a space, then a newline (the
+    /// kernel's zcomp_available_show).
+    static func algorithmList(selected: CompressionAlgorithm) -> String {
         var s = ""
         for a in CompressionAlgorithm.allCases {
             s += a == selected ? "[\(a.rawValue)] " : "\(a.rawValue) "
@@ -465,10 +488,14 @@ public final class ZramDevice: @unchecked Sendable {
             b.pool.read(handle, into: out, count: pageSize)
             return
         }
-        if let stream {
+        // A held stream is the primary's: a recompressed object takes its own compressor's
+        // (primary before secondary is the one order streams are taken in).
+        if let stream, flags.priority == 0 {
             try decompress(handle, size, into: out, b.pool, stream)
         } else {
-            try b.streams.withStream { (s) throws(ZramError) in try decompress(handle, size, into: out, b.pool, s) }
+            try b.streams(priority: flags.priority).withStream { (s) throws(ZramError) in
+                try decompress(handle, size, into: out, b.pool, s)
+            }
         }
     }
 

@@ -29,6 +29,10 @@ public struct ZramStats: Sendable, Equatable {
     // zramnbd's own (no sysfs file): writeback runs, by `ctl writeback` or a policy
     public var writebackRuns: UInt64 = 0
     public var writebackBytesFreed: UInt64 = 0
+    // zramnbd's own: recompress runs and what they did
+    public var recompressRuns: UInt64 = 0
+    public var recompressedPages: UInt64 = 0
+    public var recompressBytesSaved: UInt64 = 0
 
     public init() {}
 
@@ -104,6 +108,12 @@ public struct ZramStats: Sendable, Equatable {
                       help: "Writeback runs, by ctl writeback or a writeback policy (zramnbd's own)."),
         ZramStatField("writeback_bytes_freed", \.writebackBytesFreed, .zramnbd, .counter, prometheus: "zramnbd_writeback_freed_bytes_total",
                       help: "Pool memory writeback runs gave back (zramnbd's own)."),
+        ZramStatField("recompress_runs", \.recompressRuns, .zramnbd, .counter, prometheus: "zramnbd_recompress_runs_total",
+                      help: "Recompress runs, by ctl recompress or a recompression policy (zramnbd's own)."),
+        ZramStatField("recompressed_pages", \.recompressedPages, .zramnbd, .counter, prometheus: "zramnbd_recompressed_pages_total",
+                      help: "Pages recompress stored again, smaller, with a secondary algorithm (zramnbd's own)."),
+        ZramStatField("recompress_bytes_saved", \.recompressBytesSaved, .zramnbd, .counter, prometheus: "zramnbd_recompress_saved_bytes_total",
+                      help: "compr_data_size recompress runs gave back (zramnbd's own)."),
     ]
 }
 

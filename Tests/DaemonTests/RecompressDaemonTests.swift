@@ -1,0 +1,46 @@
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+@testable import ZramDaemon
+
+@Suite("recompression through ctl")
+struct RecompressDaemonTests {
+    @Test("ctl recomp-algorithm and recompress as sysfs has them: the stats file, the run's sentence, the counters, the data")
+    func ctlRecompress() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let d = try RunningDaemon(dir)
+        let corpus = Corpus()
+        corpus.write(to: dir.file("corpus.bin"))
+        let copy = try Subprocess.run(["nbdcopy", "--no-extents", dir.file("corpus.bin"), d.uri], outputPrefix: dir.file("nbdcopy"))
+        #expect(copy.succeeded, "\(copy.stderr)")
+
+        let none = try d.ctl(["recompress"])
+        #expect(!none.succeeded && none.stderr.contains("no recompression algorithm"), "\(none.stderr)")
+        #expect(!(try d.ctl(["recomp-algorithm", "algo=brotli"])).succeeded)
+        #expect(!(try d.ctl(["recomp-algorithm", "algo=zstd", "priority=4"])).succeeded)
+        #expect(try d.ctl(["recomp-algorithm", "algo=zstd"]).succeeded)
+        #expect(dir.read("stats/recomp_algorithm") == "#1: lz4 [zstd] \n")
+
+        let before = d.mmStat()
+        let run = try d.ctl(["recompress", "type=huge"])
+        // The corpus's random pages are its only huge ones, and zstd cannot shrink random data.
+        #expect(run.succeeded && run.stdout.hasPrefix("recompressed 0 of \(corpus.randomPages) pages tried"), "\(run.stdout) \(run.stderr)")
+        let all = try d.ctl(["recompress"])
+        #expect(all.succeeded && all.stdout.hasPrefix("recompressed "), "\(all.stderr)")
+        let after = d.mmStat()
+        #expect(after[0] == before[0] && after[1] < before[1])   // same data, fewer compressed bytes
+        let show = try d.ctl(["show"]).stdout
+        #expect(show.contains("recompress_runs=2") && show.contains("recompressed_pages="))
+        let busy = try d.ctl(["recomp-algorithm", "algo=lz4", "priority=1"])
+        #expect(!busy.succeeded && busy.stderr.contains("recompressed"), "\(busy.stderr)")
+
+        let back = try Subprocess.run(["nbdcopy", "--no-extents", d.uri, dir.file("back.bin")], outputPrefix: dir.file("nbdcopy-back"))
+        #expect(back.succeeded)
+        let bytes = try FileSystem.readBytes(dir.file("back.bin"))
+        #expect(Array(bytes.prefix(corpus.bytes.count)) == corpus.bytes)
+        #expect(d.stop() == .exited(0))
+    }
+}
