@@ -97,6 +97,12 @@ struct Serve: ParsableCommand {
     var writebackOnPressure = false
     @Option(parsing: .unconditional, help: ArgumentHelp("Write back at most this much a day (zram's writeback_limit, refilled daily).", valueName: "size"))
     var writebackDailyLimit: String?
+    @Option(help: ArgumentHelp("Recompression algorithms, priority 1 first: 'zstd' or 'zstd(level=9) lz4hc' (zram's recomp_algorithm).", valueName: "list"))
+    var recompAlgorithm: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Recompress pages not read or written for this long (seconds, or 30m, 1h, 1d).", valueName: "duration"))
+    var recompressIdleAfter: String?
+    @Flag(help: "Recompress idle pages when the kernel reports memory pressure (PSI).")
+    var recompressOnPressure = false
     @Option(help: ArgumentHelp("Unix socket of the NBD export (default \(DaemonSettings.runDir)/NAME.sock).", valueName: "path"))
     var socket: String?
     @Option(help: ArgumentHelp("Also serve NBD over TCP on this address.", valueName: "host:port"))
@@ -285,14 +291,23 @@ struct Serve: ParsableCommand {
         if let m = memLimit { spec.memLimit = try Serve.flag("--mem-limit") { () throws(DaemonError) in try ByteSize.strtosize(m) } }
         if let b = backingDev { spec.writebackDevice = ConfigFile.optionalPath(b) }
         if let a = writebackIdleAfter {
-            spec.writebackPolicy.idleAfter = try Serve.flag("--writeback-idle-after") { () throws(DaemonError) in try ConfigFile.parseDuration(a) }
+            spec.postProcessing.idleAfter = try Serve.flag("--writeback-idle-after") { () throws(DaemonError) in try ConfigFile.parseDuration(a) }
         }
-        spec.writebackPolicy.onPressure = writebackOnPressure
+        spec.postProcessing.onPressure = writebackOnPressure
         spec.compressedWriteback = compressedWriteback
         spec.writebackPacking = writebackPacking
         if let l = writebackDailyLimit {
-            spec.writebackPolicy.dailyLimitPages = try Serve.flag("--writeback-daily-limit") { () throws(DaemonError) in try ByteSize.parse(l) } / 4096
+            spec.postProcessing.dailyLimitPages = try Serve.flag("--writeback-daily-limit") { () throws(DaemonError) in try ByteSize.parse(l) } / 4096
         }
+        if let r = recompAlgorithm {
+            let list = try Serve.flag("--recomp-algorithm") { () throws(DaemonError) in try AlgorithmList.parse(r) }
+            let unknown = try Serve.flag("--recomp-algorithm") { () throws(DaemonError) in try ConfigFile.secondaries(list[...], into: &spec) }
+            if let p = unknown.first { throw .invalidValue("--recomp-algorithm: parameter '\(p)' is not supported (only level=)") }
+        }
+        if let a = recompressIdleAfter {
+            spec.postProcessing.recompressIdleAfter = try Serve.flag("--recompress-idle-after") { () throws(DaemonError) in try ConfigFile.parseDuration(a) }
+        }
+        spec.postProcessing.recompressOnPressure = recompressOnPressure
         if let s = socket { spec.socket = ConfigFile.optionalPath(s) }
         if let l = listen {
             spec.listen = ConfigFile.optionalPath(l)
@@ -374,9 +389,14 @@ struct Serve: ParsableCommand {
         parts.append("chain-size=\(d.chainSize)")
         if d.memLimit > 0 { parts.append("mem-limit=\(d.memLimit)") }
         if let w = d.writebackDevice { parts.append("backing-dev=\(w)") }
-        if let a = d.writebackPolicy.idleAfter { parts.append("writeback-idle-after=\(a)s") }
-        if d.writebackPolicy.onPressure { parts.append("writeback-on-pressure") }
-        if let l = d.writebackPolicy.dailyLimitPages { parts.append("writeback-daily-limit=\(l * 4096)") }
+        if let a = d.postProcessing.idleAfter { parts.append("writeback-idle-after=\(a)s") }
+        if d.postProcessing.onPressure { parts.append("writeback-on-pressure") }
+        if let l = d.postProcessing.dailyLimitPages { parts.append("writeback-daily-limit=\(l * 4096)") }
+        if !d.recompressionAlgorithms.isEmpty {
+            parts.append("recomp-algorithm=" + d.recompressionAlgorithms.map { a in a.level.map { "\(a.name)(level=\($0))" } ?? a.name }.joined(separator: ","))
+        }
+        if let a = d.postProcessing.recompressIdleAfter { parts.append("recompress-idle-after=\(a)s") }
+        if d.postProcessing.recompressOnPressure { parts.append("recompress-on-pressure") }
         parts.append("socket=\(d.socket ?? "none")")
         if let l = d.listen { parts.append("listen=\(l)") }
         parts.append("stats-dir=\(d.statsDir ?? "none")")

@@ -132,6 +132,7 @@ public enum ConfigFile {
         "host-memory-limit", "memory-limit", "writeback-device", "backing-dev", "zram-fraction", "max-zram-size",
         "writeback-limit", "writeback-limit-enable", "writeback-batch-size", "compressed-writeback", "writeback-packing",
         "writeback-idle-after", "writeback-on-pressure", "writeback-daily-limit",
+        "recomp-algorithm", "recompress-idle-after", "recompress-on-pressure", "recompress-arguments",
         "socket", "listen", "stats-dir", "chain-size", "read-only", "tls-identities",
     ]
     /// `ctl add`'s own spellings, in bytes and words as on the command line.
@@ -234,10 +235,22 @@ public enum ConfigFile {
                         }
                     }
                 }
-                spec.recompression = list.dropFirst().map(\.text)
-                if !spec.recompression.isEmpty {
-                    warnings.append("\(e.file):\(e.line): recompression not supported yet; ignoring '\(spec.recompression.joined(separator: " "))'")
+                // zram-generator's later entries are the recompression algorithms, priority 1 on.
+                for p in try check({ () throws(DaemonError) in try secondaries(list.dropFirst(), into: &spec) }) {
+                    warnings.append("\(e.file):\(e.line): algorithm parameter '\(p)' is not supported, ignored")
                 }
+            case "recomp-algorithm":
+                spec.recompressionAlgorithms = []
+                let list = try check { () throws(DaemonError) in try AlgorithmList.parse(v) }
+                for p in try check({ () throws(DaemonError) in try secondaries(list[...], into: &spec) }) {
+                    warnings.append("\(e.file):\(e.line): algorithm parameter '\(p)' is not supported, ignored")
+                }
+            case "recompress-idle-after":
+                spec.postProcessing.recompressIdleAfter = try check { () throws(DaemonError) in try parseDuration(v) }
+            case "recompress-on-pressure":
+                spec.postProcessing.recompressOnPressure = try check { () throws(DaemonError) in try parseBool(v) }
+            case "recompress-arguments":   // checked when the device is made (ZramPageStore)
+                spec.postProcessing.recompressArguments = v
             case "swap-priority":
                 guard let p = Int(v), (-1...32767).contains(p) else { throw fail("expected -1...32767, got '\(v)'") }
                 spec.swapPriority = p
@@ -263,11 +276,11 @@ public enum ConfigFile {
             case "writeback-packing":
                 spec.writebackPacking = try check { () throws(DaemonError) in try parseBool(v) }
             case "writeback-idle-after":
-                spec.writebackPolicy.idleAfter = try check { () throws(DaemonError) in try parseDuration(v) }
+                spec.postProcessing.idleAfter = try check { () throws(DaemonError) in try parseDuration(v) }
             case "writeback-on-pressure":
-                spec.writebackPolicy.onPressure = try check { () throws(DaemonError) in try parseBool(v) }
+                spec.postProcessing.onPressure = try check { () throws(DaemonError) in try parseBool(v) }
             case "writeback-daily-limit":
-                spec.writebackPolicy.dailyLimitPages = try check { () throws(DaemonError) in try ByteSize.parse(v) } / 4096
+                spec.postProcessing.dailyLimitPages = try check { () throws(DaemonError) in try ByteSize.parse(v) } / 4096
             case "socket": spec.socket = optionalPath(v)
             case "listen":
                 spec.listen = optionalPath(v)
@@ -424,6 +437,33 @@ public enum ConfigFile {
         case "0", "no", "false", "off": return false
         default: throw .invalidValue("expected yes or no, got '\(v)'")
         }
+    }
+}
+
+extension ConfigFile {
+    /// Recompression algorithms from an algorithm list: each named entry the next priority (its
+    /// `level` with it); a parameter group without a name, zram-generator's global recompression
+    /// parameters, becomes what the recompression policy's runs pass to `recompress`.
+    /// Returns the parameters it does not know ("dict of zstd"), for the caller to warn about.
+    static func secondaries(_ entries: ArraySlice<AlgorithmList.Entry>, into spec: inout DeviceSpec) throws(DaemonError) -> [String] {
+        var unknown: [String] = []
+        for entry in entries {
+            if entry.name.isEmpty {
+                spec.postProcessing.recompressArguments = entry.params.map { $0.1.isEmpty ? $0.0 : "\($0.0)=\($0.1)" }.joined(separator: " ")
+                continue
+            }
+            var choice = DeviceSpec.AlgorithmChoice(name: entry.name)
+            for (k, pv) in entry.params {
+                if k == "level" {
+                    guard let l = Int32(pv) else { throw .invalidValue("level of \(entry.name) must be an integer, got '\(pv)'") }
+                    choice.level = l
+                } else {
+                    unknown.append("\(k) of \(entry.name)")
+                }
+            }
+            spec.recompressionAlgorithms.append(choice)
+        }
+        return unknown
     }
 }
 

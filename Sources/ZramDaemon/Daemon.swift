@@ -55,8 +55,8 @@ public final class Daemon {
             for p in SwapSafety.apply() { log.warning(p) }
         }
         let shared = SharedHost(host)
-        let policy = WritebackPolicy(log: log) { name in shared.with { $0.publish(named: name) } }
-        host.writebackPolicy = policy
+        let policy = PostProcessor(log: log) { name in shared.with { $0.publish(named: name) } }
+        host.postProcessor = policy
         var control: ControlServer?
         var metrics: MetricsServer?
         var status = ""

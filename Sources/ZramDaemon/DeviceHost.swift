@@ -74,7 +74,7 @@ public final class DeviceHost {
     private var sharedExport: (any ExportHandle)?
     var prometheusFile: String?
     /// Runs the devices' writeback policies; nil = none (tests).
-    var writebackPolicy: WritebackPolicy?
+    var postProcessor: PostProcessor?
     /// A captive daemon's private directory (serve --run): `ctl add` puts a device's default
     /// socket there and gives it no default stats directory, as for the devices it started with.
     var privateDirectory: String?
@@ -125,7 +125,7 @@ public final class DeviceHost {
             throw error
         }
         devices.append(d)
-        writebackPolicy?.register(spec.name, store: store, policy: spec.writebackPolicy)
+        postProcessor?.register(spec.name, store: store, policy: spec.postProcessing)
         publish(d, force: true)
         log.info("\(spec.name): \(ByteSize.human(spec.diskSize)) \(spec.algorithm), exported on \(endpoints(spec))")
     }
@@ -136,7 +136,7 @@ public final class DeviceHost {
         if !force, let n = d.export?.activeConnections, n > 0 {
             throw .device("\(name) is in use by \(n) NBD connection(s); disconnect it first")
         }
-        writebackPolicy?.unregister(name)
+        postProcessor?.unregister(name)
         d.export?.stop()
         d.export = nil
         d.stats?.remove()
@@ -156,7 +156,7 @@ public final class DeviceHost {
     public func stopAll() {
         sharedExport?.stop()
         sharedExport = nil
-        writebackPolicy?.stop()
+        postProcessor?.stop()
         for d in devices {
             d.export?.stop()
             d.export = nil

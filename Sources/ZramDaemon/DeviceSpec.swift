@@ -15,7 +15,6 @@ public struct DeviceSpec: Sendable, Equatable {
     /// Compression level (lz4: acceleration); nil = the algorithm's default.
     public var level: Int32?
     /// Further compression-algorithm entries (zram's recompression); stored, not applied yet.
-    public var recompression: [String] = []
     /// zsmalloc pages per zspage, in `chainSizes` (4...16).
     public var chainSize: Int = 8
     /// Pool limit in bytes (zram's mem_limit); 0 = none.
@@ -49,18 +48,39 @@ public struct DeviceSpec: Sendable, Equatable {
     public var compressedWriteback = false
     /// Beyond the kernel: with compressed writeback, several objects share a backing block.
     public var writebackPacking = false
-    /// When the daemon writes back on its own (WritebackPolicy.swift).
-    public var writebackPolicy = WritebackPolicy()
+    /// When the daemon writes back and recompresses on its own (PostProcessor.swift).
+    public var postProcessing = PostProcessingPolicy()
+    /// recomp-algorithm: zram's secondary algorithms, priority 1, 2, 3 in order, each with an
+    /// optional level (`zstd lz4hc(level=9)`).
+    public var recompressionAlgorithms: [AlgorithmChoice] = []
 
-    public struct WritebackPolicy: Sendable, Equatable {
+    /// An algorithm by name with its level (nil = the algorithm's default).
+    public struct AlgorithmChoice: Sendable, Equatable {
+        public var name: String
+        public var level: Int32?
+        public init(name: String, level: Int32? = nil) {
+            self.name = name
+            self.level = level
+        }
+    }
+
+    public struct PostProcessingPolicy: Sendable, Equatable {
         /// writeback-idle-after: write back pages not accessed for this many seconds.
         public var idleAfter: UInt32?
         /// writeback-on-pressure: write back idle pages when PSI reports a memory stall.
         public var onPressure = false
         /// writeback-daily-limit, in 4 KiB pages: writeback_limit refilled to it every 24 hours.
         public var dailyLimitPages: UInt64?
+        /// recompress-idle-after: recompress pages not accessed for this many seconds.
+        public var recompressIdleAfter: UInt32?
+        /// recompress-on-pressure: recompress idle pages when PSI reports a memory stall.
+        public var recompressOnPressure = false
+        /// recompress-arguments: what the policy's runs echo into `recompress` (default type=idle).
+        public var recompressArguments = "type=idle"
         public init() {}
-        var isActive: Bool { idleAfter != nil || onPressure || dailyLimitPages != nil }
+        var writes: Bool { idleAfter != nil || onPressure || dailyLimitPages != nil }
+        var recompresses: Bool { recompressIdleAfter != nil || recompressOnPressure }
+        var isActive: Bool { writes || recompresses }
     }
 
     public init(name: String, diskSize: UInt64) {
@@ -152,8 +172,18 @@ public struct DeviceSpec: Sendable, Equatable {
             throw .invalidValue("\(name): writeback-device '\(w)' is not an absolute path")
         }
         guard writebackBatchSize > 0 else { throw .invalidValue("\(name): writeback-batch-size must be above 0") }
-        if writebackPolicy.isActive && writebackDevice == nil {
+        if postProcessing.writes && writebackDevice == nil {
             throw .invalidValue("\(name): writeback-idle-after, writeback-on-pressure and writeback-daily-limit need a writeback-device")
+        }
+        guard recompressionAlgorithms.count <= 3 else {
+            throw .invalidValue("\(name): at most 3 recompression algorithms (priorities 1...3), got \(recompressionAlgorithms.count)")
+        }
+        for a in recompressionAlgorithms {
+            try Self.validateAlgorithm(a.name)
+            if let l = a.level { try Self.validateLevel(l, for: a.name) }
+        }
+        if postProcessing.recompresses && recompressionAlgorithms.isEmpty {
+            throw .invalidValue("\(name): recompress-idle-after and recompress-on-pressure need a recomp-algorithm")
         }
         guard (-1...32767).contains(swapPriority) else {
             throw .invalidValue("\(name): swap priority \(swapPriority) is outside -1...32767")

@@ -34,6 +34,15 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
             device.setWritebackLimit(spec.writebackLimit)
             device.setWritebackLimitEnabled(spec.writebackLimitEnable)
             if let path = spec.writebackDevice { try device.setBackingDevice(path) }
+            if spec.postProcessing.recompresses {
+                do { _ = try RecompressRequest.parse(spec.postProcessing.recompressArguments) } catch {
+                    throw ZramError.invalidArgument("recompress-arguments '\(spec.postProcessing.recompressArguments)': \(Self.describe(error))")
+                }
+            }
+            for (i, a) in spec.recompressionAlgorithms.enumerated() {
+                guard let codec = CompressionAlgorithm(rawValue: a.name) else { throw ZramError.invalidArgument("unknown algorithm \(a.name)") }
+                try device.setRecompressionAlgorithm(codec, level: a.level, priority: i + 1)
+            }
         } catch {
             throw .device("\(spec.name): \(ZramPageStore.describe(error))")
         }

@@ -172,8 +172,8 @@ struct ConfigTests {
             compression-algorithm = lz4(level=4, dict=/x)
             """)], ramMiB: 1000)
         let d = c.settings.devices
-        #expect(d[0].algorithm == "zstd" && d[0].level == 3 && d[0].recompression == ["lz4", "(type=idle)"])
-        #expect(c.warnings.contains("c.conf:2: recompression not supported yet; ignoring 'lz4 (type=idle)'"))
+        #expect(d[0].algorithm == "zstd" && d[0].level == 3 && d[0].recompressionAlgorithms == [.init(name: "lz4")] && d[0].postProcessing.recompressArguments == "type=idle")
+        #expect(!c.warnings.contains { $0.hasPrefix("c.conf:2:") })   // recompression is in
         #expect(d[1].algorithm == "lz4")
         #expect(c.warnings.contains { $0.hasPrefix("c.conf:4: compression algorithm 'lzo-rle' is not available") })
         #expect(d[2].level == 4)

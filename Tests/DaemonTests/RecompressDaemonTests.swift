@@ -43,4 +43,28 @@ struct RecompressDaemonTests {
         #expect(Array(bytes.prefix(corpus.bytes.count)) == corpus.bytes)
         #expect(d.stop() == .exited(0))
     }
+
+    @Test("--recomp-algorithm and --recompress-idle-after: the daemon recompresses idle pages by itself and logs the run")
+    func policy() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let d = try RunningDaemon(dir, extra: ["--recomp-algorithm", "zstd(level=5)", "--recompress-idle-after", "1"])
+        #expect(dir.read("stats/recomp_algorithm") == "#1: lz4 [zstd] \n")
+        let corpus = Corpus()
+        let client = try NBDClient(socket: d.socket)
+        #expect(client.write(corpus.bytes, at: 0) == 0)
+        client.close()
+        var pages = 0
+        for _ in 0..<1000 where pages == 0 {
+            pages = Int(try d.ctl(["get", "recompressed-pages"]).stdout.split(separator: "\n").first ?? "") ?? 0
+            if pages == 0 { var ts = timespec(tv_sec: 0, tv_nsec: 10_000_000); nanosleep(&ts, nil) }
+        }
+        #expect(pages > 0)
+        #expect(d.stop() == .exited(0))
+        #expect(d.process.stderr.contains("zram0: idle for 1 s: recompressed "), "\(d.process.stderr.suffix(1000))")
+        let bad = try Subprocess.run([zramnbdBinary, "serve", "--check", "--recomp-algorithm", "zstd(dict=/x)"], outputPrefix: dir.file("bad"))
+        #expect(bad.termination == .exited(2) && bad.stderr.contains("--recomp-algorithm: parameter 'dict of zstd' is not supported"), "\(bad.stderr)")
+        let none = try Subprocess.run([zramnbdBinary, "serve", "--check", "--recompress-idle-after", "1"], outputPrefix: dir.file("none"))
+        #expect(none.termination == .exited(2) && none.stderr.contains("need a recomp-algorithm"), "\(none.stderr)")
+    }
 }

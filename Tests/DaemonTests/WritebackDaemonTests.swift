@@ -156,13 +156,13 @@ final class RecordingStore: PageStore, @unchecked Sendable {   // @unchecked: gu
     }
 }
 
-@Suite("writeback policies")
-struct WritebackPolicyTests {
+@Suite("post-processing policies: writeback and recompression on their own")
+struct PostProcessorTests {
     @Test("memory pressure writes back idle pages at once (5-minute age by default), at most every 10 s per device")
     func pressure() throws {
-        let policy = WritebackPolicy(log: Log(level: .error)) { _ in }
+        let policy = PostProcessor(log: Log(level: .error)) { _ in }
         let store = RecordingStore()
-        var p = DeviceSpec.WritebackPolicy()
+        var p = DeviceSpec.PostProcessingPolicy()
         p.onPressure = true
         policy.register("zram0", store: store, policy: p)
         #expect(policy.needsPressureEvents)
@@ -177,11 +177,26 @@ struct WritebackPolicyTests {
         #expect(store.waitFor(4) == ["idle 300", "writeback type=idle", "idle 300", "writeback type=idle"])
     }
 
+    @Test("memory pressure recompresses idle pages with recompress-arguments, beside writeback")
+    func recompressOnPressure() throws {
+        let policy = PostProcessor(log: Log(level: .error)) { _ in }
+        let store = RecordingStore()
+        var p = DeviceSpec.PostProcessingPolicy()
+        p.recompressOnPressure = true
+        p.recompressArguments = "type=huge_idle max_pages=100"
+        policy.register("zram0", store: store, policy: p)
+        #expect(policy.needsPressureEvents)
+        try policy.start()
+        defer { policy.stop() }
+        policy.pressure()
+        #expect(store.waitFor(2) == ["idle 300", "recompress type=huge_idle max_pages=100"])
+    }
+
     @Test("the daily limit enables zram's writeback_limit and fills it at once")
     func dailyLimit() throws {
-        let policy = WritebackPolicy(log: Log(level: .error)) { _ in }
+        let policy = PostProcessor(log: Log(level: .error)) { _ in }
         let store = RecordingStore()
-        var p = DeviceSpec.WritebackPolicy()
+        var p = DeviceSpec.PostProcessingPolicy()
         p.dailyLimitPages = 256
         policy.register("zram0", store: store, policy: p)
         try policy.start()
@@ -217,7 +232,7 @@ struct WritebackPolicyTests {
     @Test("policies need a backing device; durations read as zram-generator users write them")
     func badPolicies() throws {
         var spec = DeviceSpec(name: "zram0", diskSize: 1 << 20)
-        spec.writebackPolicy.idleAfter = 3600
+        spec.postProcessing.idleAfter = 3600
         #expect(throws: DaemonError.self) { try spec.validate() }
         do { try spec.validate() } catch { #expect(error.description.contains("need a writeback-device")) }
         #expect(try ConfigFile.parseDuration("90") == 90 && ConfigFile.parseDuration("30m") == 1800)

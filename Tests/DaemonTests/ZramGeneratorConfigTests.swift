@@ -171,7 +171,7 @@ struct ZramGeneratorCaseTests {
             """, ram: 782)
         let d = try #require(c.settings.devices.first)
         #expect(d.diskSize == UInt64(586.5 * 1_048_576))
-        #expect(d.algorithm == "zstd" && d.level == 9 && d.recompression == ["(recompargs)"])
+        #expect(d.algorithm == "zstd" && d.level == 9 && d.recompressionAlgorithms.isEmpty && d.postProcessing.recompressArguments == "recompargs")
         #expect(c.warnings.contains("z.conf:2: algorithm parameter 'dictionary' is not supported, ignored"))
     }
 
@@ -207,7 +207,7 @@ struct ZramGeneratorCaseTests {
         #expect(z0.diskSize == 782 * 1024 * 1024 / 10)
         #expect(z0.memLimit == 8 * 1024 * 1024 * 1024 * 3 / 4)
         #expect(z0.writebackDevice == "/dev/zvol/tarta-zoot/swap-writeback")
-        #expect(z0.algorithm == "lz4" && z0.recompression == ["zstd(level=3)", "(type=idle)"])   // lzo-rle: not here
+        #expect(z0.algorithm == "lz4" && z0.recompressionAlgorithms == [.init(name: "zstd", level: 3)] && z0.postProcessing.recompressArguments == "type=idle")   // lzo-rle: not here
         #expect(z1.effectiveFsType == "ext2" && z1.mountPoint == "/run/compressed-mount-point" && z1.options == "discard")
         #expect(z1.diskSize == 782 * 1024 * 1024 / 10 && z1.memLimit == 0)
     }

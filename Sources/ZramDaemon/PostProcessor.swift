@@ -1,26 +1,30 @@
-// What the kernel leaves to userspace: when to write back. Per device, from its spec:
+// What the kernel leaves to userspace: when to write back and recompress. Per device, from its spec:
 //   writeback-idle-after = DURATION   every minute (or DURATION, if shorter) mark the pages not
 //                                     read or written for DURATION idle, and write them back
 //   writeback-on-pressure = yes       when PSI reports a memory stall, do the same at once (the
 //                                     age is writeback-idle-after, or 5 minutes), at most every 10 s
 //   writeback-daily-limit = SIZE      a budget that wears the SSD less: zram's writeback_limit,
 //                                     enabled and refilled to SIZE every 24 hours
+//   recompress-idle-after = DURATION  as writeback-idle-after, with `recompress ARGS` (recompress-
+//   recompress-on-pressure = yes      arguments, default type=idle) instead of writeback
 // One thread runs them, on the stores directly (they are thread-safe), so the control loop, its
-// watchdog ping and the stats never wait for a disk.
+// watchdog ping and the stats never wait for a disk or a slow compressor.
 #if canImport(Glibc)
 import Glibc
 #endif
 import Posix
 
-final class WritebackPolicy: @unchecked Sendable {   // @unchecked: the state is guarded by `lock`
+final class PostProcessor: @unchecked Sendable {   // @unchecked: the state is guarded by `lock`
     /// One device's policy and when its parts are due (monotonic seconds).
     private struct Entry {
         let name: String
         let store: any PageStore
-        let policy: DeviceSpec.WritebackPolicy
+        let policy: DeviceSpec.PostProcessingPolicy
         var nextIdle: Double
+        var nextRecompress: Double
         var nextRefill: Double
         var lastPressure = -Double.infinity
+        var lastRecompressPressure = -Double.infinity
     }
 
     static let pressureAge: UInt32 = 300
@@ -41,18 +45,20 @@ final class WritebackPolicy: @unchecked Sendable {   // @unchecked: the state is
     }
 
     /// The period of a device's idle check: a minute, or the age itself if shorter.
-    static func period(_ p: DeviceSpec.WritebackPolicy) -> Double { min(60, Double(max(1, p.idleAfter ?? 60))) }
+    static func period(_ age: UInt32?) -> Double { min(60, Double(max(1, age ?? 60))) }
 
     /// Starts (or replaces) the policy of device `name`; a policy with nothing in it removes it.
     /// A daily budget is filled at once, so the device starts with it.
-    func register(_ name: String, store: any PageStore, policy: DeviceSpec.WritebackPolicy) {
+    func register(_ name: String, store: any PageStore, policy: DeviceSpec.PostProcessingPolicy) {
         if let pages = policy.dailyLimitPages { run(name, store, .refill(pages), publish: false) }
         lock.withLock {
             entries.removeAll { $0.name == name }
             guard policy.isActive else { return }
             let now = SystemInfo.now()
             entries.append(Entry(name: name, store: store, policy: policy,
-                                 nextIdle: policy.idleAfter == nil ? .infinity : now + Self.period(policy), nextRefill: now + Self.day))
+                                 nextIdle: policy.idleAfter == nil ? .infinity : now + Self.period(policy.idleAfter),
+                                 nextRecompress: policy.recompressIdleAfter == nil ? .infinity : now + Self.period(policy.recompressIdleAfter),
+                                 nextRefill: now + Self.day))
             lock.signal()
         }
     }
@@ -69,7 +75,7 @@ final class WritebackPolicy: @unchecked Sendable {   // @unchecked: the state is
         }
     }
 
-    var needsPressureEvents: Bool { lock.withLock { entries.contains { $0.policy.onPressure } } }
+    var needsPressureEvents: Bool { lock.withLock { entries.contains { $0.policy.onPressure || $0.policy.recompressOnPressure } } }
 
     func start() throws(DaemonError) {
         do { try Threads.spawn(name: "zramnbd-wb") { [self] in loop() } } catch {
@@ -87,6 +93,7 @@ final class WritebackPolicy: @unchecked Sendable {   // @unchecked: the state is
     private enum Job {
         case refill(UInt64)
         case idle(UInt32, reason: String)
+        case recompress(UInt32, arguments: String, reason: String)
     }
 
     private func loop() {
@@ -108,12 +115,21 @@ final class WritebackPolicy: @unchecked Sendable {   // @unchecked: the state is
                             entries[i].lastPressure = now
                             jobs.append((entries[i].name, entries[i].store, .idle(p.idleAfter ?? Self.pressureAge, reason: "memory pressure")))
                         } else if let age = p.idleAfter, now >= entries[i].nextIdle {
-                            entries[i].nextIdle = now + Self.period(p)
+                            entries[i].nextIdle = now + Self.period(p.idleAfter)
                             jobs.append((entries[i].name, entries[i].store, .idle(age, reason: "idle for \(age) s")))
+                        }
+                        if pressure, p.recompressOnPressure, now - entries[i].lastRecompressPressure >= Self.pressureInterval {
+                            entries[i].lastRecompressPressure = now
+                            jobs.append((entries[i].name, entries[i].store,
+                                         .recompress(p.recompressIdleAfter ?? Self.pressureAge, arguments: p.recompressArguments, reason: "memory pressure")))
+                        } else if let age = p.recompressIdleAfter, now >= entries[i].nextRecompress {
+                            entries[i].nextRecompress = now + Self.period(p.recompressIdleAfter)
+                            jobs.append((entries[i].name, entries[i].store,
+                                         .recompress(age, arguments: p.recompressArguments, reason: "idle for \(age) s")))
                         }
                     }
                     if !jobs.isEmpty { return }
-                    let next = entries.map { min($0.nextIdle, $0.policy.dailyLimitPages == nil ? .infinity : $0.nextRefill) }.min() ?? .infinity
+                    let next = entries.map { min($0.nextIdle, $0.nextRecompress, $0.policy.dailyLimitPages == nil ? .infinity : $0.nextRefill) }.min() ?? .infinity
                     if next == .infinity { lock.wait() } else { _ = lock.wait(until: Clock.deadline(after: next - now)) }
                 }
             }
@@ -134,17 +150,25 @@ final class WritebackPolicy: @unchecked Sendable {   // @unchecked: the state is
                 log.warning("\(name): cannot refill the writeback budget: \(error)")
             }
         case .idle(let age, let reason):
-            do {
-                _ = try store.writeAttribute("idle", "\(age)")
-                let lines = try store.writeAttribute("writeback", "type=idle")
-                // Quiet when there was nothing to do: a check runs every minute.
-                if let line = lines.first, !line.hasPrefix("wrote back 0 pages") { log.info("\(name): \(reason): \(line)") }
-            } catch {
-                // The store's message starts with the device's name already.
-                let text = error.description
-                log.info("\(name): \(reason): " + (text.hasPrefix(name + ": ") ? String(text.dropFirst(name.count + 2)) : text))
-            }
+            runIdle(name, store, age, "writeback", "type=idle", quietPrefix: "wrote back 0 pages", reason: reason)
+        case .recompress(let age, let arguments, let reason):
+            runIdle(name, store, age, "recompress", arguments, quietPrefix: "recompressed 0 of 0 pages", reason: reason)
         }
         if publish { published(name) }
+    }
+
+    /// Marks pages idle for `age` seconds, then writes `attribute` (writeback or recompress),
+    /// logging its sentence unless it starts with `quietPrefix` (a check runs every minute).
+    private func runIdle(_ name: String, _ store: any PageStore, _ age: UInt32, _ attribute: String, _ arguments: String,
+                         quietPrefix: String, reason: String) {
+        do {
+            _ = try store.writeAttribute("idle", "\(age)")
+            let lines = try store.writeAttribute(attribute, arguments)
+            if let line = lines.first, !line.hasPrefix(quietPrefix) { log.info("\(name): \(reason): \(line)") }
+        } catch {
+            // The store's message starts with the device's name already.
+            let text = error.description
+            log.info("\(name): \(reason): " + (text.hasPrefix(name + ": ") ? String(text.dropFirst(name.count + 2)) : text))
+        }
     }
 }
