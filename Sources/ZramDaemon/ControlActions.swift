@@ -81,6 +81,8 @@ struct ControlAction: Sendable {
                       + "sparse and removed with the device"),
         attribute("recomp-algorithm", "algo=NAME [priority=1..3]", arguments: 1...2,
                   help: "a secondary algorithm for recompress, priority 1 (default) to 3 (zram's recomp_algorithm)"),
+        attribute("algorithm-params", "priority=N|algo=NAME level=N", arguments: 1...4,
+                  help: "an algorithm's level: the primary (priority=0) or a recomp_algorithm (zram's algorithm_params)"),
         attribute("recompress", "[ARGS...]", arguments: 0...anyNumber.upperBound,
                   help: "store pages again with the secondary algorithms when they shrink into a smaller size class: "
                       + "type=idle|huge|huge_idle, max_pages=N, threshold=BYTES, algo=NAME, priority=N (zram's recompress)"),

@@ -149,6 +149,46 @@ extension ZramPageStore {
                 () throws(ZramError) in try device.setRecompressionAlgorithm(codec, priority: priority)
             }
             return []
+        case "algorithm_params":
+            // zram 6.12's algorithm_params: which algorithm (priority=N or algo=NAME), then its parameters.
+            var priority: Int?, name: String?, level: Int32?
+            for word in value.split(separator: " ") {
+                let kv = word.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let v = kv.count > 1 ? String(kv[1]) : ""
+                switch kv[0] {
+                case "priority":
+                    guard let p = Int(v), (0...3).contains(p) else { throw fail("priority=\(v) is not 0...3") }
+                    priority = p
+                case "algo" where !v.isEmpty: name = v
+                case "level":
+                    guard let l = Int32(v) else { throw fail("level=\(v) is not a number") }
+                    level = l
+                case "dict", "deflate.winbits":
+                    throw fail("'\(kv[0])' is not supported yet (level is)")
+                default: throw fail("expected priority=N or algo=NAME, then level=N; got '\(word)'")
+                }
+            }
+            let secondaries = device.recompressionAlgorithms
+            if priority == nil, let name {
+                if device.algorithm.rawValue == name { priority = 0 }
+                else { priority = secondaries.first { $0.algorithm.rawValue == name }?.priority }
+                guard priority != nil else { throw fail("algo=\(name) is neither comp_algorithm nor a recomp_algorithm") }
+            }
+            guard let priority else { throw fail("say which algorithm: priority=N or algo=NAME") }
+            guard let level else { return [] }   // nothing to change (the kernel accepts it too)
+            if priority == 0 {
+                try apply(busyMessage: "pages are stored; the primary algorithm's parameters change only while none are") {
+                    () throws(ZramError) in try device.setAlgorithm(device.algorithm, level: level)
+                }
+            } else {
+                guard let current = secondaries.first(where: { $0.priority == priority }) else {
+                    throw fail("no recomp_algorithm at priority \(priority)")
+                }
+                try apply(busyMessage: "pages recompressed at priority \(priority) are stored; its parameters change only while none are") {
+                    () throws(ZramError) in try device.setRecompressionAlgorithm(current.algorithm, level: level, priority: priority)
+                }
+            }
+            return []
         case "recompress":
             let report = try apply { () throws(ZramError) in try device.recompress(try RecompressRequest.parse(value)) }
             return [Self.describe(report)]

@@ -37,6 +37,17 @@ struct RecompressDaemonTests {
         let busy = try d.ctl(["recomp-algorithm", "algo=lz4", "priority=1"])
         #expect(!busy.succeeded && busy.stderr.contains("recompressed"), "\(busy.stderr)")
 
+        // algorithm_params: a level changes only while nothing stored depends on the algorithm.
+        let stored = try d.ctl(["algorithm-params", "priority=1", "level=7"])
+        #expect(!stored.succeeded && stored.stderr.contains("are stored"), "\(stored.stderr)")
+        #expect(!(try d.ctl(["algorithm-params", "algo=zstd", "dict=/nonexistent"])).succeeded)
+        #expect(!(try d.ctl(["algorithm-params", "algo=deflate", "level=1"])).succeeded)
+        #expect(try d.ctl(["add", "size=16M", "socket=none", "stats-dir=none"], device: "zram1").succeeded)
+        let fresh = try d.ctl(["algorithm-params", "priority=0", "level=5"], device: "zram1")
+        #expect(fresh.succeeded, "\(fresh.stderr)")
+        #expect(try d.ctl(["get", "level"], device: "zram1").stdout == "5\n")
+        #expect(try d.ctl(["remove"], device: "zram1").succeeded)
+
         let back = try Subprocess.run(["nbdcopy", "--no-extents", d.uri, dir.file("back.bin")], outputPrefix: dir.file("nbdcopy-back"))
         #expect(back.succeeded)
         let bytes = try FileSystem.readBytes(dir.file("back.bin"))
