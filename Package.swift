@@ -47,6 +47,7 @@ let package = Package(
         .testTarget(name: "ZsPoolTests", dependencies: ["ZsPool", "TestSupport"]),
         .testTarget(name: "ZramDeviceTests", dependencies: ["ZramDevice", "Codec", "CLZ4", "CZstd", "TestSupport"]),
         .testTarget(name: "NBDTests", dependencies: ["NBD", "TLS", "CNBD", "TestSupport"]),
-        .testTarget(name: "DaemonTests", dependencies: ["ZramDaemon", "ZramDevice", "Posix", "CNBD", "TestSupport"]),
+        .testTarget(name: "DaemonTests", dependencies: ["ZramDaemon", "ZramDevice", "Posix", "CNBD", "TestSupport"],
+                    exclude: ["Fixtures"]),
     ]
 )

@@ -7,9 +7,12 @@
 #   --destdir   staging root for packaging; nothing is reloaded or enabled
 #   --unit-dir  systemd system unit directory (default /etc/systemd/system)
 #   --binary    install this zramnbd binary instead of building `swift build -c release`
+#   --generator-dir  systemd generator directory (default: pkg-config's systemdsystemgeneratordir,
+#               else /usr/lib/systemd/system-generators)
 #
 # Installs:  PREFIX/bin/zramnbd  PREFIX/sbin/zramnbd-swap
-#            UNIT_DIR/{zramnbd.service,zramnbd.socket,zramnbd-swap@.service,zramnbd-fs@.service}
+#            UNIT_DIR/{zramnbd.service,zramnbd.socket,zramnbd-setup@.service}
+#            GENERATOR_DIR/zramnbd-generator -> PREFIX/bin/zramnbd
 #            PREFIX/share/doc/zramnbd/{daemon.md,zramnbd.conf.example}
 # It never writes /etc/zramnbd.conf: without one the daemon starts its default device.
 set -euo pipefail
@@ -19,13 +22,18 @@ prefix=/usr/local
 destdir=
 unitdir=/etc/systemd/system
 binary=
+generatordir=$(pkg-config --variable=systemdsystemgeneratordir systemd 2>/dev/null || true)
+generatordir=${generatordir:-/usr/lib/systemd/system-generators}
+utildir=$(pkg-config --variable=systemdutildir systemd 2>/dev/null || true)
+utildir=${utildir:-/usr/lib/systemd}
 while (($#)); do
 	case $1 in
 	--prefix) prefix=$2; shift 2 ;;
 	--destdir) destdir=$2; shift 2 ;;
 	--unit-dir) unitdir=$2; shift 2 ;;
 	--binary) binary=$2; shift 2 ;;
-	-h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--generator-dir) generatordir=$2; shift 2 ;;
+	-h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
@@ -41,30 +49,31 @@ bindir=$prefix/bin
 sbindir=$prefix/sbin
 docdir=$prefix/share/doc/zramnbd
 
-install -d "$destdir$bindir" "$destdir$sbindir" "$destdir$unitdir" "$destdir$docdir"
+install -d "$destdir$bindir" "$destdir$sbindir" "$destdir$unitdir" "$destdir$docdir" "$destdir$generatordir"
 install -m 0755 "$binary" "$destdir$bindir/zramnbd"
 install -m 0755 scripts/zramnbd-swap "$destdir$sbindir/zramnbd-swap"
+# The generator is the binary itself, dispatching on its name.
+ln -sfn "$bindir/zramnbd" "$destdir$generatordir/zramnbd-generator"
+# Units of earlier versions, replaced by the generator.
+rm -f "$destdir$unitdir/zramnbd-swap@.service" "$destdir$unitdir/zramnbd-fs@.service"
+nbdclient=$(command -v nbd-client || echo /usr/sbin/nbd-client)
 for unit in systemd/*.service systemd/*.socket; do
-	sed -e "s|@BINDIR@|$bindir|g" -e "s|@SBINDIR@|$sbindir|g" \
+	sed -e "s|@BINDIR@|$bindir|g" -e "s|@SBINDIR@/nbd-client|$nbdclient|g" -e "s|@SBINDIR@|$sbindir|g" \
+		-e "s|@SYSTEMD_UTIL_DIR@|$utildir|g" \
 		-e "s|/usr/local/share/doc/zramnbd|$docdir|g" "$unit" >"$destdir$unitdir/${unit##*/}"
 	chmod 0644 "$destdir$unitdir/${unit##*/}"
 done
-# The setup script finds the binary through PATH; units run with a PATH that may lack PREFIX/bin.
-if [[ $bindir != /usr/bin && $bindir != /usr/local/bin ]]; then
-	for unit in zramnbd-swap@.service zramnbd-fs@.service; do
-		sed -i "/^\[Service\]/a Environment=ZRAMNBD=$bindir/zramnbd" "$destdir$unitdir/$unit"
-	done
-fi
 install -m 0644 docs/daemon.md "$destdir$docdir/daemon.md"
 install -m 0644 docs/zramnbd.conf.example "$destdir$docdir/zramnbd.conf.example"
 
-echo "installed zramnbd into ${destdir:-}$prefix and units into ${destdir:-}$unitdir"
+echo "installed zramnbd into ${destdir:-}$prefix, units into ${destdir:-}$unitdir, the generator into ${destdir:-}$generatordir"
 if [[ -z $destdir ]] && [[ -d /run/systemd/system ]]; then
 	systemctl daemon-reload
 	cat <<EOT
 next steps:
-  systemctl enable --now zramnbd.service            # the daemon (config: /etc/zramnbd.conf)
-  systemctl enable --now zramnbd-swap@zram0.service # swap on zram0 (needs the nbd kernel module)
+  edit /etc/zramnbd.conf (a [zram0] section makes swap on /dev/nbd0; see zramnbd.conf.example)
+  systemctl daemon-reload                           # runs zramnbd-generator
+  systemctl start swap.target local-fs.target       # starts zramnbd.service and the devices
   zramnbd status
 EOT
 fi

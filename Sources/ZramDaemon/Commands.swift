@@ -18,9 +18,19 @@ public struct Zramnbd: ParsableCommand {
             `zramnbd ctl`.
             """,
         version: BuildInfo.version,
-        subcommands: [Serve.self, Status.self, Ctl.self])
+        subcommands: [Serve.self, Status.self, Ctl.self, Generate.self])
 
     public init() {}
+
+    /// The name systemd runs the generator by (a symbolic link to zramnbd).
+    public static let generatorName = "zramnbd-generator"
+
+    /// `zramnbd ARGS`, or `generate ARGS` when invoked as zramnbd-generator (argv[0]).
+    public static func main(argv: [String]) -> Never {
+        let invokedAs = argv.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 } ?? ""
+        let arguments = Array(argv.dropFirst())
+        main(arguments: invokedAs == generatorName ? ["generate"] + arguments : arguments)
+    }
 
     /// Parses `arguments`, runs the command and exits: 0 on success, 2 for bad input (one line
     /// on stderr), 1 when something fails at run time.
@@ -405,6 +415,37 @@ struct Serve: ParsableCommand {
         parts.append(d.mountPoint.map { "fs=\(d.effectiveFsType) mount-point=\($0)" } ?? "swap-priority=\(d.swapPriority)")
         parts.append("options=\(d.options)")
         return parts.joined(separator: " ")
+    }
+}
+
+// MARK: generate
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write systemd units for the configured devices (what zramnbd-generator does at boot).",
+        discussion: """
+            Reads the configuration `zramnbd serve` reads and writes into DIR, per device: a swap unit \
+            dev-nbdK.swap or a mount unit for its mount-point, the enablement symlink, and a drop-in \
+            binding zramnbd-setup@NAME.service to /dev/nbdK (K: the device's position in the \
+            configuration). Installed as \(Zramnbd.generatorName) in systemd's generator directory, \
+            systemd runs it with its three output directories and it uses the first.
+            """)
+
+    @Option(help: ArgumentHelp("Configuration file (default \(DaemonSettings.defaultConfigFile)).", valueName: "path"))
+    var config: String?
+    @Argument(help: ArgumentHelp("Output directory, then systemd's early and late directories (unused).", valueName: "dir"))
+    var directories: [String]
+
+    func validate() throws {
+        guard (1...3).contains(directories.count) else {
+            throw ValidationError("expected 1 to 3 directories (normal [early late]), got \(directories.count)")
+        }
+    }
+
+    func run() throws {
+        for m in try Generator.run(dir: directories[0], config: config) {
+            FileSystem.writeAll(2, Zramnbd.generatorName + ": " + m + "\n")
+        }
     }
 }
 

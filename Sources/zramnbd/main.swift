@@ -1,3 +1,4 @@
 import ZramDaemon
 
-Zramnbd.main(arguments: Array(CommandLine.arguments.dropFirst()))
+// argv[0] too: installed as zramnbd-generator (a symlink), it is the systemd generator.
+Zramnbd.main(argv: CommandLine.arguments)

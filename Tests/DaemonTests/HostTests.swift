@@ -29,7 +29,8 @@ struct HostTests {
         let names = Set(FileSystem.listDirectory(dir.file("zram0")))
         #expect(names == ["mm_stat", "io_stat", "debug_stat", "bd_stat", "disksize", "comp_algorithm", "initstate",
                           "mem_limit", "mem_used_max", "max_comp_streams", "classes", "stat.json", "backing_dev",
-                          "writeback_limit", "writeback_limit_enable", "writeback_batch_size", "compressed_writeback"])
+                          "writeback_limit", "writeback_limit_enable", "writeback_batch_size", "compressed_writeback",
+                          "recomp_algorithm"])
         #expect(dir.read("zram0/backing_dev") == "none\n")
         #expect(dir.read("zram0/writeback_batch_size") == "32\n")
         #expect(dir.read("zram0/disksize") == "67108864\n")

@@ -4,25 +4,31 @@ import TestSupport
 
 @Suite("install.sh and the systemd units")
 struct InstallTests {
-    @Test("install.sh installs binary, setup script, units and docs; systemd-analyze accepts the units")
+    @Test("install.sh installs binary, setup script, generator link, units and docs (no old swap/fs units); systemd-analyze accepts the units")
     func installAndVerify() throws {
         let dir = TempDir()
         defer { dir.remove() }
         let prefix = dir.file("usr")
         let units = dir.file("units")
+        // Units an earlier install left behind are removed.
+        dir.write("units/zramnbd-swap@.service", "[Unit]\n")
         let r = try runProcess([packageRoot + "/scripts/install.sh", "--binary", zramnbdBinary, "--prefix", prefix,
-                                "--unit-dir", units], in: dir, tag: "install")
+                                "--unit-dir", units, "--generator-dir", dir.file("gen")], in: dir, tag: "install")
         #expect(r.status == 0, "\(r.stderr)")
         for f in ["usr/bin/zramnbd", "usr/sbin/zramnbd-swap", "usr/share/doc/zramnbd/daemon.md",
                   "usr/share/doc/zramnbd/zramnbd.conf.example", "units/zramnbd.service", "units/zramnbd.socket",
-                  "units/zramnbd-swap@.service", "units/zramnbd-fs@.service"] {
+                  "units/zramnbd-setup@.service"] {
             #expect(FileSystem.exists(dir.file(f)), "\(f)")
         }
+        #expect(!FileSystem.exists(dir.file("units/zramnbd-swap@.service")) && !FileSystem.exists(dir.file("units/zramnbd-fs@.service")))
+        #expect(ZramGeneratorConfig.readLink(dir.file("gen/zramnbd-generator")) == prefix + "/bin/zramnbd")
         let service = try #require(dir.read("units/zramnbd.service"))
         #expect(service.contains("ExecStart=\(prefix)/bin/zramnbd serve\n"))
         #expect(service.contains("Type=notify\n") && service.contains("LimitMEMLOCK=infinity\n")
                 && service.contains("OOMScoreAdjust=-1000\n"))
-        #expect(try #require(dir.read("units/zramnbd-swap@.service")).contains("ExecStart=\(prefix)/sbin/zramnbd-swap --swap start %i\n"))
+        let setup = try #require(dir.read("units/zramnbd-setup@.service"))
+        #expect(setup.contains("ExecStart=-\(prefix)/bin/zramnbd ctl %i attach ${ZRAMNBD_NBD}\n"))
+        #expect(!setup.contains("@BINDIR@") && !setup.contains("@SBINDIR@") && !setup.contains("@SYSTEMD_UTIL_DIR@"))
         #expect(!service.contains("@BINDIR@"))
 
         guard let analyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].first(where: FileSystem.exists) else {
@@ -30,7 +36,7 @@ struct InstallTests {
             return
         }
         // Template units are verified through an instance; cd so the instances resolve next to them.
-        let v = try runProcess(["/bin/sh", "-c", "cd \(units) && \(analyze) verify --man=no zramnbd.service zramnbd.socket zramnbd-swap@zram0.service zramnbd-fs@zram1.service"],
+        let v = try runProcess(["/bin/sh", "-c", "cd \(units) && \(analyze) verify --man=no zramnbd.service zramnbd.socket zramnbd-setup@zram0.service"],
                                in: dir, tag: "verify")
         #expect(v.status == 0, "\(v.stderr)")
         #expect(v.stderr == "", "\(v.stderr)")

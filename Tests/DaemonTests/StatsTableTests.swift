@@ -28,6 +28,9 @@ struct StatsTableTests {
         s.bdWrites = 17016
         s.writebackRuns = 18017
         s.writebackBytesFreed = 19018
+        s.recompressRuns = 20019
+        s.recompressedPages = 21020
+        s.recompressBytesSaved = 22021
         return s
     }
 
@@ -52,9 +55,15 @@ struct StatsTableTests {
             "# HELP zramnbd_backing_writes_total Pages written to the backing device (bd_stat bd_writes).\n# TYPE zramnbd_backing_writes_total counter\nzramnbd_backing_writes_total{device=\"zram7\"} 17016\n" +
             "# HELP zramnbd_writeback_runs_total Writeback runs, by ctl writeback or a writeback policy (zramnbd's own).\n# TYPE zramnbd_writeback_runs_total counter\nzramnbd_writeback_runs_total{device=\"zram7\"} 18017\n" +
             "# HELP zramnbd_writeback_freed_bytes_total Pool memory writeback runs gave back (zramnbd's own).\n# TYPE zramnbd_writeback_freed_bytes_total counter\nzramnbd_writeback_freed_bytes_total{device=\"zram7\"} 19018\n" +
+            "# HELP zramnbd_recompress_runs_total Recompress runs, by ctl recompress or a recompression policy (zramnbd's own).\n# TYPE zramnbd_recompress_runs_total counter\nzramnbd_recompress_runs_total{device=\"zram7\"} 20019\n" +
+            "# HELP zramnbd_recompressed_pages_total Pages recompress stored again, smaller, with a secondary algorithm (zramnbd's own).\n# TYPE zramnbd_recompressed_pages_total counter\nzramnbd_recompressed_pages_total{device=\"zram7\"} 21020\n" +
+            "# HELP zramnbd_recompress_saved_bytes_total compr_data_size recompress runs gave back (zramnbd's own).\n# TYPE zramnbd_recompress_saved_bytes_total counter\nzramnbd_recompress_saved_bytes_total{device=\"zram7\"} 22021\n" +
             "# HELP zramnbd_device_info Device configuration; the value is always 1.\n# TYPE zramnbd_device_info gauge\n" +
             "zramnbd_device_info{device=\"zram7\",algorithm=\"zstd\",level=\"3\"} 1\n"
-        #expect(PrometheusText.render([Self.snapshot()]) == expected)
+        // The NBD I/O families and build_info follow (IOCountersTests checks their values).
+        let text = PrometheusText.render([Self.snapshot()])
+        #expect(text.hasPrefix(expected))
+        #expect(text.hasSuffix("zramnbd_build_info{version=\"\(BuildInfo.version)\"} 1\n"))
     }
 
     @Test("stat.json and status list the counters in mm_stat/io_stat/debug_stat/bd_stat order")
@@ -63,20 +72,21 @@ struct StatsTableTests {
             "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max", "same_pages",
             "pages_compacted", "huge_pages", "huge_pages_since", "failed_reads", "failed_writes", "notify_free",
             "miss_free", "bd_count", "bd_reads", "bd_writes", "writeback_runs", "writeback_bytes_freed",
+            "recompress_runs", "recompressed_pages", "recompress_bytes_saved",
         ])
-        #expect(Self.snapshot().counters.map(\.value) == [2001, 3002, 4003, 5004, 6005, 7006, 8007, 9008, 10009, 11010, 12011, 13012, 14013, 15014, 16015, 17016, 18017, 19018])
+        #expect(Self.snapshot().counters.map(\.value) == [2001, 3002, 4003, 5004, 6005, 7006, 8007, 9008, 10009, 11010, 12011, 13012, 14013, 15014, 16015, 17016, 18017, 19018, 20019, 21020, 22021])
     }
 
     @Test("status --json prints the same keys as numbers")
     func numericKeys() {
-        #expect(StatusReport.numericKeys == [
+        #expect(StatusReport.numericKeys == Set<String>([
             "disksize", "level", "streams", "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
             "mem_used_max", "same_pages", "pages_compacted", "huge_pages", "huge_pages_since", "failed_reads",
             "failed_writes", "notify_free", "miss_free", "bd_count", "bd_reads", "bd_writes", "writeback_runs",
-            "writeback_bytes_freed", "connections",
+            "writeback_bytes_freed", "recompress_runs", "recompressed_pages", "recompress_bytes_saved", "connections",
             "chain_size", "swap_priority", "writeback_limit", "writeback_limit_enable", "writeback_batch_size",
             "compressed_writeback", "writeback_packing",
-        ])
+        ]).union(IOReport.recordKeys))
     }
 
     @Test("the snapshot renders its sysfs counter texts from its stats")
