@@ -17,6 +17,9 @@ let package = Package(
         // C libraries from Debian (scripts/install-deps.sh installs the -dev packages).
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // liblzo2: only the tests and the codec benchmark (the lzo/lzo-rle streams are a port of the kernel's).
+        .systemLibrary(name: "CLZO", pkgConfig: "lzo2", providers: [.apt(["liblzo2-dev"])]),
         .systemLibrary(name: "CNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .systemLibrary(name: "CGnuTLS", pkgConfig: "gnutls", providers: [.apt(["libgnutls28-dev"])]),
 
@@ -25,8 +28,8 @@ let package = Package(
         .target(name: "Posix"),
         // The zsmalloc allocator: size classes, zspages, handles, compaction. Knows nothing else.
         .target(name: "ZsPool", dependencies: ["Posix"]),
-        // Page compressors (LZ4, Zstd) behind one protocol.
-        .target(name: "Codec", dependencies: ["CLZ4", "CZstd", "Posix"]),
+        // Page compressors (lzo, lzo-rle, lz4, lz4hc, zstd, deflate) behind one protocol.
+        .target(name: "Codec", dependencies: ["CLZ4", "CZstd", "CZlib", "Posix"]),
         // zram's page store: slot table, same/huge pages, discard, mem_limit, counters.
         .target(name: "ZramDevice", dependencies: ["ZsPool", "Codec", "Posix"]),
         // The NBD protocol and server; talks to any block backend, knows nothing of compression.
@@ -45,7 +48,7 @@ let package = Package(
         // Helpers shared by the tests: spawning processes, temp dirs, kernel zram oracle devices.
         .target(name: "TestSupport"),
         .testTarget(name: "ZsPoolTests", dependencies: ["ZsPool", "TestSupport"]),
-        .testTarget(name: "ZramDeviceTests", dependencies: ["ZramDevice", "Codec", "CLZ4", "CZstd", "TestSupport"]),
+        .testTarget(name: "ZramDeviceTests", dependencies: ["ZramDevice", "Codec", "CLZ4", "CZstd", "CLZO", "CZlib", "TestSupport"]),
         .testTarget(name: "NBDTests", dependencies: ["NBD", "TLS", "CNBD", "TestSupport"]),
         .testTarget(name: "DaemonTests", dependencies: ["ZramDaemon", "ZramDevice", "Posix", "CNBD", "TestSupport"]),
     ]
