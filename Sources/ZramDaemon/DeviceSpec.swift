@@ -11,7 +11,9 @@ public struct DeviceSpec: Sendable, Equatable {
     /// Capacity in uncompressed bytes (zram's disksize); rounded up to 4096 by the device.
     public var diskSize: UInt64
     /// A zram comp_algorithm name: lzo-rle, lzo, lz4, lz4hc, zstd or deflate.
-    public var algorithm: String = "lz4"
+    public var algorithm: String = DeviceSpec.defaultAlgorithm
+    /// The CLI's default (serve, ctl add): lz4, the fastest; config files get the kernel's lzo-rle.
+    public static let defaultAlgorithm = CompressionAlgorithm.lz4.rawValue
     /// Compression level (lz4: acceleration); nil = the algorithm's default.
     public var level: Int32?
     /// Further compression-algorithm entries (zram's recompression); stored, not applied yet.
