@@ -44,6 +44,7 @@ let package = Package(
         .executableTarget(name: "zramnbd", dependencies: ["ZramDaemon"]),
         // Benchmarks (scripts/bench.sh drives them); never timed in tests.
         .executableTarget(name: "zspool-bench", dependencies: ["ZsPool", "Posix"]),
+        .executableTarget(name: "codec-bench", dependencies: ["Codec", "CLZO"]),
 
         // Helpers shared by the tests: spawning processes, temp dirs, kernel zram oracle devices.
         .target(name: "TestSupport"),
