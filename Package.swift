@@ -1,5 +1,5 @@
 // swift-tools-version: 6.1
-// zramnbd: Linux zram (zsmalloc + LZ4/Zstd page store) served over NBD.
+// zramnbd: Linux zram (zsmalloc + a page store compressed with any of zram's algorithms) served over NBD.
 // Dependencies point one way: zramnbd -> ZramDaemon -> {TLS -> NBD, ZramDevice -> {ZsPool, Codec}}, and
 // every module -> Posix (the one layer over libc: locks, threads, mmap, sockets, fds, the page size).
 import PackageDescription
