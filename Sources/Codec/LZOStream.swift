@@ -15,6 +15,7 @@ final class LZOStream: CompressionStream {
     init(rle: Bool) {
         algorithm = rle ? .lzoRle : .lzo
         dict = .allocate(capacity: LZO1X.dictSize)
+        dict.initialize(repeating: 0, count: LZO1X.dictSize)
         spill = .allocate(capacity: LZO1X.bound(pageSize))
     }
 
