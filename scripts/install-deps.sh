@@ -4,7 +4,7 @@
 #   --build   only what `swift build` needs (C libraries)
 #   (default) build + test tools (libnbd tools, qemu-utils, fio, nbdkit, ...)
 set -euo pipefail
-BUILD_PKGS=(pkg-config liblz4-dev libzstd-dev libnbd-dev libgnutls28-dev)
+BUILD_PKGS=(pkg-config liblz4-dev libzstd-dev zlib1g-dev liblzo2-dev libnbd-dev libgnutls28-dev)
 TEST_PKGS=(libnbd-bin python3-libnbd nbdkit qemu-utils fio e2fsprogs util-linux jq
            fuse3 kmod procps socat lz4 zstd gnutls-bin
            gcc libglib2.0-dev dpkg-dev)   # last line: nbd-tester-client build

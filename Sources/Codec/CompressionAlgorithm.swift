@@ -6,27 +6,44 @@
 
 import Posix
 
-/// A compression algorithm for 4 KiB pages. Names match zram's `comp_algorithm` names.
+/// A compression algorithm for 4 KiB pages. Names match zram's `comp_algorithm` names, and the
+/// cases are in the kernel's order (zcomp.c's backends[]), which `comp_algorithm` lists.
 public enum CompressionAlgorithm: String, CaseIterable, Sendable {
+    case lzoRle = "lzo-rle"
+    case lzo
     case lz4
+    case lz4hc
     case zstd
+    case deflate
 
-    /// zram's default level: lz4's acceleration 1 (LZ4_compress_default), zstd's level 3.
+    /// zram's default level: lz4's acceleration 1 (LZ4_compress_default), lz4hc's
+    /// LZ4HC_DEFAULT_CLEVEL 9, zstd's level 3, deflate's Z_DEFAULT_COMPRESSION (zlib's 6).
+    /// lzo and lzo-rle have no level: 0 stands for "none".
     public var defaultLevel: Int32 {
         switch self {
+        case .lzoRle, .lzo: 0
         case .lz4: 1
+        case .lz4hc: 9
         case .zstd: 3
+        case .deflate: 6
         }
     }
 
     /// Levels the algorithm accepts. For lz4 the level is the acceleration (higher = faster, weaker);
-    /// for zstd it is the compression level (negative = fast modes).
+    /// for zstd it is the compression level (negative = fast modes); lz4hc takes 1...12 as
+    /// backend_lz4hc.c does; deflate zlib's -1...9 (-1 = 6).
     public var levelRange: ClosedRange<Int32> {
         switch self {
+        case .lzoRle, .lzo: 0...0
         case .lz4: 1...65537
+        case .lz4hc: 1...12
         case .zstd: ZSTD.minLevel...ZSTD.maxLevel
+        case .deflate: -1...9
         }
     }
+
+    /// Whether a level can be chosen at all (lzo and lzo-rle have none).
+    public var takesLevel: Bool { levelRange.count > 1 }
 
     /// Parses a name as written to zram's `comp_algorithm` (a trailing newline or spaces are ignored).
     public init(name: String) throws(CodecError) {
@@ -46,8 +63,12 @@ public enum CompressionAlgorithm: String, CaseIterable, Sendable {
         let level = level ?? defaultLevel
         guard levelRange.contains(level) else { throw .invalidLevel(self, level) }
         switch self {
+        case .lzoRle: return LZOStream(rle: true)
+        case .lzo: return LZOStream(rle: false)
         case .lz4: return LZ4Stream(acceleration: level)
+        case .lz4hc: return LZ4HCStream(level: level)
         case .zstd: return try ZstdStream(level: level)
+        case .deflate: return try DeflateStream(level: level)
         }
     }
 }
@@ -62,6 +83,8 @@ public enum CodecError: Error, Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .unknownAlgorithm(let name): "unknown compression algorithm \"\(name)\""
+        case .invalidLevel(let a, let level) where !a.takesLevel:
+            "\(a.rawValue) takes no level (got \(level))"
         case .invalidLevel(let a, let level):
             "level \(level) is outside \(a.rawValue)'s range \(a.levelRange.lowerBound)...\(a.levelRange.upperBound)"
         case .contextAllocationFailed(let a): "cannot allocate a \(a.rawValue) context"

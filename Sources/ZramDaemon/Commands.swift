@@ -10,7 +10,7 @@ public struct Zramnbd: ParsableCommand {
         commandName: "zramnbd",
         abstract: "Linux zram as a userspace daemon: compressed RAM block devices served over NBD.",
         discussion: """
-            Pages written to a device are compressed (lz4 or zstd) and kept in a zsmalloc-style pool; \
+            Pages written to a device are compressed (lzo-rle, lzo, lz4, lz4hc, zstd or deflate) and kept in a zsmalloc-style pool; \
             the daemon reports zram's counters in sysfs-like stats directories. Attach a device with \
             nbd-client (or any NBD client) and use it for swap or a file system.
 
@@ -87,9 +87,9 @@ struct Serve: ParsableCommand {
     var device: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("Capacity in uncompressed bytes (default min(RAM/2, 4G)).", valueName: "size"))
     var size: String?
-    @Option(help: ArgumentHelp("Compression algorithm: lz4 or zstd (default lz4).", valueName: "name"))
+    @Option(help: ArgumentHelp("Compression algorithm: lzo-rle, lzo, lz4, lz4hc, zstd or deflate (default lz4).", valueName: "name"))
     var algorithm: String?
-    @Option(parsing: .unconditional, help: ArgumentHelp("Compression level (zstd: level; lz4: acceleration).", valueName: "n"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Compression level (zstd, lz4hc 1-12, deflate 0-9: level; lz4: acceleration; lzo and lzo-rle take none).", valueName: "n"))
     var level: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("zsmalloc pages per zspage, \(DeviceSpec.chainSizes) (default 8, like the kernel).", valueName: "n"))
     var chainSize: String?

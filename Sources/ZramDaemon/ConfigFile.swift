@@ -8,6 +8,7 @@
 // zram-resident-limit are fasteval expressions in MiB (SizeExpression), `set!VAR = program` lines
 // before the first section bind a program's output to VAR, and the INI syntax is rust-ini's.
 
+import Codec
 import NBD
 
 /// Result of reading the configuration: the settings plus warnings ("file:line: ...") to print.
@@ -169,7 +170,8 @@ public enum ConfigFile {
         }
         var warnings: [String] = []
         let ram = wholeMiB(ramMiB)
-        guard let spec = try device(section, ramMiB: ram, variables: ["ram": ram], fixed: fixed, warnings: &warnings) else {
+        guard let spec = try device(section, ramMiB: ram, variables: ["ram": ram], fixed: fixed,
+                                    defaultAlgorithm: DeviceSpec.defaultAlgorithm, warnings: &warnings) else {
             // The file form's "NAME:0: [NAME] skipped: why" as "NAME: not added: why".
             let last = warnings.last ?? ""
             let why = last.firstRange(of: "skipped: ").map { String(last[$0.upperBound...]) } ?? last
@@ -184,10 +186,16 @@ public enum ConfigFile {
         var mem: UInt64?
     }
 
+    /// A config file device without compression-algorithm gets the kernel's default, lzo-rle, as
+    /// zram-generator leaves it (`ctl add` passes the CLI's lz4 instead).
+    static let configDefaultAlgorithm = CompressionAlgorithm.lzoRle.rawValue
+
     static func device(_ s: IniSection, ramMiB: Double, variables: [String: Double], fixed: FixedSizes = FixedSizes(),
+                       defaultAlgorithm: String = configDefaultAlgorithm,
                        warnings: inout [String]) throws(DaemonError) -> DeviceSpec? {
         do { try DeviceSpec.validateName(s.name) } catch { throw .config(file: s.file, line: s.line, error.description) }
         var spec = DeviceSpec.standard(name: s.name, diskSize: 0)
+        spec.algorithm = defaultAlgorithm
         var sizeEntry: IniEntry?
         var residentEntry: IniEntry?
         var fraction: Double?
@@ -222,8 +230,8 @@ public enum ConfigFile {
                     if DeviceSpec.algorithms.contains(first.name) {
                         spec.algorithm = first.name
                     } else {
-                        // zram-generator only warns about unknown algorithms; configs written for
-                        // the kernel (lzo-rle, ...) keep working with our default.
+                        // zram-generator only warns about unknown algorithms (842, ...): the
+                        // device keeps the default.
                         warnings.append("\(e.file):\(e.line): compression algorithm '\(first.name)' is not available (\(DeviceSpec.algorithms.joined(separator: ", "))); using \(spec.algorithm)")
                     }
                     for (k, pv) in first.params {

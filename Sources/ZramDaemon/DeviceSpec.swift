@@ -10,8 +10,10 @@ public struct DeviceSpec: Sendable, Equatable {
     public var name: String
     /// Capacity in uncompressed bytes (zram's disksize); rounded up to 4096 by the device.
     public var diskSize: UInt64
-    /// "lz4" or "zstd".
-    public var algorithm: String = "lz4"
+    /// A zram comp_algorithm name: lzo-rle, lzo, lz4, lz4hc, zstd or deflate.
+    public var algorithm: String = DeviceSpec.defaultAlgorithm
+    /// The CLI's default (serve, ctl add): lz4, the fastest; config files get the kernel's lzo-rle.
+    public static let defaultAlgorithm = CompressionAlgorithm.lz4.rawValue
     /// Compression level (lz4: acceleration); nil = the algorithm's default.
     public var level: Int32?
     /// Further compression-algorithm entries (zram's recompression); stored, not applied yet.
@@ -122,7 +124,11 @@ public struct DeviceSpec: Sendable, Equatable {
     }
 
     static func validateLevel(_ level: Int32, for algorithm: String) throws(DaemonError) {
-        let range = CompressionAlgorithm(rawValue: algorithm)?.levelRange ?? 1...1
+        let a = CompressionAlgorithm(rawValue: algorithm)
+        let range = a?.levelRange ?? 1...1
+        if let a, !a.takesLevel, level != a.defaultLevel {
+            throw .invalidValue("invalid level \(level): \(algorithm) takes no level")
+        }
         guard range.contains(level) else {
             throw .invalidValue("invalid level \(level) for \(algorithm) (\(range.lowerBound)...\(range.upperBound))")
         }

@@ -7,7 +7,7 @@ import TestSupport
 struct CLITests {
     @Test("bad values: exit 2 and one clear line", arguments: [
         (["serve", "--size", "4X"], "zramnbd: error: --size: invalid size '4X': unknown suffix 'X' (use K, M, G or T; KiB = 1024, KB = 1000)"),
-        (["serve", "--algorithm", "lzo"], "zramnbd: error: unknown compression algorithm 'lzo' (supported: lz4, zstd)"),
+        (["serve", "--algorithm", "842"], "zramnbd: error: unknown compression algorithm '842' (supported: lzo-rle, lzo, lz4, lz4hc, zstd, deflate)"),
         (["serve", "--chain-size", "3"], "zramnbd: error: --chain-size: invalid chain size 3 (4...16)"),
         (["serve", "--level", "x"], "zramnbd: error: --level: invalid level 'x': expected an integer"),
         (["serve", "--listen", "localhost"], "zramnbd: error: invalid address 'localhost': expected HOST:PORT"),
@@ -39,7 +39,7 @@ struct CLITests {
         let ok = try runProcess([zramnbdBinary, "serve", "--check", "--config", dir.file("good.conf")], in: dir, tag: "ok")
         #expect(ok.status == 0)
         #expect(ok.stderr == "zramnbd: warning: \(dir.file("good.conf")):3: unknown key 'colour' in [zram0], ignored\n")
-        #expect(ok.stdout.contains("zram0: disksize=67108864 algorithm=lz4 "))
+        #expect(ok.stdout.contains("zram0: disksize=67108864 algorithm=lzo-rle "))
         #expect(ok.stdout.contains("zram1: disksize=2147483648 algorithm=zstd level=1 "))
     }
 

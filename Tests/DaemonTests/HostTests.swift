@@ -35,7 +35,7 @@ struct HostTests {
         #expect(dir.read("zram0/writeback_batch_size") == "32\n")
         #expect(dir.read("zram0/disksize") == "67108864\n")
         #expect(dir.read("zram0/initstate") == "1\n")
-        #expect(dir.read("zram0/comp_algorithm") == "[lz4] zstd \n")
+        #expect(dir.read("zram0/comp_algorithm") == "lzo-rle lzo [lz4] lz4hc zstd deflate \n")
         let mm = try #require(dir.read("zram0/mm_stat"))
         #expect(mm == factory.stores["zram0"]!.snapshot(classes: false).mmStatText)
         #expect(mm.split(separator: " ").first == "40960")
@@ -328,7 +328,7 @@ struct ZramStoreTests {
         #expect(dir.read("zram0/mm_stat") == store.device.stats().mmStatText)
         let mm = try #require(dir.read("zram0/mm_stat")).split(separator: " ", omittingEmptySubsequences: true)
         #expect(mm[0] == "413696" && mm[5] == "1")   // 101 pages, one of them same-filled
-        #expect(dir.read("zram0/comp_algorithm") == "lz4 [zstd] \n")
+        #expect(dir.read("zram0/comp_algorithm") == "lzo-rle lzo lz4 lz4hc [zstd] deflate \n")
         #expect(dir.read("zram0/classes")?.hasPrefix(" class  size") == true)
         #expect(dir.read("zram0/debug_stat") == "version: 1\n0        0\n")
         #expect(host.handle(.memLimit("zram0", 5000)) == .ok([]))

@@ -161,7 +161,7 @@ struct ConfigTests {
         expectConfigRefused(text, message)
     }
 
-    @Test("compression-algorithm: first entry is used, recompression and unknown algorithms warn")
+    @Test("compression-algorithm: first entry is used, lzo-rle when unset, recompression and unknown algorithms warn")
     func algorithms() throws {
         let c = try ConfigFile.parse([("c.conf", """
             [zram0]
@@ -170,14 +170,29 @@ struct ConfigTests {
             compression-algorithm = lzo-rle
             [zram2]
             compression-algorithm = lz4(level=4, dict=/x)
+            [zram3]
+            compression-algorithm = 842
+            [zram4]
+            zram-size = 100
+            [zram5]
+            compression-algorithm = lz4hc(level=12)
             """)], ramMiB: 1000)
         let d = c.settings.devices
         #expect(d[0].algorithm == "zstd" && d[0].level == 3 && d[0].recompressionAlgorithms == [.init(name: "lz4")] && d[0].postProcessing.recompressArguments == "type=idle")
         #expect(!c.warnings.contains { $0.hasPrefix("c.conf:2:") })   // recompression is in
-        #expect(d[1].algorithm == "lz4")
-        #expect(c.warnings.contains { $0.hasPrefix("c.conf:4: compression algorithm 'lzo-rle' is not available") })
+        #expect(d[1].algorithm == "lzo-rle" && !c.warnings.contains { $0.hasPrefix("c.conf:4:") })
         #expect(d[2].level == 4)
         #expect(c.warnings.contains("c.conf:6: algorithm parameter 'dict' is not supported, ignored"))
+        #expect(d[3].algorithm == "lzo-rle")
+        #expect(c.warnings.contains { $0.hasPrefix("c.conf:8: compression algorithm '842' is not available") && $0.hasSuffix("using lzo-rle") })
+        #expect(d[4].algorithm == "lzo-rle" && d[4].level == nil, "unset: the kernel's default, as zram-generator leaves it")
+        #expect(d[5].algorithm == "lz4hc" && d[5].level == 12)
+        for (text, message) in [("lzo(level=3)", "invalid level 3: lzo takes no level"),
+                                ("deflate(level=10)", "invalid level 10 for deflate (-1...9)")] {
+            #expect {
+                _ = try ConfigFile.parse([("b.conf", "[zram0]\nzram-size = 100\ncompression-algorithm = \(text)\n")], ramMiB: 1000)
+            } throws: { "\($0)".contains(message) }
+        }
     }
 
     // Found by scripts/fuzz.sh --long (config target): entries were split on Characters, and a

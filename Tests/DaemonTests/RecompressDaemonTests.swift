@@ -22,7 +22,7 @@ struct RecompressDaemonTests {
         #expect(!(try d.ctl(["recomp-algorithm", "algo=brotli"])).succeeded)
         #expect(!(try d.ctl(["recomp-algorithm", "algo=zstd", "priority=4"])).succeeded)
         #expect(try d.ctl(["recomp-algorithm", "algo=zstd"]).succeeded)
-        #expect(dir.read("stats/recomp_algorithm") == "#1: lz4 [zstd] \n")
+        #expect(dir.read("stats/recomp_algorithm") == "#1: lzo-rle lzo lz4 lz4hc [zstd] deflate \n")
 
         let before = d.mmStat()
         let run = try d.ctl(["recompress", "type=huge"])
@@ -60,7 +60,7 @@ struct RecompressDaemonTests {
         let dir = TempDir()
         defer { dir.remove() }
         let d = try RunningDaemon(dir, extra: ["--recomp-algorithm", "zstd(level=5)", "--recompress-idle-after", "1"])
-        #expect(dir.read("stats/recomp_algorithm") == "#1: lz4 [zstd] \n")
+        #expect(dir.read("stats/recomp_algorithm") == "#1: lzo-rle lzo lz4 lz4hc [zstd] deflate \n")
         let corpus = Corpus()
         let client = try NBDClient(socket: d.socket)
         #expect(client.write(corpus.bytes, at: 0) == 0)

@@ -33,7 +33,7 @@ final class FakeStore: PageStore, @unchecked Sendable {   // @unchecked: guarded
     func snapshot(classes: Bool) -> DeviceSnapshot {
         lock.with {
             var c = s   // its mm_stat/io_stat/debug_stat/bd_stat texts come from its stats
-            c.compAlgorithmText = c.algorithm == "lz4" ? "[lz4] zstd \n" : "lz4 [zstd] \n"
+            c.compAlgorithmText = c.algorithm == "lz4" ? "lzo-rle lzo [lz4] lz4hc zstd deflate \n" : "lzo-rle lzo lz4 lz4hc [zstd] deflate \n"
             c.classesText = classes ? "class  size\n" : ""
             return c
         }

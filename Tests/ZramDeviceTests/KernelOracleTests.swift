@@ -5,20 +5,23 @@ import TestSupport
 @testable import ZramDevice
 
 /// The oracle: kernel zram and ZramDevice fed the same bytes must report the same mm_stat
-/// (within the documented liblz4-vs-kernel-lz4 drift).
+/// (within the documented liblz4-vs-kernel-lz4 drift; lzo and lzo-rle are ports of the kernel's
+/// compressor, so their sizes match exactly).
 @Suite("ZramDevice vs kernel zram", .serialized)
 struct KernelOracleTests {
-    @Test("corpus written, half discarded, a quarter zeroed, compacted: mm_stat agrees with the kernel")
-    func oracle() throws {
+    @Test("corpus written, half discarded, a quarter zeroed, compacted: mm_stat agrees with the kernel",
+          arguments: [CompressionAlgorithm.lz4, .lzo, .lzoRle])
+    func oracle(algorithm: CompressionAlgorithm) throws {
         if let why = KernelZram.unavailableReason {
             print("SKIP kernel oracle: \(why)")
             return
         }
         let corpus = try Corpus.prepare()
         let size = corpus.byteCount
-        let kernel = try KernelZram(algorithm: "lz4", diskSize: size)
+        let kernel = try KernelZram(algorithm: algorithm.rawValue, diskSize: size)
         defer { kernel.remove() }
-        let dev = try ZramDevice(ZramConfig(name: "oracle", diskSize: size, algorithm: .lz4, chainSize: 8))
+        let dev = try ZramDevice(ZramConfig(name: "oracle", diskSize: size, algorithm: algorithm, chainSize: 8))
+        print("oracle \(algorithm.rawValue)")
 
         try corpus.forEachChunk { (data, offset, count) throws in
             try kernel.write(data, count: count, offset: offset)

@@ -48,7 +48,7 @@ struct RecompressTests {
         // Compaction moves recompressed objects like any other.
         _ = try dev.compact()
         #expect(try Self.readsBack(dev, data))
-        #expect(dev.recompAlgorithmText == "#1: lz4 [zstd] \n")
+        #expect(dev.recompAlgorithmText == "#1: lzo-rle lzo lz4 lz4hc [zstd] deflate \n")
     }
 
     @Test("type=idle takes only idle pages and clears their mark; type=huge only huge ones")
