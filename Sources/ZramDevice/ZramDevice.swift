@@ -99,6 +99,8 @@ public final class ZramDevice: @unchecked Sendable {
     public let diskSize: Int
     public let chainSize: Int
     public let pageCount: Int
+    /// Where the pool's pages and the slot table live.
+    public let backing: PageBacking
     /// Bytes of the slot table's mapping (16 per page; only touched parts are resident).
     public var slotTableBytes: Int { slots.byteCount }
 
@@ -135,17 +137,19 @@ public final class ZramDevice: @unchecked Sendable {
         chainSize = config.chainSize
         pageCount = (config.diskSize + pageSize - 1) >> pageShift
         diskSize = pageCount << pageShift
-        slots = try SlotTable(count: pageCount)
-        storage = Storage(pool: try Self.makePool(config.name, config.chainSize, pageCount),
+        backing = config.backing
+        slots = try SlotTable(count: pageCount, backing: config.backing, name: config.name)
+        storage = Storage(pool: try Self.makePool(config.name, config.chainSize, pageCount, config.backing),
                           streams: try CompressionStreams(algorithm: config.algorithm, level: config.level), backing: nil)
         counters.store(.memLimitPages, Self.pagesRoundedUp(config.memLimit))
     }
 
-    static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int) throws(ZramError) -> ZsPool {
+    static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int, _ backing: PageBacking) throws(ZramError) -> ZsPool {
         // Worst case fragmentation: one object per zspage chain. The pool only reserves address
         // space; its page numbers are 32-bit.
         do {
-            return try ZsPool(name: name, chainSize: chainSize, maxPages: min(pageCount * chainSize + 1024, Int(UInt32.max) - 1))
+            return try ZsPool(name: name, chainSize: chainSize, maxPages: min(pageCount * chainSize + 1024, Int(UInt32.max) - 1),
+                              backing: backing)
         } catch {
             throw .outOfMemory("cannot reserve the pool: \(error)")
         }
@@ -292,7 +296,7 @@ public final class ZramDevice: @unchecked Sendable {
     /// algorithm, level and mem_limit. The pool is recreated (pages_compacted restarts at 0); if
     /// that fails (`outOfMemory`), the device is left as it was.
     public func reset() throws(ZramError) {
-        let pool = try Self.makePool(name, chainSize, pageCount)
+        let pool = try Self.makePool(name, chainSize, pageCount, backing)
         quiesce.exclusive {
             slots.clearAll()
             storage.backing?.releaseAll()

@@ -9,9 +9,24 @@ import Synchronization
 ///
 /// Freed pages first go to a small resident reserve: reuse is free there, and a swap daemon under
 /// memory pressure needs pages it does not have to fault in. Past the reserve, pages are returned with
-/// MADV_DONTNEED_LOCKED (works under mlockall), falling back to MADV_DONTNEED on older kernels.
+/// MADV_DONTNEED_LOCKED (works under mlockall), falling back to MADV_DONTNEED on older kernels;
+/// a memfd arena punches the page out of the file instead (DONTNEED would not free shmem).
+/// Where the pool's pages live.
+public enum PageBacking: String, Sendable, CaseIterable {
+    /// Private anonymous memory: gone with the process.
+    case anonymous
+    /// A memfd mapped MAP_SHARED: survives the process if its fd is handed over (issue 15).
+    case memfd
+
+    /// What a pool gets unless told otherwise (see STATE.md for the measurement behind it).
+    public static let defaultBacking: PageBacking = .memfd
+}
+
 final class PageProvider: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
+    let backing: PageBacking
+    /// The arena's memfd when `backing` is `.memfd` (its fd is what a successor inherits).
+    let shared: SharedMemory?
     let maxPages: Int
     let reserveLimit: Int
     private let lock = AdaptiveLock()
@@ -27,37 +42,49 @@ final class PageProvider: @unchecked Sendable {
 
     /// Reserves address space for `maxPages` pages (1 ..< UInt32.max) and their free list; throws
     /// if `maxPages` is out of range or the reservation fails.
-    init(maxPages: Int, reservePages: Int) throws(PosixError) {
+    init(maxPages: Int, reservePages: Int, backing: PageBacking = .anonymous, name: String = "zspool") throws(PosixError) {
         guard maxPages > 0 && maxPages < Int(UInt32.max) else {
             throw .message("zspool: maxPages \(maxPages) is not in 1..<\(UInt32.max)")
         }
         self.maxPages = maxPages
+        self.backing = backing
         reserveLimit = reservePages
         let bytes = maxPages * pageSize
-        // Virtual only: nothing is committed until a page is touched.
-        let p = try VirtualMemory.reserve(byteCount: bytes)
-        VirtualMemory.disableHugePages(p, byteCount: bytes)    // 4 KiB granularity, or DONTNEED could not free
+        // Virtual only: nothing is committed until a page is touched (a memfd is sized sparse).
+        let p: UnsafeMutableRawPointer
+        let memfd: SharedMemory?
+        switch backing {
+        case .anonymous:
+            p = try VirtualMemory.reserve(byteCount: bytes)
+            memfd = nil
+        case .memfd:
+            let m = try SharedMemory(name: "\(name).arena", byteCount: bytes)
+            p = m.base
+            memfd = m
+        }
+        VirtualMemory.disableHugePages(p, byteCount: bytes)    // 4 KiB granularity, or a release could not free
         // The cold stack can hold every page; map it lazily too.
         let free = maxPages * MemoryLayout<UInt32>.stride
         let c: UnsafeMutableRawPointer
         do { c = try VirtualMemory.reserve(byteCount: free) } catch {
-            VirtualMemory.unmap(p, byteCount: bytes)
+            if memfd == nil { VirtualMemory.unmap(p, byteCount: bytes) }
             throw error
         }
         guard reservePages >= 0, reservePages < Int(UInt32.max),
               let w = malloc(max(reservePages, 1) * MemoryLayout<UInt32>.stride) else {
-            VirtualMemory.unmap(p, byteCount: bytes)
+            if memfd == nil { VirtualMemory.unmap(p, byteCount: bytes) }
             VirtualMemory.unmap(c, byteCount: free)
             throw .message("zspool: cannot allocate a reserve of \(reservePages) pages")
         }
         base = p
+        shared = memfd
         coldBytes = free
         cold = c.assumingMemoryBound(to: UInt32.self)
         warm = w.bindMemory(to: UInt32.self, capacity: max(reservePages, 1))
     }
 
     deinit {
-        VirtualMemory.unmap(base, byteCount: maxPages * pageSize)
+        if shared == nil { VirtualMemory.unmap(base, byteCount: maxPages * pageSize) }   // a memfd unmaps itself
         VirtualMemory.unmap(UnsafeMutableRawPointer(cold), byteCount: coldBytes)
         Glibc.free(warm)
     }
@@ -135,6 +162,14 @@ final class PageProvider: @unchecked Sendable {
     var reservePages: Int { lock.withLock { warmCount } }
 
     private func release(_ page: UInt32) {
-        releaseToOS(address(of: page), byteCount: pageSize)
+        if let shared {
+            shared.release(offset: Int(page) &* pageSize, byteCount: pageSize)
+        } else {
+            releaseToOS(address(of: page), byteCount: pageSize)
+        }
     }
+
+    /// Bytes of the arena backed by memory: the memfd's allocated blocks; nil for anonymous memory
+    /// (its pages show only in the process RSS).
+    var arenaAllocatedBytes: Int? { shared?.allocatedBytes }
 }

@@ -48,14 +48,16 @@ public final class ZsPool: @unchecked Sendable {
     /// - Throws: when `maxPages` is not in 1..<UInt32.max or the address space cannot be reserved.
     /// - Throws: also for a chain size outside `ZsGeometry.chainSizes`, or when the classes'
     ///   tables cannot be allocated.
-    public init(name: String, chainSize: Int = 8, maxPages: Int, reservePages: Int = 256) throws(PosixError) {
+    ///   - backing: where the pages live; `.memfd` lets a successor process inherit them.
+    public init(name: String, chainSize: Int = 8, maxPages: Int, reservePages: Int = 256,
+                backing: PageBacking = .defaultBacking) throws(PosixError) {
         guard ZsGeometry.chainSizes.contains(chainSize) else {
             throw .message("zspool: chain size \(chainSize) is not in \(ZsGeometry.chainSizes)")
         }
         guard reservePages >= 0 else { throw .message("zspool: reservePages \(reservePages) is negative") }
         self.name = name
         geometry = ZsGeometry(chainSize: chainSize)
-        provider = try PageProvider(maxPages: maxPages, reservePages: reservePages)
+        provider = try PageProvider(maxPages: maxPages, reservePages: reservePages, backing: backing, name: name)
         var built: [SizeClass] = []
         for (position, info) in geometry.classes.enumerated() {
             guard let c = SizeClass(info: info, position: position, provider: provider) else {
@@ -117,6 +119,12 @@ public final class ZsPool: @unchecked Sendable {
     public var reservePages: Int { provider.reservePages }
     /// Returns the resident reserve to the OS.
     public func trimReserve() { provider.trimReserve() }
+    /// Where the pages live.
+    public var backing: PageBacking { provider.backing }
+    /// The arena's memfd (nil for anonymous memory): what a successor inherits.
+    public var arenaFD: Int32? { provider.shared?.fd }
+    /// Bytes of the memfd arena backed by memory (st_blocks); nil for anonymous memory.
+    public var arenaAllocatedBytes: Int? { provider.arenaAllocatedBytes }
     /// Upper bound on pages set at creation.
     public var maxPages: Int { provider.maxPages }
 
