@@ -81,3 +81,75 @@ let mlockOnFault: UInt32 = 1
         for h in hs { pool.free(h) }
     }
 }
+
+/// A successor's pool rebuilt from the predecessor's arena and page map (fds passed explicitly,
+/// as the hand-over will): every object reads back, the class statistics are the same, and the
+/// rebuilt pool keeps working.
+@Suite struct PoolAdoptionTests {
+    @Test(arguments: [4, 8, 16]) func adoptedPoolReadsBackEveryObject(chainSize: Int) throws {
+        let pool = try ZsPool(name: "adopt", chainSize: chainSize, maxPages: 1 << 16, reservePages: 8, backing: .memfd)
+        var rng = SplitMix64(seed: UInt64(chainSize))
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
+        defer { buf.deallocate() }
+        var live: [(ZsHandle, Int, UInt64)] = []
+        for i in 0..<6000 {
+            let n = i % 7 == 0 ? 4096 : 1 + Int(rng.next() % 4000)
+            let h = try #require(pool.malloc(n))
+            fillPattern(buf, count: n, tag: UInt64(i))
+            pool.write(h, from: buf, count: n)
+            live.append((h, n, UInt64(i)))
+        }
+        // Holes everywhere, then compaction moves objects: handles stay, locations change.
+        var kept: [(ZsHandle, Int, UInt64)] = []
+        for (k, o) in live.enumerated() { if k % 3 == 0 { pool.free(o.0) } else { kept.append(o) } }
+        pool.compact()
+        let arenaFD = try #require(pool.arenaFD), mapFD = try #require(pool.pageMapFD)
+        let a = fcntl(arenaFD, F_DUPFD_CLOEXEC, 0), m = fcntl(mapFD, F_DUPFD_CLOEXEC, 0)
+        let successor = try ZsPool(adoptingArena: a, pageMap: m, name: "adopt2", chainSize: chainSize,
+                                   maxPages: pool.maxPages, highWater: pool.highWater, pagesCompacted: pool.pagesCompacted)
+        #expect(successor.totalPages == pool.totalPages)
+        #expect(successor.pagesCompacted == pool.pagesCompacted)
+        #expect(successor.classStats() == pool.classStats())
+        #expect(Set(successor.liveHandles()) == Set(pool.liveHandles()))
+        for (h, n, tag) in kept {
+            #expect(successor.isLiveObject(h, count: n))
+            memset(buf, 0, 4096)
+            successor.read(h, into: buf, count: n)
+            #expect(matchesPattern(buf, count: n, tag: tag), "object \(tag) of \(n) B")
+        }
+        // The rebuilt freelists and handle entries work: new objects, frees, compaction.
+        var fresh: [(ZsHandle, Int, UInt64)] = []
+        for i in 0..<3000 {
+            let n = 1 + Int(rng.next() % 4096)
+            let h = try #require(successor.malloc(n))
+            #expect(!kept.contains { $0.0 == h }, "a live handle was handed out again")
+            fillPattern(buf, count: n, tag: UInt64(100_000 + i))
+            successor.write(h, from: buf, count: n)
+            fresh.append((h, n, UInt64(100_000 + i)))
+        }
+        for (k, o) in kept.enumerated() where k % 2 == 0 { successor.free(o.0) }
+        successor.compact()
+        for (k, o) in kept.enumerated() where k % 2 == 1 {
+            successor.read(o.0, into: buf, count: o.1)
+            #expect(matchesPattern(buf, count: o.1, tag: o.2))
+        }
+        for o in fresh {
+            successor.read(o.0, into: buf, count: o.1)
+            #expect(matchesPattern(buf, count: o.1, tag: o.2))
+        }
+    }
+
+    @Test func adoptionRefusesAPageMapNamingNoClass() throws {
+        let pool = try ZsPool(name: "bad", maxPages: 256, backing: .memfd)
+        let h = try #require(pool.malloc(100))
+        _ = h
+        let mapFD = try #require(pool.pageMapFD)
+        var junk: UInt64 = 1 << 63 | 0xff << 48
+        #expect(pwrite(mapFD, &junk, 8, 0) == 8)
+        let a = fcntl(try #require(pool.arenaFD), F_DUPFD_CLOEXEC, 0), m = fcntl(mapFD, F_DUPFD_CLOEXEC, 0)
+        #expect(throws: (any Error).self) {
+            try ZsPool(adoptingArena: a, pageMap: m, name: "bad2", chainSize: 8, maxPages: 256,
+                       highWater: pool.highWater, pagesCompacted: 0)
+        }
+    }
+}
