@@ -40,15 +40,20 @@ public final class SharedMemory: @unchecked Sendable {
         self.byteCount = byteCount
     }
 
-    /// Maps an inherited memfd (a successor's side; `fd` is adopted and closed with the object).
-    /// Refuses a file smaller than `byteCount`: its state would not fit what the caller expects.
+    /// Maps an inherited memfd (a successor's side). `fd` is adopted: closed with the object, or
+    /// at once if this throws. Refuses a file smaller than `byteCount`: its state would not fit.
     public init(adopting fd: Int32, byteCount: Int, name: String) throws(PosixError) {
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw .lastError("fstat memfd \(name)") }
+        guard fstat(fd, &st) == 0 else {
+            let e = PosixError.lastError("fstat memfd \(name)")
+            close(fd)
+            throw e
+        }
         guard byteCount > 0, Int(st.st_size) >= byteCount else {
+            close(fd)
             throw .message("memfd \(name): \(st.st_size) bytes, expected at least \(byteCount)")
         }
-        base = try Self.map(fd, byteCount, name)
+        do { base = try Self.map(fd, byteCount, name) } catch { close(fd); throw error }
         self.fd = fd
         self.byteCount = byteCount
     }

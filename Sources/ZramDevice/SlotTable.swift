@@ -146,6 +146,38 @@ final class SlotTable: @unchecked Sendable {
         words = p.bindMemory(to: Atomic<UInt64>.self, capacity: 2 * max(count, 1))
     }
 
+    /// Maps an inherited slot table (a successor's side; `fd` adopted, closed with the table).
+    init(adopting fd: Int32, count: Int, name: String) throws(ZramError) {
+        guard count >= 0, count <= Int.max / 16 else { throw .invalidArgument("slot table of \(count) pages") }
+        self.count = count
+        byteCount = max(count * 16, 1)
+        do {
+            let m = try SharedMemory(adopting: fd, byteCount: byteCount, name: "\(name).slots")
+            shared = m
+            words = m.base.bindMemory(to: Atomic<UInt64>.self, capacity: 2 * max(count, 1))
+        } catch {
+            throw .incompatibleState("slot table: \(error)")
+        }
+    }
+
+    /// Calls `body` with every range of slots that may hold data (`lo..<hi`): the whole table
+    /// for anonymous memory, only the memfd's data extents (SEEK_DATA/SEEK_HOLE) for a shared
+    /// one, so checking a large sparse disk reads only what was written.
+    func forEachPossiblyUsedRange(_ body: (Range<Int>) throws(ZramError) -> Void) throws(ZramError) {
+        guard let shared else { return try body(0..<count) }
+        let seekData: Int32 = 3, seekHole: Int32 = 4
+        var offset = 0
+        while offset < byteCount {
+            let start = lseek(shared.fd, off_t(offset), seekData)
+            guard start >= 0 else { return }          // ENXIO: no data past offset
+            var end = lseek(shared.fd, start, seekHole)
+            if end < 0 { end = off_t(byteCount) }
+            let lo = Int(start) / 16, hi = min(count, (Int(end) + 15) / 16)
+            if lo < hi { try body(lo..<hi) }
+            offset = Int(end)
+        }
+    }
+
     deinit { if shared == nil { VirtualMemory.unmap(UnsafeMutableRawPointer(words), byteCount: byteCount) } }
 
     /// Start of the mapping (for tests that inspect its residency).

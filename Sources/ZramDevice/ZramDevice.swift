@@ -115,6 +115,10 @@ public final class ZramDevice: @unchecked Sendable {
     /// For tests that reach into the pool (e.g. to corrupt an object).
     var storageForTesting: Storage { quiesce.shared { storage } }
 
+    /// The state header's memfd, made by the first `exportState()` (under the exclusive quiesce lock).
+    @exclusivity(unchecked) var stateHeader: SharedMemory?
+    /// Exports so far (carried over by attach): the header's generation.
+    @exclusivity(unchecked) var generation: UInt64 = 0
     /// Updated where the event happens; see ZramCounter for the list.
     let counters = ZramCounters()
     /// Seconds for access times (CLOCK_BOOTTIME, as zram's); tests substitute their own.
@@ -144,11 +148,51 @@ public final class ZramDevice: @unchecked Sendable {
         counters.store(.memLimitPages, Self.pagesRoundedUp(config.memLimit))
     }
 
-    static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int, _ backing: PageBacking) throws(ZramError) -> ZsPool {
-        // Worst case fragmentation: one object per zspage chain. The pool only reserves address
-        // space; its page numbers are 32-bit.
+    /// Worst case fragmentation: one object per zspage chain. The pool only reserves address
+    /// space; its page numbers are 32-bit.
+    static func poolMaxPages(pageCount: Int, chainSize: Int) -> Int {
+        min(pageCount * chainSize + 1024, Int(UInt32.max) - 1)
+    }
+
+    /// A successor's device: built from a predecessor's state (`exportState()`), in this process
+    /// or another. Validates the header, maps the slot table, rebuilds the pool from its arena and
+    /// page map, then checks every stored slot against the pool and the counters against the
+    /// slots; any mismatch is `incompatibleState` (refuse loudly rather than serve wrong data).
+    /// The fds are adopted: closed here on failure, with the device otherwise.
+    public convenience init(attaching fds: DeviceStateFDs) throws(ZramError) {
+        try self.init(attaching: fds, clock: { Clock.bootSeconds() })
+    }
+
+    init(attaching fds: DeviceStateFDs, clock: @escaping @Sendable () -> UInt32) throws(ZramError) {
+        var owned = fds          // fds not yet adopted by a mapping, closed if we throw
+        defer { owned.closeAll() }
+        let h = try DeviceStateHeader.validate(fd: fds.header)
+        self.clock = clock
+        name = h.name
+        chainSize = h.chainSize
+        pageCount = h.pageCount
+        diskSize = h.diskSize
+        backing = .memfd
+        owned.slots = -1
+        slots = try SlotTable(adopting: fds.slots, count: h.pageCount, name: h.name)
+        owned.arena = -1; owned.pageMap = -1
+        let pool: ZsPool
         do {
-            return try ZsPool(name: name, chainSize: chainSize, maxPages: min(pageCount * chainSize + 1024, Int(UInt32.max) - 1),
+            pool = try ZsPool(adoptingArena: fds.arena, pageMap: fds.pageMap, name: h.name, chainSize: h.chainSize,
+                              maxPages: h.poolMaxPages, highWater: h.poolHighWater, pagesCompacted: h.pagesCompacted)
+        } catch {
+            throw .incompatibleState("pool: \(error)")
+        }
+        storage = Storage(pool: pool, streams: try CompressionStreams(algorithm: h.algorithm, level: h.level), backing: nil)
+        for (i, c) in DeviceStateHeader.counterOrder.enumerated() { counters.store(c, h.counters[i]) }
+        generation = h.generation
+        try verifyAttached()
+        // The header fd is only read; the exporter keeps its own.
+    }
+
+    static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int, _ backing: PageBacking) throws(ZramError) -> ZsPool {
+        do {
+            return try ZsPool(name: name, chainSize: chainSize, maxPages: poolMaxPages(pageCount: pageCount, chainSize: chainSize),
                               backing: backing)
         } catch {
             throw .outOfMemory("cannot reserve the pool: \(error)")

@@ -65,11 +65,17 @@ final class PageProvider: @unchecked Sendable {
     /// `adopt`. `highWater` is the predecessor's count of pages ever handed out.
     convenience init(adoptingArena arenaFD: Int32, pageMap mapFD: Int32, maxPages: Int, reservePages: Int,
                      highWater: Int, name: String) throws(PosixError) {
-        try Self.checkSize(maxPages, reservePages)
-        guard highWater >= 0 && highWater <= maxPages else {
-            throw .message("zspool: \(highWater) pages used of a \(maxPages)-page arena")
+        // Both fds are adopted: closed with the provider, or here if this throws.
+        do throws(PosixError) {
+            try Self.checkSize(maxPages, reservePages)
+            guard highWater >= 0 && highWater <= maxPages else {
+                throw .message("zspool: \(highWater) pages used of a \(maxPages)-page arena")
+            }
+        } catch { close(arenaFD); close(mapFD); throw error }
+        let arena: SharedMemory
+        do { arena = try SharedMemory(adopting: arenaFD, byteCount: maxPages * pageSize, name: "\(name).arena") } catch {
+            close(mapFD); throw error
         }
-        let arena = try SharedMemory(adopting: arenaFD, byteCount: maxPages * pageSize, name: "\(name).arena")
         let map = try SharedMemory(adopting: mapFD, byteCount: maxPages * 8, name: "\(name).pagemap")
         try self.init(maxPages: maxPages, reservePages: reservePages, base: arena.base, arena: arena, pageMap: map)
         bump = highWater

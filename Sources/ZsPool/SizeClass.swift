@@ -422,6 +422,8 @@ final class SizeClass: @unchecked Sendable {
 
     /// Handle entries seen during adoption, one bit each (rebuild only, then dropped).
     @exclusivity(unchecked) private var adoptedEntries: [UInt64] = []
+    @exclusivity(unchecked) private var pointedTo: [Bool] = []
+    @exclusivity(unchecked) private var isFree: [Bool] = []
 
     /// Marks `entry` live; false if it already was (two objects claiming one handle).
     private func adoptEntry(_ entry: Int) -> Bool {
@@ -476,7 +478,8 @@ final class SizeClass: @unchecked Sendable {
     }
 
     /// After every page is adopted: checks each zspage is whole, reads its object headers back
-    /// into handle entries, rebuilds freelists, fullness lists and counts, and frees what is unused.
+    /// into handle entries, finds and checks its freelist, rebuilds the fullness lists and counts,
+    /// and frees what is unused. Writes nothing to the arena unless a zspage is empty.
     func finishAdoption() throws(PosixError) {
         let whole = UInt32((1 << pagesPerZspage) - 1)
         for i in 0..<zspageIdsUsed {
@@ -497,12 +500,17 @@ final class SizeClass: @unchecked Sendable {
             guard seen == whole else {
                 throw .message("zspool: zspage \(id) of class \(size) is missing pages (have mask \(seen))")
             }
-            var freeHead = endOfFreelist
+            // Read only: the predecessor may keep serving from these pages if the successor is
+            // refused later, so its freelist is found, not rebuilt. Its head is the one free
+            // object no other free object links to; the walk from it must visit every free one.
             var inuse: UInt32 = 0
-            var k = objsPerZspage - 1
-            while k >= 0 {
-                let h = header(zspage: id, object: k)
-                let word = h.load(as: UInt64.self)
+            var freeCount = 0
+            pointedTo.removeAll(keepingCapacity: true)
+            pointedTo.append(contentsOf: repeatElement(false, count: objsPerZspage))
+            isFree.removeAll(keepingCapacity: true)
+            isFree.append(contentsOf: repeatElement(false, count: objsPerZspage))
+            for k in 0..<objsPerZspage {
+                let word = header(zspage: id, object: k).load(as: UInt64.self)
                 if word & 1 == 1 {
                     let handle = word >> 1
                     let entry = ZsHandleCoding.entry(of: handle)
@@ -514,10 +522,30 @@ final class SizeClass: @unchecked Sendable {
                     setLocation(ObjectLocation(zspage: id, object: k), entry: entry)
                     inuse += 1
                 } else {
-                    h.storeBytes(of: freeHead << 1, as: UInt64.self)
-                    freeHead = UInt64(k)
+                    isFree[k] = true
+                    freeCount += 1
+                    let next = word >> 1
+                    if next != endOfFreelist {
+                        guard next < UInt64(objsPerZspage) else {
+                            throw .message("zspool: free object \(k) of zspage \(id) in class \(size) links to \(next)")
+                        }
+                        pointedTo[Int(next)] = true
+                    }
                 }
-                k -= 1
+            }
+            var freeHead = endOfFreelist
+            for k in 0..<objsPerZspage where isFree[k] && !pointedTo[k] { freeHead = UInt64(k); break }
+            var walked = 0
+            var k = freeHead
+            while k != endOfFreelist && walked <= freeCount {
+                guard k < UInt64(objsPerZspage), isFree[Int(k)] else {
+                    throw .message("zspool: the freelist of zspage \(id) in class \(size) reaches a used object")
+                }
+                walked += 1
+                k = header(zspage: id, object: Int(k)).load(as: UInt64.self) >> 1
+            }
+            guard walked == freeCount else {
+                throw .message("zspool: the freelist of zspage \(id) in class \(size) holds \(walked) of \(freeCount) free objects")
             }
             z.pointee = ZspageDescriptor()
             z.pointee.freeObject = UInt32(truncatingIfNeeded: freeHead)
@@ -533,7 +561,7 @@ final class SizeClass: @unchecked Sendable {
             if adoptedEntries.count <= e >> 6 || adoptedEntries[e >> 6] & (1 << UInt64(e & 63)) == 0 { freeHandleEntry(e) }
             e -= 1
         }
-        adoptedEntries = []
+        adoptedEntries = []; pointedTo = []; isFree = []
     }
 
     /// Whether `handle` is a live object of this class that an object of `count` bytes could be

@@ -68,13 +68,14 @@ public final class ZsPool: @unchecked Sendable {
         classes = built
     }
 
-    /// A successor's pool: maps the inherited arena and page map (the fds are adopted and closed
-    /// with the pool) and rebuilds every size class from them and the object headers (see
+    /// A successor's pool: maps the inherited arena and page map (the fds are adopted: closed
+    /// with the pool, or at once if this throws) and rebuilds every size class from them and the object headers (see
     /// STATE.md). `chainSize`, `maxPages` and `highWater` are the predecessor's; throws, with
     /// what is wrong, when the pages do not form a consistent pool.
     public init(adoptingArena arenaFD: Int32, pageMap mapFD: Int32, name: String, chainSize: Int, maxPages: Int,
                 highWater: Int, pagesCompacted: Int, reservePages: Int = 256) throws(PosixError) {
         guard ZsGeometry.chainSizes.contains(chainSize) else {
+            close(arenaFD); close(mapFD)       // adopted even when refused
             throw .message("zspool: chain size \(chainSize) is not in \(ZsGeometry.chainSizes)")
         }
         self.name = name
