@@ -241,7 +241,7 @@ extension ZramDevice {
         let pool = storage.pool
         var c = SlotCensus()
         var objects = 0
-        try slots.forEachPossiblyUsedRange { (range) throws(ZramError) in
+        try slots.forEachPossiblyUsedRange(in: 0..<pageCount) { (range) throws(ZramError) in
             for index in range {
                 let f = slots.peekFlags(index)
                 guard !f.isUntouched else { continue }

@@ -160,19 +160,24 @@ final class SlotTable: @unchecked Sendable {
         }
     }
 
-    /// Calls `body` with every range of slots that may hold data (`lo..<hi`): the whole table
+    /// Calls `body` with the ranges of slots in `range` that may hold data, in order: all of it
     /// for anonymous memory, only the memfd's data extents (SEEK_DATA/SEEK_HOLE) for a shared
-    /// one, so checking a large sparse disk reads only what was written.
-    func forEachPossiblyUsedRange(_ body: (Range<Int>) throws(ZramError) -> Void) throws(ZramError) {
-        guard let shared else { return try body(0..<count) }
+    /// table. Walks over large untouched ranges (discard, block status, a successor's check)
+    /// must skip holes: a read fault on a shmem hole allocates a page, where anonymous memory
+    /// maps the shared zero page, so peeking every slot would commit the whole table.
+    func forEachPossiblyUsedRange<E: Error>(in range: Range<Int>, _ body: (Range<Int>) throws(E) -> Void) throws(E) {
+        let range = range.clamped(to: 0..<count)
+        guard !range.isEmpty else { return }
+        guard let shared else { return try body(range) }
         let seekData: Int32 = 3, seekHole: Int32 = 4
-        var offset = 0
-        while offset < byteCount {
+        var offset = range.lowerBound * 16
+        let stop = range.upperBound * 16
+        while offset < stop {
             let start = lseek(shared.fd, off_t(offset), seekData)
             guard start >= 0 else { return }          // ENXIO: no data past offset
             var end = lseek(shared.fd, start, seekHole)
             if end < 0 { end = off_t(byteCount) }
-            let lo = Int(start) / 16, hi = min(count, (Int(end) + 15) / 16)
+            let lo = max(range.lowerBound, Int(start) / 16), hi = min(range.upperBound, (Int(end) + 15) / 16)
             if lo < hi { try body(lo..<hi) }
             offset = Int(end)
         }

@@ -278,7 +278,7 @@ public final class ZramDevice: @unchecked Sendable {
             let first = (offset + pageSize - 1) >> pageShift
             let end = (offset + length) >> pageShift
             guard first < end else { return }
-            for index in first..<end { freeSlot(index, b) }
+            slots.forEachPossiblyUsedRange(in: first..<end) { r in for index in r { freeSlot(index, b) } }
             counters.add(.notifyFree, end - first)
         }
     }
@@ -290,6 +290,18 @@ public final class ZramDevice: @unchecked Sendable {
         var freed = 0
         defer { if freed > 0 { counters.add(.notifyFree, freed) } }
         try request(offset, length, failing: .failedWrites) { (b, now) throws(ZramError) in
+            // Whole pages to free: walk only the slot table's data extents (see SlotTable).
+            let firstWhole = (offset + pageSize - 1) >> pageShift, endWhole = (offset + length) >> pageShift
+            if mayTrim && firstWhole < endWhole {
+                for (lo, hi) in [(offset, firstWhole << pageShift), (endWhole << pageShift, offset + length)] where lo < hi {
+                    try forEachPageSpan(lo, hi - lo) { (index, inPage, n, _) throws(ZramError) in
+                        try zeroPartial(index, inPage, n, b, now)
+                    }
+                }
+                slots.forEachPossiblyUsedRange(in: firstWhole..<endWhole) { r in for index in r { freeSlot(index, b) } }
+                freed += endWhole - firstWhole
+                return
+            }
             try forEachPageSpan(offset, length) { (index, inPage, n, _) throws(ZramError) in
                 if n < pageSize {
                     try zeroPartial(index, inPage, n, b, now)
@@ -315,13 +327,13 @@ public final class ZramDevice: @unchecked Sendable {
     public func pageStates(offset: Int, length: Int,
                            _ body: (_ length: Int, _ state: PageState) -> Bool) throws(ZramError) {
         try checkRange(offset, length)
+        guard length > 0 else { return }
         quiesce.shared {
             var run: PageState? = nil
             var runLength = 0
             var stopped = false
-            forEachPageSpan(offset, length) { (index, _, n, _) in
+            func add(_ n: Int, _ state: PageState) {
                 guard !stopped else { return }
-                let state = pageState(index)
                 if state == run {
                     runLength += n
                 } else {
@@ -330,6 +342,17 @@ public final class ZramDevice: @unchecked Sendable {
                     runLength = n
                 }
             }
+            // Holes in the slot table are unallocated without looking (see SlotTable).
+            let end = offset + length
+            var pos = offset
+            slots.forEachPossiblyUsedRange(in: (offset >> pageShift)..<((end - 1) >> pageShift + 1)) { r in
+                guard !stopped else { return }
+                let from = max(r.lowerBound << pageShift, offset), to = min(r.upperBound << pageShift, end)
+                if from > pos { add(from - pos, .unallocated) }
+                forEachPageSpan(from, to - from) { (index, _, n, _) in add(n, pageState(index)) }
+                pos = to
+            }
+            if pos < end { add(end - pos, .unallocated) }
             if !stopped, let run { _ = body(runLength, run) }
         }
     }
@@ -419,17 +442,19 @@ public final class ZramDevice: @unchecked Sendable {
     public func census() -> SlotCensus {
         quiesce.exclusive {
             var c = SlotCensus()
-            for index in 0..<pageCount {
-                let peek = slots.peekFlags(index)
-                guard !peek.isUntouched else { continue }
-                let f = slots.lock(index)
-                slots.unlock(index, flags: f)
-                guard f.isAllocated else { continue }
-                c.storedPages += 1
-                if f.isWrittenBack { c.writtenBackPages += 1; continue }
-                if f.isSame { c.samePages += 1; continue }
-                if f.isHuge { c.hugePages += 1 }
-                c.comprBytes += f.objectSize
+            slots.forEachPossiblyUsedRange(in: 0..<pageCount) { r in
+                for index in r {
+                    let peek = slots.peekFlags(index)
+                    guard !peek.isUntouched else { continue }
+                    let f = slots.lock(index)
+                    slots.unlock(index, flags: f)
+                    guard f.isAllocated else { continue }
+                    c.storedPages += 1
+                    if f.isWrittenBack { c.writtenBackPages += 1; continue }
+                    if f.isSame { c.samePages += 1; continue }
+                    if f.isHuge { c.hugePages += 1 }
+                    c.comprBytes += f.objectSize
+                }
             }
             c.backingBlocks = storage.backing?.blocksInUse() ?? 0
             return c
