@@ -425,8 +425,14 @@ final class SizeClass: @unchecked Sendable {
     @exclusivity(unchecked) private var pointedTo: [Bool] = []
     @exclusivity(unchecked) private var isFree: [Bool] = []
 
-    /// Marks `entry` live; false if it already was (two objects claiming one handle).
+    /// The most zspages and handle entries this class can have in a pool of `provider.maxPages`
+    /// pages: inherited ids beyond them are corrupt, and must not size a table.
+    private var maxZspages: Int { provider.maxPages / pagesPerZspage + 1 }
+    private var maxHandleEntries: Int { maxZspages * objsPerZspage }
+
+    /// Marks `entry` live; false if it already was (two objects claiming one handle) or cannot be.
     private func adoptEntry(_ entry: Int) -> Bool {
+        guard entry >= 0 && entry < maxHandleEntries else { return false }
         let word = entry >> 6, bit = UInt64(1) << UInt64(entry & 63)
         if word >= adoptedEntries.count { adoptedEntries += [UInt64](repeating: 0, count: word + 1 - adoptedEntries.count) }
         if adoptedEntries[word] & bit != 0 { return false }
@@ -439,12 +445,12 @@ final class SizeClass: @unchecked Sendable {
     /// object whose handle entry is `id`.
     func adoptPage(_ page: UInt32, index k: Int, id: UInt64) throws(PosixError) {
         if isHuge {
-            let entry = Int(id)
+            let entry = Int(id)             // < 2^40: PageOwner's id field
             guard k == 0, adoptEntry(entry), handleEntries.reserve(entry + 1, fill: 0) else {
                 throw .message("zspool: page \(page) claims huge handle entry \(entry) twice or out of memory")
             }
             let newID = UInt32(zspageIdsUsed)
-            guard zspageIdsUsed < Int(noZspage), zspages.reserve(zspageIdsUsed + 1, fill: ZspageDescriptor()),
+            guard zspageIdsUsed < maxZspages, zspages.reserve(zspageIdsUsed + 1, fill: ZspageDescriptor()),
                   pages.reserve(zspageIdsUsed + 1, fill: 0) else {
                 throw .message("zspool: out of memory rebuilding class \(size)")
             }
@@ -459,7 +465,7 @@ final class SizeClass: @unchecked Sendable {
             setLocation(ObjectLocation(zspage: newID, object: 0), entry: entry)
             return
         }
-        guard id < UInt64(noZspage), k < pagesPerZspage else {
+        guard id < UInt64(maxZspages), k < pagesPerZspage else {
             throw .message("zspool: page \(page) claims page \(k) of zspage \(id) in class \(size)")
         }
         let n = Int(id) + 1
@@ -513,8 +519,9 @@ final class SizeClass: @unchecked Sendable {
                 let word = header(zspage: id, object: k).load(as: UInt64.self)
                 if word & 1 == 1 {
                     let handle = word >> 1
-                    let entry = ZsHandleCoding.entry(of: handle)
-                    guard ZsHandleCoding.classPosition(of: handle) == position, handle & ZsHandleCoding.entryMask != 0,
+                    // A corrupt header may hold entry bits 0: check before taking 1 off them.
+                    let entry = handle & ZsHandleCoding.entryMask == 0 ? -1 : ZsHandleCoding.entry(of: handle)
+                    guard ZsHandleCoding.classPosition(of: handle) == position,
                           adoptEntry(entry), handleEntries.reserve(entry + 1, fill: 0) else {
                         throw .message("zspool: object \(k) of zspage \(id) in class \(size) has a bad or duplicate handle \(handle)")
                     }

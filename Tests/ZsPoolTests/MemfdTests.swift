@@ -139,6 +139,46 @@ let mlockOnFault: UInt32 = 1
         }
     }
 
+    /// Inherited state is input: random words in the page map or over object headers are
+    /// refused with an error (or, if they happen to form a consistent pool, accepted), never a
+    /// trap or a table sized by a garbage id.
+    @Test(arguments: 0..<12) func corruptStateIsRefusedNotTrapped(seed: Int) throws {
+        let pool = try ZsPool(name: "corrupt", maxPages: 4096, reservePages: 4, backing: .memfd)
+        var rng = SplitMix64(seed: UInt64(seed) &+ 1000)
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
+        defer { buf.deallocate() }
+        var handles: [(ZsHandle, Int)] = []
+        for i in 0..<800 {
+            let n = 1 + Int(rng.next() % 4096)
+            let h = try #require(pool.malloc(n))
+            fillPattern(buf, count: n, tag: UInt64(i))
+            pool.write(h, from: buf, count: n)
+            handles.append((h, n))
+        }
+        for (k, o) in handles.enumerated() where k % 4 == 0 { pool.free(o.0) }
+        let arenaFD = try #require(pool.arenaFD), mapFD = try #require(pool.pageMapFD)
+        let used = pool.highWater
+        for _ in 0..<(1 + seed % 4) {
+            var word = rng.next()
+            if seed % 3 == 0 {       // a page map word: sometimes well-formed, pointing anywhere
+                if rng.next() % 2 == 0 { word = word & ~(0x7f << 56) | 1 << 63 }
+                #expect(pwrite(mapFD, &word, 8, off_t(Int(rng.next() % UInt64(used)) * 8)) == 8)
+            } else {                 // an object header or payload word, 16-aligned
+                if seed % 3 == 1 { word = word & ~0xff_ffff_0000_0000 | 1 }   // looks allocated
+                #expect(pwrite(arenaFD, &word, 8, off_t(Int(rng.next() % UInt64(used * 256)) * 16)) == 8)
+            }
+        }
+        let a = fcntl(arenaFD, F_DUPFD_CLOEXEC, 0), m = fcntl(mapFD, F_DUPFD_CLOEXEC, 0)
+        do {
+            let successor = try ZsPool(adoptingArena: a, pageMap: m, name: "corrupt2", chainSize: 8,
+                                       maxPages: pool.maxPages, highWater: used, pagesCompacted: 0)
+            for (h, n) in handles { _ = successor.isLiveObject(h, count: n) }
+            _ = successor.classStats()
+        } catch {
+            #expect("\(error)".hasPrefix("zspool:"), "\(error)")
+        }
+    }
+
     @Test func adoptionRefusesAPageMapNamingNoClass() throws {
         let pool = try ZsPool(name: "bad", maxPages: 256, backing: .memfd)
         let h = try #require(pool.malloc(100))
