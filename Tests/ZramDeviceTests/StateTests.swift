@@ -142,6 +142,27 @@ import Testing
         }
     }
 
+    /// A read fault on a shmem hole allocates a page: walks over a sparse device (discard,
+    /// write-zeroes, block status, census, idle marking, block_state) must skip the slot table's
+    /// holes, or a 4 GiB device would commit its whole 16 MiB table.
+    @Test func walksOverASparseDeviceLeaveTheSlotTableSparse() throws {
+        let size = 4 << 30
+        let dev = try makeDevice(size)
+        let table = try #require(dev.slots.shared)
+        let text = Buffer(4096); text.fillText(seed: 3)
+        try dev.write(text, at: 0)
+        try dev.write(text, at: size - 4096)
+        _ = try dev.runs(0, size)
+        _ = dev.census()
+        try dev.markIdle(olderThan: nil)
+        #expect(dev.blockState().split(separator: "\n").count == 2)
+        try dev.discard(offset: 4096, length: size - 8192)
+        try dev.writeZeroes(offset: 4096, length: size - 8192)
+        #expect(table.allocatedBytes <= 2 * 4096, "slot table memfd holds \(table.allocatedBytes) B")
+        try dev.discard(offset: 0, length: size)
+        #expect(try dev.runs(0, size).map(\.1) == [.unallocated])
+    }
+
     /// reset() on a memfd device punches the slot table and the freed pool pages out of their
     /// files: the memory really goes back.
     @Test func resetEmptiesTheMemfds() throws {
