@@ -27,7 +27,7 @@ let package = Package(
         // fd I/O, unix and TCP sockets. No dependencies; everything else talks to libc through it.
         .target(name: "Posix"),
         // The zsmalloc allocator: size classes, zspages, handles, compaction. Knows nothing else.
-        .target(name: "ZsPool", dependencies: ["Posix"]),
+        .target(name: "ZsPool", dependencies: ["Posix"], exclude: ["STATE.md"]),
         // Page compressors (lzo, lzo-rle, lz4, lz4hc, zstd, deflate) behind one protocol.
         .target(name: "Codec", dependencies: ["CLZ4", "CZstd", "CZlib", "Posix"]),
         // zram's page store: slot table, same/huge pages, discard, mem_limit, counters.

@@ -21,7 +21,7 @@ extension ZramPageStore: BlockBackend {
         case .ioError: hostErrno = EIO
         case .outOfMemory: hostErrno = ENOMEM
         case .noBackingDevice: hostErrno = ENODEV
-        case .outOfRange, .notInitialized, .busy, .invalidArgument: hostErrno = EINVAL
+        case .outOfRange, .notInitialized, .busy, .invalidArgument, .incompatibleState: hostErrno = EINVAL
         }
         return .request(NBDErrno.fromHost(hostErrno), message: describe(e))
     }

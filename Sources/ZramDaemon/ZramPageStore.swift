@@ -56,7 +56,7 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
         case .notInitialized: return "device not initialised"
         case .busy: return "device busy"
         case .noBackingDevice: return "no backing device (set one with backing-dev PATH)"
-        case .invalidArgument(let m), .outOfMemory(let m): return m
+        case .invalidArgument(let m), .outOfMemory(let m), .incompatibleState(let m): return m
         }
     }
 

@@ -1,6 +1,7 @@
 import Glibc
 import Posix
 import Synchronization
+import ZsPool
 
 /// A slot's flags word, laid out as zram's: the low 13 bits hold the object size (0...4096), the
 /// flags sit above it, and the high 32 bits hold the access time (zram's `ac_time`, a separate
@@ -108,8 +109,9 @@ struct SlotFlags: RawRepresentable, Equatable, Sendable {
     }
 }
 
-/// zram's table: 16 bytes per 4 KiB page (handle-or-fill-word, flags), in one anonymous mapping.
-/// Untouched parts cost no memory, so a huge disk is cheap until written.
+/// zram's table: 16 bytes per 4 KiB page (handle-or-fill-word, flags), in one anonymous mapping
+/// or one memfd (which a successor process can inherit). Untouched parts cost no memory, so a huge
+/// disk is cheap until written.
 ///
 /// The handle word is read and written only under the slot's lock; the flags word is atomic so
 /// lock-free peeks (is this slot empty?) are safe.
@@ -117,21 +119,71 @@ final class SlotTable: @unchecked Sendable {
     let count: Int
     let byteCount: Int
     private let words: UnsafeMutablePointer<Atomic<UInt64>>
+    /// The table's memfd, when shared.
+    let shared: SharedMemory?
 
-    init(count: Int) throws(ZramError) {
+    init(count: Int, backing: PageBacking = .defaultBacking, name: String = "zram") throws(ZramError) {
         // 16 bytes a slot; the device bounds `count` (ZramConfig.maxDiskSize), this is the last guard.
         guard count >= 0, count <= Int.max / 16 else { throw .invalidArgument("slot table of \(count) pages") }
         self.count = count
         byteCount = max(count * 16, 1)
         let p: UnsafeMutableRawPointer
-        do { p = try VirtualMemory.reserve(byteCount: byteCount) } catch {
+        do throws(PosixError) {
+            switch backing {
+            case .anonymous:
+                p = try VirtualMemory.reserve(byteCount: byteCount)
+                shared = nil
+            case .memfd:
+                let m = try SharedMemory(name: "\(name).slots", byteCount: byteCount)
+                p = m.base
+                shared = m
+            }
+        } catch {
             throw .outOfMemory("cannot map a slot table of \(byteCount) bytes: \(error)")
         }
-        // Anonymous memory is zero: every slot starts unallocated and unlocked.
+        // A new mapping (anonymous or a fresh sparse memfd) is zero: every slot starts unallocated
+        // and unlocked.
         words = p.bindMemory(to: Atomic<UInt64>.self, capacity: 2 * max(count, 1))
     }
 
-    deinit { VirtualMemory.unmap(UnsafeMutableRawPointer(words), byteCount: byteCount) }
+    /// Maps an inherited slot table (a successor's side; `fd` adopted, closed with the table).
+    init(adopting fd: Int32, count: Int, name: String) throws(ZramError) {
+        guard count >= 0, count <= Int.max / 16 else { throw .invalidArgument("slot table of \(count) pages") }
+        self.count = count
+        byteCount = max(count * 16, 1)
+        do {
+            let m = try SharedMemory(adopting: fd, byteCount: byteCount, name: "\(name).slots")
+            shared = m
+            words = m.base.bindMemory(to: Atomic<UInt64>.self, capacity: 2 * max(count, 1))
+        } catch {
+            throw .incompatibleState("slot table: \(error)")
+        }
+    }
+
+    /// Calls `body` with the ranges of slots in `range` that may hold data, in order: all of it
+    /// for anonymous memory, only the memfd's data extents (SEEK_DATA/SEEK_HOLE) for a shared
+    /// table. Walks over large untouched ranges (discard, block status, a successor's check)
+    /// must skip holes: a read fault on a shmem hole allocates a page, where anonymous memory
+    /// maps the shared zero page, so peeking every slot would commit the whole table.
+    func forEachPossiblyUsedRange<E: Error>(in range: Range<Int>, _ body: (Range<Int>) throws(E) -> Void) throws(E) {
+        let range = range.clamped(to: 0..<count)
+        guard !range.isEmpty else { return }
+        guard let shared else { return try body(range) }
+        let seekData: Int32 = 3, seekHole: Int32 = 4
+        var offset = range.lowerBound * 16
+        let stop = range.upperBound * 16
+        while offset < stop {
+            let start = lseek(shared.fd, off_t(offset), seekData)
+            guard start >= 0 else { return }          // ENXIO: no data past offset
+            var end = lseek(shared.fd, start, seekHole)
+            if end < 0 { end = off_t(byteCount) }
+            let lo = max(range.lowerBound, Int(start) / 16), hi = min(range.upperBound, (Int(end) + 15) / 16)
+            if lo < hi { try body(lo..<hi) }
+            offset = Int(end)
+        }
+    }
+
+    deinit { if shared == nil { VirtualMemory.unmap(UnsafeMutableRawPointer(words), byteCount: byteCount) } }
 
     /// Start of the mapping (for tests that inspect its residency).
     var baseAddress: UnsafeRawPointer { UnsafeRawPointer(words) }
@@ -139,7 +191,11 @@ final class SlotTable: @unchecked Sendable {
     /// Empties every slot at once by dropping the mapping's pages (they read back as zero).
     /// Nobody may hold or take a slot lock meanwhile.
     func clearAll() {
-        releaseToOS(UnsafeMutableRawPointer(words), byteCount: byteCount)   // works under mlockall
+        if let shared {
+            shared.release(offset: 0, byteCount: byteCount)    // a punched hole: frees shmem, also locked
+        } else {
+            releaseToOS(UnsafeMutableRawPointer(words), byteCount: byteCount)   // works under mlockall
+        }
     }
 
     /// The flags word without taking the lock (may show the lock bit).

@@ -16,6 +16,9 @@ public struct ZramConfig: Sendable, Equatable {
     public static let chainSizes = ZsGeometry.chainSizes
     /// Pool memory limit in bytes, rounded up to pages; 0 = none.
     public var memLimit: Int
+    /// Where the pool's pages and the slot table live: `.memfd` (shared, inheritable by a
+    /// successor process) or `.anonymous` (private, gone with the process).
+    public var backing: PageBacking = .defaultBacking
 
     /// The largest disk size a device takes: 16 TiB, 2^32 pages of 4 KiB, the most 32-bit page
     /// numbers address (the pool's are 32-bit). Its slot table is 64 GiB of address space (16 B

@@ -96,11 +96,15 @@ extension ZramDevice {
 
     /// Some stored slot was recompressed at `priority` (quiesce held exclusively).
     private func slotsUse(priority: Int) -> Bool {
-        for index in 0..<pageCount {
-            let f = slots.peekFlags(index)
-            if f.isAllocated && f.priority == priority { return true }
+        var found = false
+        slots.forEachPossiblyUsedRange(in: 0..<pageCount) { r in     // holes hold nothing
+            guard !found else { return }
+            for index in r {
+                let f = slots.peekFlags(index)
+                if f.isAllocated && f.priority == priority { found = true; return }
+            }
         }
-        return false
+        return found
     }
 
     /// The secondary compressors: (priority, algorithm, level).

@@ -241,13 +241,15 @@ extension ZramDevice {
         let cutoff: Int64 = age.map { Int64(clock()) - Int64($0) } ?? 0
         runLock.withLock {
             quiesce.shared {
-                for index in 0..<pageCount {
-                    if slots.peekFlags(index).isUntouched { continue }
-                    var f = slots.lock(index)
-                    if f.isAllocated && !f.isWrittenBack && !f.isSame {
-                        f.isIdle = cutoff == 0 || cutoff > Int64(f.accessTime)
+                slots.forEachPossiblyUsedRange(in: 0..<pageCount) { r in     // holes hold nothing
+                    for index in r {
+                        if slots.peekFlags(index).isUntouched { continue }
+                        var f = slots.lock(index)
+                        if f.isAllocated && !f.isWrittenBack && !f.isSame {
+                            f.isIdle = cutoff == 0 || cutoff > Int64(f.accessTime)
+                        }
+                        slots.unlock(index, flags: f)
                     }
-                    slots.unlock(index, flags: f)
                 }
             }
         }
@@ -307,10 +309,13 @@ extension ZramDevice {
     func pickSlots(_ scans: [WritebackRequest.Scan], into candidates: UnsafeMutablePointer<UInt32>,
                    eligible: (SlotFlags, WritebackMode) -> Bool) -> Int {
         var counts = [Int](repeating: 0, count: Self.buckets)
+        // Only the slot table's data extents: peeking a shmem hole would allocate it.
         for scan in scans {
-            for index in scan.pages {
-                let f = SlotFlags(rawValue: slots.peekFlags(index).rawValue & ~SlotFlags.lockBit)
-                if !f.isUntouched && eligible(f, scan.mode) { counts[f.objectSize / Self.bucketBytes] += 1 }
+            slots.forEachPossiblyUsedRange(in: scan.pages) { r in
+                for index in r {
+                    let f = SlotFlags(rawValue: slots.peekFlags(index).rawValue & ~SlotFlags.lockBit)
+                    if !f.isUntouched && eligible(f, scan.mode) { counts[f.objectSize / Self.bucketBytes] += 1 }
+                }
             }
         }
         // Bucket b's part is start[b]..<end[b], after every larger bucket's; filled from the end.
@@ -324,15 +329,17 @@ extension ZramDevice {
         }
         var next = end
         for scan in scans {
-            for index in scan.pages where !slots.peekFlags(index).isUntouched {
-                var f = slots.lock(index)
-                let b = f.objectSize / Self.bucketBytes
-                if eligible(f, scan.mode) && next[b] > start[b] {
-                    next[b] -= 1
-                    candidates[next[b]] = UInt32(truncatingIfNeeded: index)
-                    f.isPicked = true
+            slots.forEachPossiblyUsedRange(in: scan.pages) { r in
+                for index in r where !slots.peekFlags(index).isUntouched {
+                    var f = slots.lock(index)
+                    let b = f.objectSize / Self.bucketBytes
+                    if eligible(f, scan.mode) && next[b] > start[b] {
+                        next[b] -= 1
+                        candidates[next[b]] = UInt32(truncatingIfNeeded: index)
+                        f.isPicked = true
+                    }
+                    slots.unlock(index, flags: f)
                 }
-                slots.unlock(index, flags: f)
             }
         }
         var out = 0
@@ -548,17 +555,19 @@ extension ZramDevice {
         let pages = (range ?? 0..<pageCount).clamped(to: 0..<pageCount)
         var out = ""
         quiesce.shared {
-            for index in pages where !slots.peekFlags(index).isUntouched {
-                let f = slots.lock(index)
-                slots.unlock(index, flags: f)
-                guard f.isAllocated else { continue }
-                out += rightAligned(UInt64(index), width: 12) + " " + rightAligned(UInt64(f.accessTime), width: 12) + ".000000 "
-                out += f.isSame ? "s" : "."
-                out += f.isWrittenBack ? "w" : "."
-                out += f.isHuge ? "h" : "."
-                out += f.isIdle ? "i" : "."
-                out += f.priority != 0 ? "r" : "."
-                out += f.isIncompressible ? "n\n" : ".\n"
+            slots.forEachPossiblyUsedRange(in: pages) { r in
+                for index in r where !slots.peekFlags(index).isUntouched {
+                    let f = slots.lock(index)
+                    slots.unlock(index, flags: f)
+                    guard f.isAllocated else { continue }
+                    out += rightAligned(UInt64(index), width: 12) + " " + rightAligned(UInt64(f.accessTime), width: 12) + ".000000 "
+                    out += f.isSame ? "s" : "."
+                    out += f.isWrittenBack ? "w" : "."
+                    out += f.isHuge ? "h" : "."
+                    out += f.isIdle ? "i" : "."
+                    out += f.priority != 0 ? "r" : "."
+                    out += f.isIncompressible ? "n\n" : ".\n"
+                }
             }
         }
         return out

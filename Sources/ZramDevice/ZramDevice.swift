@@ -99,6 +99,8 @@ public final class ZramDevice: @unchecked Sendable {
     public let diskSize: Int
     public let chainSize: Int
     public let pageCount: Int
+    /// Where the pool's pages and the slot table live.
+    public let backing: PageBacking
     /// Bytes of the slot table's mapping (16 per page; only touched parts are resident).
     public var slotTableBytes: Int { slots.byteCount }
 
@@ -113,6 +115,10 @@ public final class ZramDevice: @unchecked Sendable {
     /// For tests that reach into the pool (e.g. to corrupt an object).
     var storageForTesting: Storage { quiesce.shared { storage } }
 
+    /// The state header's memfd, made by the first `exportState()` (under the exclusive quiesce lock).
+    @exclusivity(unchecked) var stateHeader: SharedMemory?
+    /// Exports so far (carried over by attach): the header's generation.
+    @exclusivity(unchecked) var generation: UInt64 = 0
     /// Updated where the event happens; see ZramCounter for the list.
     let counters = ZramCounters()
     /// Seconds for access times (CLOCK_BOOTTIME, as zram's); tests substitute their own.
@@ -135,17 +141,59 @@ public final class ZramDevice: @unchecked Sendable {
         chainSize = config.chainSize
         pageCount = (config.diskSize + pageSize - 1) >> pageShift
         diskSize = pageCount << pageShift
-        slots = try SlotTable(count: pageCount)
-        storage = Storage(pool: try Self.makePool(config.name, config.chainSize, pageCount),
+        backing = config.backing
+        slots = try SlotTable(count: pageCount, backing: config.backing, name: config.name)
+        storage = Storage(pool: try Self.makePool(config.name, config.chainSize, pageCount, config.backing),
                           streams: try CompressionStreams(algorithm: config.algorithm, level: config.level), backing: nil)
         counters.store(.memLimitPages, Self.pagesRoundedUp(config.memLimit))
     }
 
-    static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int) throws(ZramError) -> ZsPool {
-        // Worst case fragmentation: one object per zspage chain. The pool only reserves address
-        // space; its page numbers are 32-bit.
+    /// Worst case fragmentation: one object per zspage chain. The pool only reserves address
+    /// space; its page numbers are 32-bit.
+    static func poolMaxPages(pageCount: Int, chainSize: Int) -> Int {
+        min(pageCount * chainSize + 1024, Int(UInt32.max) - 1)
+    }
+
+    /// A successor's device: built from a predecessor's state (`exportState()`), in this process
+    /// or another. Validates the header, maps the slot table, rebuilds the pool from its arena and
+    /// page map, then checks every stored slot against the pool and the counters against the
+    /// slots; any mismatch is `incompatibleState` (refuse loudly rather than serve wrong data).
+    /// The fds are adopted: closed here on failure, with the device otherwise.
+    public convenience init(attaching fds: DeviceStateFDs) throws(ZramError) {
+        try self.init(attaching: fds, clock: { Clock.bootSeconds() })
+    }
+
+    init(attaching fds: DeviceStateFDs, clock: @escaping @Sendable () -> UInt32) throws(ZramError) {
+        var owned = fds          // fds not yet adopted by a mapping, closed if we throw
+        defer { owned.closeAll() }
+        let h = try DeviceStateHeader.validate(fd: fds.header)
+        self.clock = clock
+        name = h.name
+        chainSize = h.chainSize
+        pageCount = h.pageCount
+        diskSize = h.diskSize
+        backing = .memfd
+        owned.slots = -1
+        slots = try SlotTable(adopting: fds.slots, count: h.pageCount, name: h.name)
+        owned.arena = -1; owned.pageMap = -1
+        let pool: ZsPool
         do {
-            return try ZsPool(name: name, chainSize: chainSize, maxPages: min(pageCount * chainSize + 1024, Int(UInt32.max) - 1))
+            pool = try ZsPool(adoptingArena: fds.arena, pageMap: fds.pageMap, name: h.name, chainSize: h.chainSize,
+                              maxPages: h.poolMaxPages, highWater: h.poolHighWater, pagesCompacted: h.pagesCompacted)
+        } catch {
+            throw .incompatibleState("pool: \(error)")
+        }
+        storage = Storage(pool: pool, streams: try CompressionStreams(algorithm: h.algorithm, level: h.level), backing: nil)
+        for (i, c) in DeviceStateHeader.counterOrder.enumerated() { counters.store(c, h.counters[i]) }
+        generation = h.generation
+        try verifyAttached()
+        // The header fd is only read; the exporter keeps its own.
+    }
+
+    static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int, _ backing: PageBacking) throws(ZramError) -> ZsPool {
+        do {
+            return try ZsPool(name: name, chainSize: chainSize, maxPages: poolMaxPages(pageCount: pageCount, chainSize: chainSize),
+                              backing: backing)
         } catch {
             throw .outOfMemory("cannot reserve the pool: \(error)")
         }
@@ -230,7 +278,7 @@ public final class ZramDevice: @unchecked Sendable {
             let first = (offset + pageSize - 1) >> pageShift
             let end = (offset + length) >> pageShift
             guard first < end else { return }
-            for index in first..<end { freeSlot(index, b) }
+            slots.forEachPossiblyUsedRange(in: first..<end) { r in for index in r { freeSlot(index, b) } }
             counters.add(.notifyFree, end - first)
         }
     }
@@ -242,6 +290,18 @@ public final class ZramDevice: @unchecked Sendable {
         var freed = 0
         defer { if freed > 0 { counters.add(.notifyFree, freed) } }
         try request(offset, length, failing: .failedWrites) { (b, now) throws(ZramError) in
+            // Whole pages to free: walk only the slot table's data extents (see SlotTable).
+            let firstWhole = (offset + pageSize - 1) >> pageShift, endWhole = (offset + length) >> pageShift
+            if mayTrim && firstWhole < endWhole {
+                for (lo, hi) in [(offset, firstWhole << pageShift), (endWhole << pageShift, offset + length)] where lo < hi {
+                    try forEachPageSpan(lo, hi - lo) { (index, inPage, n, _) throws(ZramError) in
+                        try zeroPartial(index, inPage, n, b, now)
+                    }
+                }
+                slots.forEachPossiblyUsedRange(in: firstWhole..<endWhole) { r in for index in r { freeSlot(index, b) } }
+                freed += endWhole - firstWhole
+                return
+            }
             try forEachPageSpan(offset, length) { (index, inPage, n, _) throws(ZramError) in
                 if n < pageSize {
                     try zeroPartial(index, inPage, n, b, now)
@@ -267,13 +327,13 @@ public final class ZramDevice: @unchecked Sendable {
     public func pageStates(offset: Int, length: Int,
                            _ body: (_ length: Int, _ state: PageState) -> Bool) throws(ZramError) {
         try checkRange(offset, length)
+        guard length > 0 else { return }
         quiesce.shared {
             var run: PageState? = nil
             var runLength = 0
             var stopped = false
-            forEachPageSpan(offset, length) { (index, _, n, _) in
+            func add(_ n: Int, _ state: PageState) {
                 guard !stopped else { return }
-                let state = pageState(index)
                 if state == run {
                     runLength += n
                 } else {
@@ -282,6 +342,17 @@ public final class ZramDevice: @unchecked Sendable {
                     runLength = n
                 }
             }
+            // Holes in the slot table are unallocated without looking (see SlotTable).
+            let end = offset + length
+            var pos = offset
+            slots.forEachPossiblyUsedRange(in: (offset >> pageShift)..<((end - 1) >> pageShift + 1)) { r in
+                guard !stopped else { return }
+                let from = max(r.lowerBound << pageShift, offset), to = min(r.upperBound << pageShift, end)
+                if from > pos { add(from - pos, .unallocated) }
+                forEachPageSpan(from, to - from) { (index, _, n, _) in add(n, pageState(index)) }
+                pos = to
+            }
+            if pos < end { add(end - pos, .unallocated) }
             if !stopped, let run { _ = body(runLength, run) }
         }
     }
@@ -292,7 +363,7 @@ public final class ZramDevice: @unchecked Sendable {
     /// algorithm, level and mem_limit. The pool is recreated (pages_compacted restarts at 0); if
     /// that fails (`outOfMemory`), the device is left as it was.
     public func reset() throws(ZramError) {
-        let pool = try Self.makePool(name, chainSize, pageCount)
+        let pool = try Self.makePool(name, chainSize, pageCount, backing)
         quiesce.exclusive {
             slots.clearAll()
             storage.backing?.releaseAll()
@@ -371,17 +442,19 @@ public final class ZramDevice: @unchecked Sendable {
     public func census() -> SlotCensus {
         quiesce.exclusive {
             var c = SlotCensus()
-            for index in 0..<pageCount {
-                let peek = slots.peekFlags(index)
-                guard !peek.isUntouched else { continue }
-                let f = slots.lock(index)
-                slots.unlock(index, flags: f)
-                guard f.isAllocated else { continue }
-                c.storedPages += 1
-                if f.isWrittenBack { c.writtenBackPages += 1; continue }
-                if f.isSame { c.samePages += 1; continue }
-                if f.isHuge { c.hugePages += 1 }
-                c.comprBytes += f.objectSize
+            slots.forEachPossiblyUsedRange(in: 0..<pageCount) { r in
+                for index in r {
+                    let peek = slots.peekFlags(index)
+                    guard !peek.isUntouched else { continue }
+                    let f = slots.lock(index)
+                    slots.unlock(index, flags: f)
+                    guard f.isAllocated else { continue }
+                    c.storedPages += 1
+                    if f.isWrittenBack { c.writtenBackPages += 1; continue }
+                    if f.isSame { c.samePages += 1; continue }
+                    if f.isHuge { c.hugePages += 1 }
+                    c.comprBytes += f.objectSize
+                }
             }
             c.backingBlocks = storage.backing?.blocksInUse() ?? 0
             return c

@@ -16,4 +16,7 @@ public enum ZramError: Error, Equatable, Sendable {
     case invalidArgument(String)
     /// Memory for the device (its slot table or pool) could not be reserved; the message says what.
     case outOfMemory(String)
+    /// Inherited state (a predecessor's memfds) that this build cannot read or that does not hold
+    /// together; the message says what. The predecessor keeps serving.
+    case incompatibleState(String)
 }

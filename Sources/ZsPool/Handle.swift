@@ -40,3 +40,22 @@ struct ObjectLocation: RawRepresentable, Equatable {
     @inline(__always) var zspage: UInt32 { UInt32(truncatingIfNeeded: rawValue >> 32) }
     @inline(__always) var object: Int { Int(rawValue & 0xffff_ffff) }
 }
+
+/// The word the page map holds for an owned pool page (0 for a free one): what a successor needs
+/// to regroup pages into zspages. Bit 63 set; the class position in bits 48...55, the page's
+/// index in its zspage in bits 40...47, and below them the zspage id, or for the huge class (one
+/// page, one object, no object header) the object's handle entry.
+enum PageOwner {
+    static let owned: UInt64 = 1 << 63
+    static let idMask: UInt64 = (1 << 40) - 1
+
+    @inline(__always) static func encode(classPosition: Int, index: Int, id: UInt64) -> UInt64 {
+        owned | UInt64(truncatingIfNeeded: classPosition & 0xff) << 48 | UInt64(truncatingIfNeeded: index & 0xff) << 40 | id & idMask
+    }
+
+    @inline(__always) static func classPosition(_ word: UInt64) -> Int { Int(truncatingIfNeeded: (word >> 48) & 0xff) }
+    @inline(__always) static func index(_ word: UInt64) -> Int { Int(truncatingIfNeeded: (word >> 40) & 0xff) }
+    @inline(__always) static func id(_ word: UInt64) -> UInt64 { word & idMask }
+    /// Bits no encoder sets: a word with any of them is not a page map entry.
+    @inline(__always) static func isWellFormed(_ word: UInt64) -> Bool { word & (0x7f << 56) == 0 && word & owned != 0 }
+}

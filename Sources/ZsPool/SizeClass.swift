@@ -210,6 +210,14 @@ final class SizeClass: @unchecked Sendable {
             freeZspageId = id
             return nil
         }
+        // The page map says which pages form the zspage (a huge page's owner names its handle
+        // entry instead, set when its object is allocated).
+        if !isHuge {
+            for k in 0..<pagesPerZspage {
+                provider.setOwner(pages[Int(id) &* pagesPerZspage &+ k],
+                                  PageOwner.encode(classPosition: position, index: k, id: UInt64(id)))
+            }
+        }
         // init_zspage: chain every object to the next one in address order.
         z.pointee.freeObject = 0
         z.pointee.inuse = 0
@@ -241,6 +249,8 @@ final class SizeClass: @unchecked Sendable {
         if isHuge {
             z.pointee.freeObject = UInt32(truncatingIfNeeded: endOfFreelist)
             z.pointee.hugeHandle = handle
+            provider.setOwner(pages[Int(id)], PageOwner.encode(classPosition: position, index: 0,
+                                                               id: UInt64(ZsHandleCoding.entry(of: handle))))
         } else {
             let h = header(zspage: id, object: k)
             z.pointee.freeObject = UInt32(truncatingIfNeeded: h.load(as: UInt64.self) >> 1)
@@ -405,6 +415,173 @@ final class SizeClass: @unchecked Sendable {
             let n = min(count - done, pageSize - (so & (pageSize - 1)), pageSize - (dOff & (pageSize - 1)))
             address(zspage: d.0, offset: dOff).copyMemory(from: address(zspage: s.0, offset: so), byteCount: n)
             done += n
+        }
+    }
+
+    // MARK: adoption (a successor rebuilding the class from the arena and the page map)
+
+    /// Handle entries seen during adoption, one bit each (rebuild only, then dropped).
+    @exclusivity(unchecked) private var adoptedEntries: [UInt64] = []
+    @exclusivity(unchecked) private var pointedTo: [Bool] = []
+    @exclusivity(unchecked) private var isFree: [Bool] = []
+
+    /// The most zspages and handle entries this class can have in a pool of `provider.maxPages`
+    /// pages: inherited ids beyond them are corrupt, and must not size a table.
+    private var maxZspages: Int { provider.maxPages / pagesPerZspage + 1 }
+    private var maxHandleEntries: Int { maxZspages * objsPerZspage }
+
+    /// Marks `entry` live; false if it already was (two objects claiming one handle) or cannot be.
+    private func adoptEntry(_ entry: Int) -> Bool {
+        guard entry >= 0 && entry < maxHandleEntries else { return false }
+        let word = entry >> 6, bit = UInt64(1) << UInt64(entry & 63)
+        if word >= adoptedEntries.count { adoptedEntries += [UInt64](repeating: 0, count: word + 1 - adoptedEntries.count) }
+        if adoptedEntries[word] & bit != 0 { return false }
+        adoptedEntries[word] |= bit
+        return true
+    }
+
+    /// Takes one page of the inherited arena, as its page map word says (no lock needed: the
+    /// pool is not in use yet). Non-huge: page `index` of zspage `id`; huge: the page of the
+    /// object whose handle entry is `id`.
+    func adoptPage(_ page: UInt32, index k: Int, id: UInt64) throws(PosixError) {
+        if isHuge {
+            let entry = Int(id)             // < 2^40: PageOwner's id field
+            guard k == 0, adoptEntry(entry), handleEntries.reserve(entry + 1, fill: 0) else {
+                throw .message("zspool: page \(page) claims huge handle entry \(entry) twice or out of memory")
+            }
+            let newID = UInt32(zspageIdsUsed)
+            guard zspageIdsUsed < maxZspages, zspages.reserve(zspageIdsUsed + 1, fill: ZspageDescriptor()),
+                  pages.reserve(zspageIdsUsed + 1, fill: 0) else {
+                throw .message("zspool: out of memory rebuilding class \(size)")
+            }
+            zspageIdsUsed += 1
+            pages[Int(newID)] = page
+            let z = zspage(newID)
+            z.pointee = ZspageDescriptor()
+            z.pointee.hugeHandle = ZsHandleCoding.encode(classPosition: position, entry: UInt64(entry))
+            z.pointee.freeObject = UInt32(truncatingIfNeeded: endOfFreelist)
+            z.pointee.inuse = 1
+            handleEntriesUsed = max(handleEntriesUsed, entry + 1)
+            setLocation(ObjectLocation(zspage: newID, object: 0), entry: entry)
+            return
+        }
+        guard id < UInt64(maxZspages), k < pagesPerZspage else {
+            throw .message("zspool: page \(page) claims page \(k) of zspage \(id) in class \(size)")
+        }
+        let n = Int(id) + 1
+        guard zspages.reserve(n, fill: ZspageDescriptor()), pages.reserve(n * pagesPerZspage, fill: 0) else {
+            throw .message("zspool: out of memory rebuilding class \(size)")
+        }
+        zspageIdsUsed = max(zspageIdsUsed, n)
+        // `prev` collects the indexes seen until finishAdoption (the lists are built there).
+        let z = zspage(UInt32(id))
+        let bit = UInt32(1) << UInt32(k)
+        guard z.pointee.prev == noZspage || z.pointee.prev & bit == 0 else {
+            throw .message("zspool: two pages claim page \(k) of zspage \(id) in class \(size)")
+        }
+        z.pointee.prev = (z.pointee.prev == noZspage ? 0 : z.pointee.prev) | bit
+        pages[Int(id) * pagesPerZspage + k] = page
+    }
+
+    /// After every page is adopted: checks each zspage is whole, reads its object headers back
+    /// into handle entries, finds and checks its freelist, rebuilds the fullness lists and counts,
+    /// and frees what is unused. Writes nothing to the arena unless a zspage is empty.
+    func finishAdoption() throws(PosixError) {
+        let whole = UInt32((1 << pagesPerZspage) - 1)
+        for i in 0..<zspageIdsUsed {
+            let id = UInt32(i)
+            let z = zspage(id)
+            if isHuge {
+                insert(id, group: fullnessGroup(inuse: 1))
+                objsAllocated += 1; objsInuse += 1
+                continue
+            }
+            let seen = z.pointee.prev
+            if seen == noZspage {       // an id no page claims: free
+                z.pointee = ZspageDescriptor()
+                z.pointee.next = freeZspageId
+                freeZspageId = id
+                continue
+            }
+            guard seen == whole else {
+                throw .message("zspool: zspage \(id) of class \(size) is missing pages (have mask \(seen))")
+            }
+            // Read only: the predecessor may keep serving from these pages if the successor is
+            // refused later, so its freelist is found, not rebuilt. Its head is the one free
+            // object no other free object links to; the walk from it must visit every free one.
+            var inuse: UInt32 = 0
+            var freeCount = 0
+            pointedTo.removeAll(keepingCapacity: true)
+            pointedTo.append(contentsOf: repeatElement(false, count: objsPerZspage))
+            isFree.removeAll(keepingCapacity: true)
+            isFree.append(contentsOf: repeatElement(false, count: objsPerZspage))
+            for k in 0..<objsPerZspage {
+                let word = header(zspage: id, object: k).load(as: UInt64.self)
+                if word & 1 == 1 {
+                    let handle = word >> 1
+                    // A corrupt header may hold entry bits 0: check before taking 1 off them.
+                    let entry = handle & ZsHandleCoding.entryMask == 0 ? -1 : ZsHandleCoding.entry(of: handle)
+                    guard ZsHandleCoding.classPosition(of: handle) == position,
+                          adoptEntry(entry), handleEntries.reserve(entry + 1, fill: 0) else {
+                        throw .message("zspool: object \(k) of zspage \(id) in class \(size) has a bad or duplicate handle \(handle)")
+                    }
+                    handleEntriesUsed = max(handleEntriesUsed, entry + 1)
+                    setLocation(ObjectLocation(zspage: id, object: k), entry: entry)
+                    inuse += 1
+                } else {
+                    isFree[k] = true
+                    freeCount += 1
+                    let next = word >> 1
+                    if next != endOfFreelist {
+                        guard next < UInt64(objsPerZspage) else {
+                            throw .message("zspool: free object \(k) of zspage \(id) in class \(size) links to \(next)")
+                        }
+                        pointedTo[Int(next)] = true
+                    }
+                }
+            }
+            var freeHead = endOfFreelist
+            for k in 0..<objsPerZspage where isFree[k] && !pointedTo[k] { freeHead = UInt64(k); break }
+            var walked = 0
+            var k = freeHead
+            while k != endOfFreelist && walked <= freeCount {
+                guard k < UInt64(objsPerZspage), isFree[Int(k)] else {
+                    throw .message("zspool: the freelist of zspage \(id) in class \(size) reaches a used object")
+                }
+                walked += 1
+                k = header(zspage: id, object: Int(k)).load(as: UInt64.self) >> 1
+            }
+            guard walked == freeCount else {
+                throw .message("zspool: the freelist of zspage \(id) in class \(size) holds \(walked) of \(freeCount) free objects")
+            }
+            z.pointee = ZspageDescriptor()
+            z.pointee.freeObject = UInt32(truncatingIfNeeded: freeHead)
+            z.pointee.inuse = inuse
+            objsAllocated += objsPerZspage
+            objsInuse += Int(inuse)
+            insert(id, group: fullnessGroup(inuse: Int(inuse)))
+            if inuse == 0 { freeZspage(id) }
+        }
+        // Entries no object claims are free.
+        var e = handleEntriesUsed - 1
+        while e >= 0 {
+            if adoptedEntries.count <= e >> 6 || adoptedEntries[e >> 6] & (1 << UInt64(e & 63)) == 0 { freeHandleEntry(e) }
+            e -= 1
+        }
+        adoptedEntries = []; pointedTo = []; isFree = []
+    }
+
+    /// Whether `handle` is a live object of this class that an object of `count` bytes could be
+    /// (a successor's check of each slot against the rebuilt pool).
+    func isLiveObject(_ handle: ZsHandle, count: Int) -> Bool {
+        lock.withLock {
+            guard handle & ZsHandleCoding.entryMask != 0 else { return false }
+            let entry = ZsHandleCoding.entry(of: handle)
+            guard entry < handleEntriesUsed else { return false }
+            let loc = location(of: handle)
+            guard Int(loc.zspage) < zspageIdsUsed, loc.object < objsPerZspage else { return false }
+            guard isAllocated(loc.zspage, object: loc.object) == handle else { return false }
+            return isHuge ? count <= pageSize : count + zsHandleSize <= size
         }
     }
 

@@ -48,14 +48,16 @@ public final class ZsPool: @unchecked Sendable {
     /// - Throws: when `maxPages` is not in 1..<UInt32.max or the address space cannot be reserved.
     /// - Throws: also for a chain size outside `ZsGeometry.chainSizes`, or when the classes'
     ///   tables cannot be allocated.
-    public init(name: String, chainSize: Int = 8, maxPages: Int, reservePages: Int = 256) throws(PosixError) {
+    ///   - backing: where the pages live; `.memfd` lets a successor process inherit them.
+    public init(name: String, chainSize: Int = 8, maxPages: Int, reservePages: Int = 256,
+                backing: PageBacking = .defaultBacking) throws(PosixError) {
         guard ZsGeometry.chainSizes.contains(chainSize) else {
             throw .message("zspool: chain size \(chainSize) is not in \(ZsGeometry.chainSizes)")
         }
         guard reservePages >= 0 else { throw .message("zspool: reservePages \(reservePages) is negative") }
         self.name = name
         geometry = ZsGeometry(chainSize: chainSize)
-        provider = try PageProvider(maxPages: maxPages, reservePages: reservePages)
+        provider = try PageProvider(maxPages: maxPages, reservePages: reservePages, backing: backing, name: name)
         var built: [SizeClass] = []
         for (position, info) in geometry.classes.enumerated() {
             guard let c = SizeClass(info: info, position: position, provider: provider) else {
@@ -64,6 +66,39 @@ public final class ZsPool: @unchecked Sendable {
             built.append(c)
         }
         classes = built
+    }
+
+    /// A successor's pool: maps the inherited arena and page map (the fds are adopted: closed
+    /// with the pool, or at once if this throws) and rebuilds every size class from them and the object headers (see
+    /// STATE.md). `chainSize`, `maxPages` and `highWater` are the predecessor's; throws, with
+    /// what is wrong, when the pages do not form a consistent pool.
+    public init(adoptingArena arenaFD: Int32, pageMap mapFD: Int32, name: String, chainSize: Int, maxPages: Int,
+                highWater: Int, pagesCompacted: Int, reservePages: Int = 256) throws(PosixError) {
+        guard ZsGeometry.chainSizes.contains(chainSize) else {
+            close(arenaFD); close(mapFD)       // adopted even when refused
+            throw .message("zspool: chain size \(chainSize) is not in \(ZsGeometry.chainSizes)")
+        }
+        self.name = name
+        geometry = ZsGeometry(chainSize: chainSize)
+        provider = try PageProvider(adoptingArena: arenaFD, pageMap: mapFD, maxPages: maxPages,
+                                    reservePages: reservePages, highWater: highWater, name: name)
+        var built: [SizeClass] = []
+        for (position, info) in geometry.classes.enumerated() {
+            guard let c = SizeClass(info: info, position: position, provider: provider) else {
+                throw .message("zspool: out of memory for the size classes' tables")
+            }
+            built.append(c)
+        }
+        classes = built
+        try provider.adopt { (page, word) throws(PosixError) in
+            let position = PageOwner.classPosition(word)
+            guard PageOwner.isWellFormed(word), position < built.count else {
+                throw .message("zspool: page \(page) has a page map word \(word) naming no size class")
+            }
+            try built[position].adoptPage(page, index: PageOwner.index(word), id: PageOwner.id(word))
+        }
+        for c in built { try c.finishAdoption() }
+        pagesCompactedTotal.store(pagesCompacted, ordering: .relaxed)
     }
 
     /// zs_malloc(): room for `size` payload bytes (1...4096); nil when the page cap is reached,
@@ -117,6 +152,24 @@ public final class ZsPool: @unchecked Sendable {
     public var reservePages: Int { provider.reservePages }
     /// Returns the resident reserve to the OS.
     public func trimReserve() { provider.trimReserve() }
+    /// Where the pages live.
+    public var backing: PageBacking { provider.backing }
+    /// The arena's memfd (nil for anonymous memory): what a successor inherits.
+    public var arenaFD: Int32? { provider.shared?.fd }
+    /// Bytes of the memfd arena backed by memory (st_blocks); nil for anonymous memory.
+    public var arenaAllocatedBytes: Int? { provider.arenaAllocatedBytes }
+    /// The page map's memfd (nil for anonymous memory): a successor needs it with the arena.
+    public var pageMapFD: Int32? { provider.pageMap?.fd }
+    /// Pages ever handed out: the part of the arena and page map a successor reads.
+    public var highWater: Int { provider.highWater }
+    /// Whether `handle` is a live object that could hold `count` bytes, in the class malloc picks
+    /// for `count` (a successor checks every slot against its rebuilt pool).
+    public func isLiveObject(_ handle: ZsHandle, count: Int) -> Bool {
+        guard count > 0 && count <= pageSize else { return false }
+        let position = ZsHandleCoding.classPosition(of: handle)
+        guard position < classes.count, position == geometry.classPosition(forAllocation: count) else { return false }
+        return classes[position].isLiveObject(handle, count: count)
+    }
     /// Upper bound on pages set at creation.
     public var maxPages: Int { provider.maxPages }
 

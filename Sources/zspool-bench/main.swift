@@ -1,7 +1,8 @@
 // zspool-bench: throughput of the zsmalloc port, and the page-source choice behind it.
 // Run through scripts/bench.sh (release build). Prints one line per measurement.
 // Arguments (optional, for short runs such as under callgrind): objects (default 400000),
-// churn rounds (default 100), page-source pages (default 65536).
+// churn rounds (default 100), page-source pages (default 65536), pool backing (memfd or anonymous,
+// default the pool's default).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -45,7 +46,9 @@ func argument(_ i: Int, default value: Int) -> Int {
 let objects = argument(1, default: 400_000)
 let churnRounds = argument(2, default: 100)
 let pages = argument(3, default: 65_536)
-let pool = try ZsPool(name: "bench", maxPages: 1 << 20)
+let backing = CommandLine.arguments.count > 4 ? PageBacking(rawValue: CommandLine.arguments[4]) ?? .defaultBacking : .defaultBacking
+print("pool backing: \(backing.rawValue)")
+let pool = try ZsPool(name: "bench", maxPages: 1 << 20, backing: backing)
 var rng = Rng(s: 1)
 let sizes = (0..<objects).map { _ in 200 + Int(rng.next() % 3300) }   // typical lz4 page outputs
 let src = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
@@ -114,6 +117,35 @@ for i in 0..<pages { _ = madvise(arena + i * 4096, 4096, MADV_DONTNEED) }
 let arenaFree = now() - t
 print("page source arena: touch \(Int(arenaTouch / Double(pages) * 1e9)) ns/page, release \(Int(arenaFree / Double(pages) * 1e9)) ns/page (one madvise each), RSS \(Int(rssArena)) -> \(Int(rssMiB())) MiB")
 VirtualMemory.unmap(arena, byteCount: pages * 4096)
+// The same for a memfd (the inheritable arena): shmem faults, then holes punched one page at a time.
+do {
+    let m = try SharedMemory(name: "bench.source", byteCount: pages * 4096)
+    m.disableHugePages()
+    t = now()
+    for i in 0..<pages { (m.base + i * 4096).storeBytes(of: UInt64(i), as: UInt64.self) }
+    let touch = now() - t
+    let held = m.allocatedBytes
+    t = now()
+    for i in 0..<pages { m.release(offset: i * 4096, byteCount: 4096) }
+    let release = now() - t
+    print("page source memfd: touch \(Int(touch / Double(pages) * 1e9)) ns/page, release \(Int(release / Double(pages) * 1e9)) ns/page (one punched hole each), memfd \(held >> 20) -> \(m.allocatedBytes >> 20) MiB")
+    // Faulted in by MADV_POPULATE_WRITE in batches of 64 pages, as the pool does.
+    t = now()
+    var i = 0
+    while i < pages { _ = m.populate(offset: i * 4096, byteCount: min(64, pages - i) * 4096); i += 64 }
+    for i in 0..<pages { (m.base + i * 4096).storeBytes(of: UInt64(i), as: UInt64.self) }
+    print("page source memfd: populate(64)+touch \(Int((now() - t) / Double(pages) * 1e9)) ns/page")
+}
+do {
+    let a = try VirtualMemory.reserve(byteCount: pages * 4096)
+    VirtualMemory.disableHugePages(a, byteCount: pages * 4096)
+    t = now()
+    var i = 0
+    while i < pages { _ = VirtualMemory.populate(a + i * 4096, byteCount: min(64, pages - i) * 4096); i += 64 }
+    for i in 0..<pages { (a + i * 4096).storeBytes(of: UInt64(i), as: UInt64.self) }
+    print("page source arena: populate(64)+touch \(Int((now() - t) / Double(pages) * 1e9)) ns/page")
+    VirtualMemory.unmap(a, byteCount: pages * 4096)
+}
 var ptrs: [UnsafeMutableRawPointer?] = Array(repeating: nil, count: pages)
 let rss0 = rssMiB()
 t = now()
