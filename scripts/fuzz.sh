@@ -57,8 +57,9 @@ if wants config || wants control; then
 	# ArgumentParser or the TLS module.
 	build_module NBD NBD
 	build_module ZsPool ZsPool
-	build_module Codec Codec -I "$root/Sources/CLZ4" -I "$root/Sources/CZstd"
-	build_module ZramDevice ZramDevice -I "$root/Sources/CLZ4" -I "$root/Sources/CZstd"
+	cmods=(-I "$root/Sources/CLZ4" -I "$root/Sources/CZstd" -I "$root/Sources/CZlib")
+	build_module Codec Codec "${cmods[@]}"
+	build_module ZramDevice ZramDevice "${cmods[@]}"
 	daemon=()
 	for f in DaemonError Sizes SizeExpression DeviceSpec TLSSettings ConfigFile ZramGeneratorConfig ShellCommand FileSystem ControlProtocol ControlActions Control; do
 		daemon+=("$root/Sources/ZramDaemon/$f.swift")
@@ -67,9 +68,9 @@ if wants config || wants control; then
 		wants "$target" || continue
 		entry=Fuzz/Fuzz${target^}.swift
 		swiftc -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld -module-name ZramDaemon \
-			-I "$out/mod" -I "$root/Sources/CLZ4" -I "$root/Sources/CZstd" \
+			-I "$out/mod" "${cmods[@]}" \
 			"${daemon[@]}" "$root/$entry" "$root"/Fuzz/FuzzSupport.swift \
-			"$out"/mod/{ZramDevice,Codec,ZsPool,NBD,Posix}.o -llz4 -lzstd -o "$out/$target-fuzz"
+			"$out"/mod/{ZramDevice,Codec,ZsPool,NBD,Posix}.o -llz4 -lzstd -lz -o "$out/$target-fuzz"
 	done
 fi
 # -runs counts every input, the corpus replayed at the start included. A long run trades ASan's

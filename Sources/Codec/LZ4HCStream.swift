@@ -26,10 +26,6 @@ final class LZ4HCStream: CompressionStream {
 
     func decompress(_ source: UnsafeRawPointer, count: Int,
                     intoPage destination: UnsafeMutableRawPointer) -> Bool {
-        guard count > 0, count <= Int(Int32.max) else { return false }
-        let n = LZ4_decompress_safe(source.assumingMemoryBound(to: CChar.self),
-                                    destination.assumingMemoryBound(to: CChar.self),
-                                    Int32(count), Int32(pageSize))
-        return n == Int32(pageSize)
+        LZ4Stream.decompressPage(source, count: count, into: destination)   // one LZ4 format for both
     }
 }

@@ -19,6 +19,11 @@ final class LZ4Stream: CompressionStream {
 
     func decompress(_ source: UnsafeRawPointer, count: Int,
                     intoPage destination: UnsafeMutableRawPointer) -> Bool {
+        Self.decompressPage(source, count: count, into: destination)
+    }
+
+    /// LZ4_decompress_safe of one page: false unless exactly a page comes out.
+    static func decompressPage(_ source: UnsafeRawPointer, count: Int, into destination: UnsafeMutableRawPointer) -> Bool {
         guard count > 0, count <= Int(Int32.max) else { return false }
         let n = LZ4_decompress_safe(source.assumingMemoryBound(to: CChar.self),
                                     destination.assumingMemoryBound(to: CChar.self),

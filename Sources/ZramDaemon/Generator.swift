@@ -188,26 +188,8 @@ public enum Generator {
     /// Whether we run in a container, as zram-generator asks: `systemd-detect-virt --quiet
     /// --container`; false when it cannot be run.
     static func inContainer() -> Bool {
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t(), all = sigset_t()
-        sigemptyset(&empty)
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv = ["systemd-detect-virt", "--quiet", "--container"]
-        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
-        cargs.append(nil)
-        defer { for p in cargs { free(p) } }
-        var pid: pid_t = 0
-        guard posix_spawnp(&pid, argv[0], nil, &attr, cargs, environ) == 0 else { return false }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            guard errno == EINTR else { return false }
-        }
-        return (status & 0x7f) == 0 && (status >> 8) & 0xff == 0
+        guard let pid = try? ShellCommand.spawn(["systemd-detect-virt", "--quiet", "--container"]) else { return false }
+        return ShellCommand.wait(pid) == 0
     }
 
     /// nbd-client connections per device: $ZRAMNBD_CONNECTIONS (as scripts/zramnbd-swap), else

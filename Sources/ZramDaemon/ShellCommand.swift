@@ -11,6 +11,11 @@ enum ShellCommand {
     /// daemon's.
     static func spawn(_ program: String, stdout: Int32? = nil,
                       environment: [String]? = nil) throws(DaemonError) -> pid_t {
+        try spawn(["/bin/sh", "-c", "--", program], stdout: stdout, environment: environment)
+    }
+
+    /// Starts `argv` (argv[0] looked up in $PATH), as `spawn(_:)` starts the shell.
+    static func spawn(_ argv: [String], stdout: Int32? = nil, environment: [String]? = nil) throws(DaemonError) -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -27,7 +32,7 @@ enum ShellCommand {
         posix_spawnattr_setsigmask(&attr, &empty)
         posix_spawnattr_setsigdefault(&attr, &all)
         posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var args: [UnsafeMutablePointer<CChar>?] = (["/bin/sh", "-c", "--", program] as [String]).map { strdup($0) }
+        var args: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
         args.append(nil)
         var env: [UnsafeMutablePointer<CChar>?] = (environment ?? []).map { strdup($0) }
         env.append(nil)
@@ -36,10 +41,19 @@ enum ShellCommand {
             for e in env { free(e) }
         }
         var pid: pid_t = 0
-        let rc = environment == nil ? posix_spawn(&pid, "/bin/sh", &actions, &attr, args, environ)
-            : posix_spawn(&pid, "/bin/sh", &actions, &attr, args, env)
-        guard rc == 0 else { throw .system("cannot run /bin/sh", errno: rc) }
+        let rc = environment == nil ? posix_spawnp(&pid, argv.first ?? "", &actions, &attr, args, environ)
+            : posix_spawnp(&pid, argv.first ?? "", &actions, &attr, args, env)
+        guard rc == 0 else { throw .system("cannot run \(argv.first ?? "nothing")", errno: rc) }
         return pid
+    }
+
+    /// Waits for `pid` (EINTR retried); its exit status as `exitStatus` gives it, nil if waitpid fails.
+    static func wait(_ pid: pid_t) -> Int32? {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            guard errno == EINTR else { return nil }
+        }
+        return exitStatus(status)
     }
 
     /// A wait status as a shell reports it: the exit code, or 128 + N after signal N.
