@@ -20,11 +20,35 @@ final class PostProcessor: @unchecked Sendable {   // @unchecked: the state is g
         let name: String
         let store: any PageStore
         let policy: DeviceSpec.PostProcessingPolicy
-        var nextIdle: Double
-        var nextRecompress: Double
+        var writeback: IdleSchedule
+        var recompress: IdleSchedule
         var nextRefill: Double
+    }
+
+    /// When an idle-driven job (writeback, recompression) is next due: every `period(age)`, and
+    /// on memory pressure at most every `pressureInterval`.
+    private struct IdleSchedule {
+        let age: UInt32?
+        let onPressure: Bool
+        var next: Double
         var lastPressure = -Double.infinity
-        var lastRecompressPressure = -Double.infinity
+
+        init(age: UInt32?, onPressure: Bool, now: Double) {
+            self.age = age
+            self.onPressure = onPressure
+            next = age == nil ? .infinity : now + PostProcessor.period(age)
+        }
+
+        /// The age to mark idle and why, if the job is due now (and when it is due next).
+        mutating func due(now: Double, pressure: Bool) -> (age: UInt32, reason: String)? {
+            if pressure, onPressure, now - lastPressure >= PostProcessor.pressureInterval {
+                lastPressure = now
+                return (age ?? PostProcessor.pressureAge, "memory pressure")
+            }
+            guard let age, now >= next else { return nil }
+            next = now + PostProcessor.period(age)
+            return (age, "idle for \(age) s")
+        }
     }
 
     static let pressureAge: UInt32 = 300
@@ -56,8 +80,8 @@ final class PostProcessor: @unchecked Sendable {   // @unchecked: the state is g
             guard policy.isActive else { return }
             let now = SystemInfo.now()
             entries.append(Entry(name: name, store: store, policy: policy,
-                                 nextIdle: policy.idleAfter == nil ? .infinity : now + Self.period(policy.idleAfter),
-                                 nextRecompress: policy.recompressIdleAfter == nil ? .infinity : now + Self.period(policy.recompressIdleAfter),
+                                 writeback: IdleSchedule(age: policy.idleAfter, onPressure: policy.onPressure, now: now),
+                                 recompress: IdleSchedule(age: policy.recompressIdleAfter, onPressure: policy.recompressOnPressure, now: now),
                                  nextRefill: now + Self.day))
             lock.signal()
         }
@@ -75,7 +99,7 @@ final class PostProcessor: @unchecked Sendable {   // @unchecked: the state is g
         }
     }
 
-    var needsPressureEvents: Bool { lock.withLock { entries.contains { $0.policy.onPressure || $0.policy.recompressOnPressure } } }
+    var needsPressureEvents: Bool { lock.withLock { entries.contains { $0.writeback.onPressure || $0.recompress.onPressure } } }
 
     func start() throws(DaemonError) {
         do { try Threads.spawn(name: "zramnbd-wb") { [self] in loop() } } catch {
@@ -92,7 +116,7 @@ final class PostProcessor: @unchecked Sendable {   // @unchecked: the state is g
 
     private enum Job {
         case refill(UInt64)
-        case idle(UInt32, reason: String)
+        case writeback(UInt32, reason: String)
         case recompress(UInt32, arguments: String, reason: String)
     }
 
@@ -111,25 +135,15 @@ final class PostProcessor: @unchecked Sendable {   // @unchecked: the state is g
                             jobs.append((entries[i].name, entries[i].store, .refill(budget)))
                             entries[i].nextRefill = now + Self.day
                         }
-                        if pressure, p.onPressure, now - entries[i].lastPressure >= Self.pressureInterval {
-                            entries[i].lastPressure = now
-                            jobs.append((entries[i].name, entries[i].store, .idle(p.idleAfter ?? Self.pressureAge, reason: "memory pressure")))
-                        } else if let age = p.idleAfter, now >= entries[i].nextIdle {
-                            entries[i].nextIdle = now + Self.period(p.idleAfter)
-                            jobs.append((entries[i].name, entries[i].store, .idle(age, reason: "idle for \(age) s")))
+                        if let (age, reason) = entries[i].writeback.due(now: now, pressure: pressure) {
+                            jobs.append((entries[i].name, entries[i].store, .writeback(age, reason: reason)))
                         }
-                        if pressure, p.recompressOnPressure, now - entries[i].lastRecompressPressure >= Self.pressureInterval {
-                            entries[i].lastRecompressPressure = now
-                            jobs.append((entries[i].name, entries[i].store,
-                                         .recompress(p.recompressIdleAfter ?? Self.pressureAge, arguments: p.recompressArguments, reason: "memory pressure")))
-                        } else if let age = p.recompressIdleAfter, now >= entries[i].nextRecompress {
-                            entries[i].nextRecompress = now + Self.period(p.recompressIdleAfter)
-                            jobs.append((entries[i].name, entries[i].store,
-                                         .recompress(age, arguments: p.recompressArguments, reason: "idle for \(age) s")))
+                        if let (age, reason) = entries[i].recompress.due(now: now, pressure: pressure) {
+                            jobs.append((entries[i].name, entries[i].store, .recompress(age, arguments: p.recompressArguments, reason: reason)))
                         }
                     }
                     if !jobs.isEmpty { return }
-                    let next = entries.map { min($0.nextIdle, $0.nextRecompress, $0.policy.dailyLimitPages == nil ? .infinity : $0.nextRefill) }.min() ?? .infinity
+                    let next = entries.map { min($0.writeback.next, $0.recompress.next, $0.policy.dailyLimitPages == nil ? .infinity : $0.nextRefill) }.min() ?? .infinity
                     if next == .infinity { lock.wait() } else { _ = lock.wait(until: Clock.deadline(after: next - now)) }
                 }
             }
@@ -149,7 +163,7 @@ final class PostProcessor: @unchecked Sendable {   // @unchecked: the state is g
             } catch {
                 log.warning("\(name): cannot refill the writeback budget: \(error)")
             }
-        case .idle(let age, let reason):
+        case .writeback(let age, let reason):
             runIdle(name, store, age, "writeback", "type=idle", quietPrefix: "wrote back 0 pages", reason: reason)
         case .recompress(let age, let arguments, let reason):
             // Recompressed objects leave holes in their old zspages: compaction gives them back
