@@ -206,6 +206,12 @@ public enum ConfigFile {
             func check<T>(_ body: () throws(DaemonError) -> T) throws(DaemonError) -> T {
                 do { return try body() } catch { throw .config(file: e.file, line: e.line, "\(key): \(error)") }
             }
+            /// The recompression algorithms (and arguments) of an algorithm list, unknown parameters warned about.
+            func takeSecondaries(_ entries: ArraySlice<AlgorithmList.Entry>) throws(DaemonError) {
+                for p in try check({ () throws(DaemonError) in try secondaries(entries, into: &spec) }) {
+                    warnings.append("\(e.file):\(e.line): algorithm parameter '\(p)' is not supported, ignored")
+                }
+            }
             let v = e.value
             switch key {
             case "zram-size":
@@ -244,15 +250,10 @@ public enum ConfigFile {
                     }
                 }
                 // zram-generator's later entries are the recompression algorithms, priority 1 on.
-                for p in try check({ () throws(DaemonError) in try secondaries(list.dropFirst(), into: &spec) }) {
-                    warnings.append("\(e.file):\(e.line): algorithm parameter '\(p)' is not supported, ignored")
-                }
+                try takeSecondaries(list.dropFirst())
             case "recomp-algorithm":
                 spec.recompressionAlgorithms = []
-                let list = try check { () throws(DaemonError) in try AlgorithmList.parse(v) }
-                for p in try check({ () throws(DaemonError) in try secondaries(list[...], into: &spec) }) {
-                    warnings.append("\(e.file):\(e.line): algorithm parameter '\(p)' is not supported, ignored")
-                }
+                try takeSecondaries(try check { () throws(DaemonError) in try AlgorithmList.parse(v) }[...])
             case "recompress-idle-after":
                 spec.postProcessing.recompressIdleAfter = try check { () throws(DaemonError) in try parseDuration(v) }
             case "recompress-on-pressure":
