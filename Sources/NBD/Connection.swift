@@ -29,6 +29,13 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
     }
     private let log: NBDLogger
 
+    /// Where a hand-over parks the engine (NBDServer.suspend).
+    let gate = PauseGate()
+    /// A predecessor's connection, resumed in transmission without a handshake.
+    private let resumed: (session: Session, unread: [UInt8])?
+    /// What the client negotiated, once in transmission; guarded by `lock`.
+    private var session: Session?
+
     private let lock = ConditionLock()
     private var transmitting = false
     private var stopRequested = false
@@ -43,14 +50,42 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
         tlsMode = tls
         self.label = label
         log = server.configuration.logger
+        resumed = nil
     }
 
+    /// A connection a predecessor process handed over, in transmission already.
+    init(server: NBDServer, resuming handed: SuspendedConnection, session: Session, label: String) {
+        self.server = server
+        inFD = handed.fd
+        outFD = handed.fd
+        ownsFDs = true
+        listener = handed.listener
+        tlsMode = .off
+        self.label = label
+        log = server.configuration.logger
+        resumed = (session, handed.unread)
+    }
+
+    /// The connection as a successor resumes it, if it is in transmission without TLS (a TLS
+    /// session's keys cannot leave this process); `unread` comes from the parked engine.
+    func suspended(unread: [UInt8]) -> SuspendedConnection? {
+        lock.withLock {
+            guard let session, tls == nil, !closed else { return nil }
+            return SuspendedConnection(fd: inFD, exportName: session.export.name, structuredReplies: session.structuredReplies,
+                                       metaContextID: session.metaContextID, unread: unread, listener: listener)
+        }
+    }
+
+    /// In transmission through TLS (known once the session began).
+    var usesTLS: Bool { lock.withLock { session != nil && tls != nil } }
+
     func run() {
-        log.info("\(label): new connection")
+        if resumed == nil { log.info("\(label): new connection") }
         let reason: String
-        if let session = negotiate(), server.enterTransmission(self) {
+        if let session = resumed?.session ?? negotiate() {
             log.info("\(label): serving export '\(session.export.name)' (size \(session.size), flags 0x\(String(session.flags.rawValue, radix: 16)), \(session.structuredReplies ? "structured" : "simple") replies\(tls == nil ? "" : ", TLS"))")
             lock.withLock {
+                self.session = session
                 transmitting = true
                 // stop() came while we negotiated: end after this GO like any other connection.
                 if stopRequested { _ = shutdown(inFD, Int32(SHUT_RD)) }
@@ -59,8 +94,11 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
             let engine = ConnectionEngine(inFD: inFD, outFD: outFD, session: session,
                                           maxInFlight: server.configuration.maxInFlight,
                                           busyPoll: server.configuration.busyPoll,
-                                          payloadBudget: server.configuration.payloadBudget, tls: tls, log: log)
+                                          payloadBudget: server.configuration.payloadBudget, tls: tls,
+                                          gate: tls == nil ? gate : nil, unread: resumed?.unread ?? [], log: log)
+            gate.engineStarted()
             reason = engine.run()
+            gate.finished()
         } else {
             reason = server.registryPhase(of: self) == .cut ? "cut while negotiating: newer connections needed the slot"
                 : "negotiation ended"
@@ -129,6 +167,9 @@ final class Connection: @unchecked Sendable {  // @unchecked: mutable fields are
                 step = negotiation.receive(bytes[...])
             }
             for line in step.log { log.debug(line) }
+            // In transmission before the client hears so: a hand-over (NBDServer.suspend) that
+            // finds this connection negotiating may close it, since its client has no GO reply yet.
+            if case .transmission = step.next, !server.enterTransmission(self) { return nil }
             if !step.reply.isEmpty && !send(step.reply, before: deadline) {
                 log.info("\(label): client went away during negotiation")
                 return nil

@@ -57,10 +57,14 @@ final class ConnectionEngine {
     private let iovsCapacity: Int
     /// A send failed: the client is gone, replies are dropped until reading fails too.
     private var broken = false
+    /// Where a hand-over parks this engine between requests (nil: never).
+    private let gate: PauseGate?
 
     init(inFD: Int32, outFD: Int32, session: Session, maxInFlight: Int, busyPoll: Duration = .zero,
-         payloadBudget: PayloadBudget = PayloadBudget(bytes: .max), tls: (any TLSChannel)? = nil, log: NBDLogger) {
+         payloadBudget: PayloadBudget = PayloadBudget(bytes: .max), tls: (any TLSChannel)? = nil,
+         gate: PauseGate? = nil, unread: [UInt8] = [], log: NBDLogger) {
         spare = SpareBuffer(budget: payloadBudget)
+        self.gate = gate
         self.inFD = inFD
         self.outFD = outFD
         rules = RequestRules(session)
@@ -76,6 +80,10 @@ final class ConnectionEngine {
         replies.reserveCapacity(self.maxInFlight)
         iovsCapacity = self.maxInFlight * ReplyBuffer.iovCapacity
         iovs = .allocate(capacity: iovsCapacity)
+        // A predecessor's partial request (at most one request header plus a payload that fits).
+        let carried = min(unread.count, ConnectionEngine.inputCapacity)
+        unread.withUnsafeBytes { b in if let from = b.baseAddress, carried > 0 { input.copyMemory(from: from, byteCount: carried) } }
+        end = carried
     }
 
     deinit {
@@ -216,6 +224,7 @@ final class ConnectionEngine {
     /// Reads more after the unparsed bytes (moved to the front first if the request in progress
     /// would not fit); false on EOF or error.
     private func readMore() -> Bool {
+        if let gate, gate.requested { park(gate) }
         if start == end {
             start = 0
             end = 0
@@ -234,10 +243,24 @@ final class ConnectionEngine {
     }
 
     private func readBlocking() -> Bool {
-        let n = readSome(input + end, ConnectionEngine.inputCapacity - end)
-        guard n > 0 else { return false }
-        end += n
-        return true
+        while true {
+            let n = tls != nil ? readSome(input + end, ConnectionEngine.inputCapacity - end)
+                : read(inFD, input + end, ConnectionEngine.inputCapacity - end)
+            if n < 0 && errno == EINTR {
+                if let gate, gate.requested { park(gate) }
+                continue
+            }
+            guard n > 0 else { return false }
+            end += n
+            return true
+        }
+    }
+
+    /// A hand-over: every request read has been answered (send() runs before every read), so
+    /// only the bytes of a partial request go with the connection.
+    private func park(_ gate: PauseGate) {
+        send()
+        gate.park(unread: Array(UnsafeRawBufferPointer(start: input + start, count: end - start)))
     }
 
     /// What read(2) returns, from the socket or through TLS; EINTR retried.

@@ -91,6 +91,10 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
         var negotiating: [Connection] = []
     }
     private var acceptorRunning = false
+    /// A hand-over is under way (suspend): nothing is accepted and no handshake may end.
+    private var suspended = false
+    /// A successor in this process owns the sockets (relinquish): the acceptor never closes them.
+    private var relinquished = false
     private var stopping = false
     private var stopped = false
 
@@ -262,6 +266,12 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
                 break
             }
             if fds[0].revents != 0 { break }
+            // During a hand-over new clients wait in the backlog, for us or for the successor.
+            let goOn = registry.withLock { () -> Bool in
+                while (suspended && !stopping) || relinquished { registry.wait() }
+                return !stopping
+            }
+            guard goOn else { break }
             for i in 0..<sockets.count where fds[i + 1].revents != 0 {
                 guard let fd = Sockets.accept(sockets[i].fd) else {
                     if errno == EINTR || errno == EAGAIN || errno == ECONNABORTED { continue }
@@ -334,7 +344,7 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
     /// Registers a connection in a slot of its listening socket (none for stdio).
     private func admit(_ c: Connection) -> Admission {
         registry.withLock {
-            guard !stopping else { return .stopping }
+            guard !stopping, !suspended else { return .stopping }
             var cut: Connection?
             if let i = c.listener {
                 let limits = slots[i].limits
@@ -356,7 +366,7 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
     /// it was cut meanwhile (then it must close).
     func enterTransmission(_ c: Connection) -> Bool {
         registry.withLock {
-            guard c.phase == .negotiating else { return false }
+            guard c.phase == .negotiating, !suspended else { return false }
             c.phase = .transmitting
             if let i = c.listener, let k = slots[i].negotiating.firstIndex(where: { $0 === c }) {
                 slots[i].negotiating.remove(at: k)
@@ -378,5 +388,111 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
             }
             registry.broadcast()
         }
+    }
+
+    // MARK: - Hand-over (Handover.swift)
+
+    /// Stops the server between requests for a successor process: nothing more is accepted (new
+    /// clients wait in the listening sockets' backlogs), connections still negotiating are
+    /// closed (their clients reconnect), and every connection in transmission answers what it
+    /// has read and parks. Returns what a successor needs; `resume()` undoes it. Refused, with
+    /// nothing changed, while a connection uses TLS, or when a connection does not park in
+    /// `limit` (then the server resumes).
+    public func suspend(within limit: Duration) throws(NBDError) -> SuspendedServer {
+        registry.lock()
+        guard !stopping, !suspended else {
+            registry.unlock()
+            throw .invalidConfiguration("the server is stopping")
+        }
+        let live = Array(connections.values)
+        if let t = live.first(where: { $0.phase == .transmitting && $0.usesTLS }) {
+            registry.unlock()
+            throw .invalidConfiguration("\(t.label) uses TLS, and a TLS session cannot be handed to another process")
+        }
+        suspended = true
+        let listening = listeners
+        let transmitting = live.filter { $0.phase == .transmitting }
+        let negotiating = live.filter { $0.phase != .transmitting }
+        registry.unlock()
+        for c in negotiating { c.forceClose() }
+        let deadline = Clock.deadline(after: limit.seconds)
+        var parked: [SuspendedConnection] = []
+        for c in transmitting {
+            c.gate.request()
+            switch c.gate.waitSettled(until: deadline) {
+            case .parked(let unread)?:
+                if let s = c.suspended(unread: unread) { parked.append(s) }
+            case .ended?, .running?:
+                break
+            case nil:
+                resume()
+                throw .invalidConfiguration("\(c.label) did not stop between requests within \(limit)")
+            }
+        }
+        // The closed handshakes leave the registry (their threads do not wait on a peer).
+        registry.withLock {
+            while connections.values.contains(where: { $0.phase != .transmitting }) {
+                if !registry.wait(until: deadline) { break }
+            }
+        }
+        return SuspendedServer(listeners: listening.map { SuspendedListener(fd: $0.fd, ownedPath: $0.ownedPath) },
+                               connections: parked)
+    }
+
+    /// After a successful hand-over within this process (tests): the successor owns the sockets
+    /// now, so this server must never touch them again. stop() returns at once; the parked
+    /// connection threads stay parked.
+    public func relinquish() {
+        registry.withLock {
+            relinquished = true
+            stopping = true
+            stopped = true
+        }
+    }
+
+    /// After a failed hand-over: accept again and let every parked connection go on.
+    public func resume() {
+        let live = registry.withLock {
+            suspended = false
+            registry.broadcast()
+            return Array(connections.values)
+        }
+        for c in live { c.gate.resume() }
+    }
+
+    /// A successor takes over a predecessor's parked connections (after `listen` on its
+    /// listening sockets, in the same order). Each goes on in transmission on its own thread;
+    /// one whose export is gone is closed. Returns a line for each connection that could not be
+    /// resumed.
+    public func adopt(_ handed: [SuspendedConnection]) -> [String] {
+        var problems: [String] = []
+        for h in handed {
+            guard let export = configuration.catalog.lookup(h.exportName) else {
+                close(h.fd)
+                problems.append("connection \(h.fd): export '\(h.exportName)' is gone, closed")
+                continue
+            }
+            var h = h
+            if let i = h.listener, i >= registry.withLock({ slots.count }) { h.listener = nil }
+            let session = Session(export: export, structuredReplies: h.structuredReplies, metaContextID: h.metaContextID)
+            let c = Connection(server: self, resuming: h, session: session, label: "connection \(h.fd) (handed over)")
+            guard case .admitted(let cut) = admit(c), enterTransmission(c) else {
+                close(h.fd)
+                problems.append("connection \(h.fd): the server is stopping, closed")
+                continue
+            }
+            cut?.cutNegotiation()
+            do {
+                try Threads.spawn(name: "nbd-conn") { [self] in
+                    c.run()
+                    unregister(c)
+                }
+            } catch {
+                unregister(c)
+                close(h.fd)
+                problems.append("connection \(h.fd): cannot start its thread: \(error)")
+            }
+        }
+        return problems
     }
 }

@@ -14,12 +14,16 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
     case tcp(host: String, port: UInt16)
     /// An already listening socket we inherit (systemd socket activation).
     case listeningSocket(fd: Int32)
+    /// A listening socket a predecessor process of this server handed over (NBDServer.suspend);
+    /// `ownedPath` is its unix socket path, unlinked at stop as if we had created it.
+    case handedOver(fd: Int32, ownedPath: String?)
 
     public var description: String {
         switch self {
         case .unix(let path, _): return "unix:\(path)"
         case .tcp(let host, let port): return "tcp:\(host):\(port)"
         case .listeningSocket(let fd): return "fd:\(fd)"
+        case .handedOver(let fd, let path): return path.map { "unix:\($0)" } ?? "fd:\(fd)"
         }
     }
 
@@ -73,11 +77,13 @@ public struct ListeningSocket: Sendable, CustomStringConvertible {
             case .tcp(let host, let port):
                 let l = try Sockets.listenTCP(host: host, port: port)
                 return ListeningSocket(endpoint: endpoint, fd: l.fd, port: l.port, isTCP: true, ownedPath: nil)
-            case .listeningSocket(let fd):
+            case .listeningSocket(let fd), .handedOver(let fd, _):
                 Sockets.setCloseOnExec(fd)
                 let domain = try Sockets.domain(of: fd)
+                var owned: String?
+                if case .handedOver(_, let path) = endpoint { owned = path }
                 return ListeningSocket(endpoint: endpoint, fd: fd, port: nil,
-                                       isTCP: domain == AF_INET || domain == AF_INET6, ownedPath: nil)
+                                       isTCP: domain == AF_INET || domain == AF_INET6, ownedPath: owned)
             }
         } catch {
             throw NBDError(error)
