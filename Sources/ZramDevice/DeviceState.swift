@@ -50,6 +50,15 @@ public struct DeviceStateHeader: Sendable, Equatable {
     /// The device's counters (mm_stat, io_stat, bd_stat, mem_limit, mem_used_max, ...), in
     /// `counterOrder`.
     var counters: [Int]
+    /// recomp_algorithm's secondary compressors: slots record the priority that produced them,
+    /// so a successor must read them with the same algorithm at the same priority.
+    public var recompressors: [Recompressor] = []
+
+    public struct Recompressor: Sendable, Equatable {
+        public var priority: Int
+        public var algorithm: CompressionAlgorithm
+        public var level: Int32
+    }
 
     /// Version 1's counter order: fixed here, never ZramCounter's declaration order, so adding a
     /// counter to the enum cannot shift the stored ones. New counters are appended (and a
@@ -67,6 +76,8 @@ public struct DeviceStateHeader: Sendable, Equatable {
         static let level = 80, generation = 88, counterCount = 96, checksum = 104
         static let counters = 128, maxCounters = 32
         static let algorithm = 512, name = 544, nameBytes = 256
+        /// Per priority 1...3: a 32-byte algorithm name (empty: none), then its level.
+        static let recompressors = 1024, recompressorBytes = 48
     }
 
     /// Writes the page at `p` (4096 bytes).
@@ -82,6 +93,11 @@ public struct DeviceStateHeader: Sendable, Equatable {
         for (i, v) in counters.enumerated() { put(At.counters + 8 * i, UInt64(bitPattern: Int64(v))) }
         Self.putString(algorithm.rawValue, p + At.algorithm, 32)
         Self.putString(name, p + At.name, At.nameBytes)
+        for r in recompressors where (1..<ZramDevice.maxPriorities).contains(r.priority) {
+            let at = At.recompressors + (r.priority - 1) * At.recompressorBytes
+            Self.putString(r.algorithm.rawValue, p + at, 32)
+            put(at + 32, UInt64(bitPattern: Int64(r.level)))
+        }
         put(At.checksum, Self.checksum(p))
     }
 
@@ -175,10 +191,24 @@ public struct DeviceStateHeader: Sendable, Equatable {
         guard let level = Int32(exactly: level64), algorithm.levelRange.contains(level) else {
             throw .incompatibleState("state level \(level64) is not a \(algorithm.rawValue) level")
         }
+        var recompressors: [Recompressor] = []
+        for priority in 1..<ZramDevice.maxPriorities {
+            let at = At.recompressors + (priority - 1) * At.recompressorBytes
+            let n = getString(p + at, 32)
+            guard !n.isEmpty else { continue }
+            guard let a = CompressionAlgorithm(rawValue: n) else {
+                throw .incompatibleState("state recompresses with \"\(n)\" at priority \(priority), which this zramnbd does not have")
+            }
+            let l64 = Int64(bitPattern: get(at + 32))
+            guard let l = Int32(exactly: l64), a.levelRange.contains(l) else {
+                throw .incompatibleState("state level \(l64) at priority \(priority) is not a \(n) level")
+            }
+            recompressors.append(Recompressor(priority: priority, algorithm: a, level: l))
+        }
         return DeviceStateHeader(name: getString(p + At.name, At.nameBytes), pageSize: ps, chainSize: chain,
                                  diskSize: disk, pageCount: pages, poolMaxPages: maxPages, poolHighWater: highWater,
                                  pagesCompacted: compacted, algorithm: algorithm, level: level,
-                                 generation: get(At.generation), counters: counters)
+                                 generation: get(At.generation), counters: counters, recompressors: recompressors)
     }
 }
 
@@ -187,7 +217,7 @@ extension ZramDevice {
     /// them; close-on-exec, the hand-over clears it). Runs with I/O quiesced, so the header and
     /// the memfds agree; the header describes the device as of this call, and a successor must
     /// attach before the device serves again (the hand-over stops I/O first). Refused for
-    /// anonymous memory and for state not carried over yet (a backing device, recompression).
+    /// anonymous memory and for state not carried over yet (a backing device).
     public func exportState() throws(ZramError) -> DeviceStateFDs {
         try quiesce.exclusive { () throws(ZramError) -> DeviceStateFDs in
             let pool = storage.pool
@@ -196,9 +226,6 @@ extension ZramDevice {
             }
             guard storage.backing == nil else {
                 throw .incompatibleState("\(name): a backing device's state is not carried over yet")
-            }
-            guard storage.recompressors.allSatisfy({ $0 == nil }) else {
-                throw .incompatibleState("\(name): recompression algorithms are not carried over yet")
             }
             if stateHeader == nil {
                 do { stateHeader = try SharedMemory(name: "\(name).state", byteCount: DeviceStateHeader.bytes) } catch {
@@ -211,7 +238,10 @@ extension ZramDevice {
                 name: name, pageSize: pageSize, chainSize: chainSize, diskSize: diskSize, pageCount: pageCount,
                 poolMaxPages: pool.maxPages, poolHighWater: pool.highWater, pagesCompacted: pool.pagesCompacted,
                 algorithm: storage.streams.algorithm, level: storage.streams.level, generation: generation,
-                counters: DeviceStateHeader.counterOrder.map { counters.load($0) })
+                counters: DeviceStateHeader.counterOrder.map { counters.load($0) },
+                recompressors: storage.recompressors.enumerated().compactMap { p, r in
+                    r.map { DeviceStateHeader.Recompressor(priority: p, algorithm: $0.algorithm, level: $0.level) }
+                })
             h.store(to: header.base)
             var fds = DeviceStateFDs(header: -1, slots: -1, arena: -1, pageMap: -1)
             do throws(PosixError) {

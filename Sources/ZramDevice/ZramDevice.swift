@@ -183,7 +183,10 @@ public final class ZramDevice: @unchecked Sendable {
         } catch {
             throw .incompatibleState("pool: \(error)")
         }
-        storage = Storage(pool: pool, streams: try CompressionStreams(algorithm: h.algorithm, level: h.level), backing: nil)
+        var recompressors = [CompressionStreams?](repeating: nil, count: Self.maxPriorities)
+        for r in h.recompressors { recompressors[r.priority] = try CompressionStreams(algorithm: r.algorithm, level: r.level) }
+        storage = Storage(pool: pool, streams: try CompressionStreams(algorithm: h.algorithm, level: h.level), backing: nil,
+                          recompressors: recompressors)
         for (i, c) in DeviceStateHeader.counterOrder.enumerated() { counters.store(c, h.counters[i]) }
         generation = h.generation
         try verifyAttached()

@@ -71,6 +71,25 @@ import Testing
         #expect(third.stats().mmStatText == successor.stats().mmStatText)
     }
 
+    /// Recompressed pages record their priority: the successor has the same secondary
+    /// algorithms at the same priorities, reads them back, and keeps the busy rule.
+    @Test func recompressionAlgorithmsCarryOver() throws {
+        let (dev, shadow) = try populatedDevice()
+        try dev.setRecompressionAlgorithm(.zstd, level: 5, priority: 1)
+        try dev.setRecompressionAlgorithm(.deflate, priority: 3)
+        try dev.markIdle(olderThan: nil)
+        let report = try dev.recompress(try RecompressRequest.parse("type=idle"))
+        #expect(report.recompressed > 0)
+        let successor = try ZramDevice(attaching: try dev.exportState())
+        #expect(successor.recompAlgorithmText == dev.recompAlgorithmText)
+        #expect(successor.recompressionAlgorithms.map { "\($0.priority) \($0.algorithm) \($0.level)" } == ["1 zstd 5", "3 deflate 6"])
+        let got = Buffer(dev.diskSize)
+        try successor.read(got, at: 0)
+        #expect(memcmp(got.base, shadow.base, dev.diskSize) == 0)
+        #expect(successor.stats().mmStatText == dev.stats().mmStatText)
+        #expect(throws: ZramError.busy) { try successor.setRecompressionAlgorithm(.lz4, priority: 1) }
+    }
+
     /// Rewrites one word of an exported header, keeping the checksum right unless told not to.
     func tamper(_ fd: Int32, at offset: Int, _ value: UInt64, fixChecksum: Bool = true) {
         let p = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
