@@ -111,4 +111,9 @@ public final class ReadWriteLock: @unchecked Sendable {
         defer { pthread_rwlock_unlock(rwlock) }
         return try body()
     }
+
+    /// Explicit exclusive locking, for a hold that outlives one call (a device frozen for a
+    /// hand-over until the process execs, or until `unlock` after a failed one).
+    public func lockExclusive() { pthread_rwlock_wrlock(rwlock) }
+    public func unlock() { pthread_rwlock_unlock(rwlock) }
 }

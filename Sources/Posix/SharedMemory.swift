@@ -40,6 +40,40 @@ public final class SharedMemory: @unchecked Sendable {
         self.byteCount = byteCount
     }
 
+    /// A bare memfd holding `bytes` (close-on-exec), unmapped: what a process passes to the one
+    /// it execs (the hand-over manifest). The caller owns the fd.
+    public static func file(name: String, holding bytes: [UInt8]) throws(PosixError) -> Int32 {
+        let fd = c_memfd_create(name, mfdCloexec)
+        guard fd >= 0 else { throw .lastError("memfd_create \(name)") }
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                let e = PosixError.lastError("write memfd \(name)")
+                close(fd)
+                throw e
+            }
+            done += n
+        }
+        return fd
+    }
+
+    /// What `file(name:holding:)` holds (at most `limit` bytes); nil if it cannot be read.
+    public static func contents(of fd: Int32, limit: Int = 64 << 20) -> [UInt8]? {
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size >= 0, Int(st.st_size) <= limit else { return nil }
+        var out = [UInt8](repeating: 0, count: Int(st.st_size))
+        var done = 0
+        while done < out.count {
+            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return nil }
+            done += n
+        }
+        return out
+    }
+
     /// Maps an inherited memfd (a successor's side). `fd` is adopted: closed with the object, or
     /// at once if this throws. Refuses a file smaller than `byteCount`: its state would not fit.
     public init(adopting fd: Int32, byteCount: Int, name: String) throws(PosixError) {

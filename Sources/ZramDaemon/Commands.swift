@@ -18,7 +18,7 @@ public struct Zramnbd: ParsableCommand {
             `zramnbd ctl`.
             """,
         version: BuildInfo.version,
-        subcommands: [Serve.self, Status.self, Ctl.self, Generate.self])
+        subcommands: [Serve.self, Status.self, Ctl.self, Generate.self, HandoverCheck.self])
 
     public init() {}
 
@@ -570,6 +570,16 @@ struct Status: ParsableCommand {
     }
 }
 
+// MARK: handover-check
+
+/// What a daemon asks the binary it is about to exec at an upgrade: which hand-over and state
+/// formats it reads (Upgrade.preflight). Not for people, so not in the help.
+struct HandoverCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "handover-check", shouldDisplay: false)
+
+    func run() throws { FileSystem.writeAll(1, Upgrade.formats + "\n") }
+}
+
 // MARK: ctl
 
 struct Ctl: ParsableCommand {
@@ -579,16 +589,25 @@ struct Ctl: ParsableCommand {
 
     @Option(help: ArgumentHelp("Control socket of the daemon.", valueName: "path"))
     var controlSocket: String = DaemonSettings.defaultControlSocket
-    @Argument(help: "Device name, e.g. zram0.")
+    @Option(help: ArgumentHelp("With `ctl upgrade`: the binary to exec (default: the daemon's own path).", valueName: "path"))
+    var binary: String?
+    @Argument(help: "Device name, e.g. zram0 (or `upgrade [--binary PATH]`: exec a new binary with every device and connection).")
     var device: String
     @Argument(help: "Action (see below).")
-    var action: String
+    var action: String = ""
     @Argument(parsing: .allUnrecognized, help: "Arguments of the action (may start with -, e.g. a size to refuse).")
     var arguments: [String] = []
 
     /// The request: the words `ACTION DEVICE ARGS...`, as the control socket would read them.
     func request() throws(DaemonError) -> ControlRequest {
-        try ControlAction.request([action, device] + arguments, from: .ctl)
+        if device == "upgrade" {
+            // The daemon's own action, not a device's: `ctl upgrade [--binary PATH]`.
+            guard action.isEmpty, arguments.isEmpty else { throw .invalidValue("usage: zramnbd ctl upgrade [--binary PATH]") }
+            return .upgrade(binary)
+        }
+        guard binary == nil else { throw .invalidValue("--binary goes with `ctl upgrade` only") }
+        guard !action.isEmpty else { throw .invalidValue("\(device): which action? (\(ControlAction.all.map(\.name).joined(separator: ", ")))") }
+        return try ControlAction.request([action, device] + arguments, from: .ctl)
     }
 
     func run() throws {

@@ -205,6 +205,14 @@ final class ControlServer {
     /// stale socket file (nobody accepts on it) is replaced; a live one is an error, so two
     /// daemons never steal each other's socket; anything else at the path (a file, a link) is
     /// refused and left alone. Missing directories are created.
+    /// The control socket a predecessor handed over at an upgrade (`fd` listens on `path`).
+    init(adopting fd: Int32, path: String) {
+        self.path = path
+        self.fd = fd
+        Sockets.setCloseOnExec(fd)
+        socketFile = FileSystem.identity(path)
+    }
+
     init(path: String) throws(DaemonError) {
         self.path = path
         do { _ = try Sockets.unixAddress(path) } catch { throw DaemonError(error) }  // before any mkdir
@@ -215,11 +223,14 @@ final class ControlServer {
     }
 
     /// Serves connections on `threads` worker threads with `handler` until `close`.
-    func start(threads: Int = PeerLimits.workers, _ handler: @escaping @Sendable (ControlRequest) -> ControlReply) throws(DaemonError) {
+    /// `upgrade`: serves `upgrade` requests with the connection's descriptor (the successor
+    /// process answers it); without it they go to `handler` like any other.
+    func start(threads: Int = PeerLimits.workers, _ handler: @escaping @Sendable (ControlRequest) -> ControlReply,
+               upgrade: (@Sendable (String?, Int32) -> ControlReply)? = nil) throws(DaemonError) {
         // The control socket is how an operator sees and fixes a daemon that is out of
         // descriptors, so it keeps one back.
         workers = try ConnectionWorkers(name: "zramnbd-ctl", listener: fd, count: threads, reserveDescriptor: true) { conn in
-            ControlServer.serve(conn, handler)
+            ControlServer.serve(conn, handler, upgrade: upgrade)
         }
     }
 
@@ -231,7 +242,8 @@ final class ControlServer {
     }
 
     /// One request and its reply, within the connection limits.
-    static func serve(_ conn: PeerConnection, _ handler: (ControlRequest) -> ControlReply) {
+    static func serve(_ conn: PeerConnection, _ handler: (ControlRequest) -> ControlReply,
+                      upgrade: ((String?, Int32) -> ControlReply)? = nil) {
         let start = SystemInfo.now()
         // The socket mode already keeps others out; the credential check also covers a socket
         // directory someone made world-writable. The refusal is sent without reading the request.
@@ -245,7 +257,16 @@ final class ControlServer {
             return
         }
         let reply: ControlReply
-        do throws(DaemonError) { reply = handler(try ControlRequest.parse(String(decoding: line, as: UTF8.self))) } catch { reply = .error(error.description) }
+        do throws(DaemonError) {
+            let request = try ControlRequest.parse(String(decoding: line, as: UTF8.self))
+            if case .upgrade(let binary) = request, let upgrade {
+                reply = upgrade(binary, conn.fd)
+            } else {
+                reply = handler(request)
+            }
+        } catch {
+            reply = .error(error.description)
+        }
         conn.write(reply.text, until: SystemInfo.now() + PeerLimits.reply)
     }
 

@@ -25,6 +25,8 @@ public enum ControlRequest: Equatable, Sendable {
     /// Writes zram attribute NAME (its sysfs name: `writeback`, `idle`, ...) of DEVICE with the
     /// words one would echo into the file; `block_state` reads one.
     case attribute(String, name: String, [String])
+    /// The daemon execs BINARY (nil: its own) with every device and connection (Upgrade.swift).
+    case upgrade(String?)
 
     public static func == (a: ControlRequest, b: ControlRequest) -> Bool { a.line == b.line }
 
@@ -42,6 +44,7 @@ public enum ControlRequest: Equatable, Sendable {
         case .attach(let d, let nbd): return nbd.map { "attach \(d) \(ControlRecord.escape($0))" } ?? "detach \(d)"
         case .attribute(let d, let name, let words):
             return ([ControlAction.actionName(sysfs: name), d] + words.map(ControlRecord.escape)).joined(separator: " ")
+        case .upgrade(let binary): return binary.map { "upgrade " + ControlRecord.escape($0) } ?? "upgrade"
         }
     }
 
@@ -56,6 +59,10 @@ public enum ControlRequest: Equatable, Sendable {
             let devices = Array(words.dropFirst())
             for d in devices { try DeviceSpec.validateName(d) }
             return .status(devices)
+        }
+        if words.first == "upgrade" {
+            guard words.count <= 2 else { throw .invalidValue("upgrade takes at most one binary path") }
+            return .upgrade(words.count == 2 ? words[1] : nil)
         }
         return try ControlAction.request(words, from: .wire)
     }

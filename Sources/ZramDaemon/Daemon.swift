@@ -23,7 +23,7 @@ import Glibc
 #endif
 import Posix
 
-public final class Daemon {
+public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `host` is reached through SharedHost once shared
     let settings: DaemonSettings
     let host: DeviceHost
     let log: Log
@@ -60,17 +60,34 @@ public final class Daemon {
         var control: ControlServer?
         var metrics: MetricsServer?
         var status = ""
+        // A predecessor's devices and connections when this process is the binary it exec'd
+        // at an upgrade (Upgrade.swift), and the answer for its ctl connection.
+        var upgraded: (reply: ControlReply, fd: Int32?)?
         do {
+            let incoming = try Upgrade.incoming()
             try host.preparePublishing()
-            for spec in settings.devices { try host.add(spec) }
+            if let incoming {
+                upgraded = (try takeOver(incoming), incoming.manifest.replyFD)
+            } else {
+                for spec in settings.devices { try host.add(spec) }
+            }
             try policy.start()
             try host.exportUnclaimedSockets()
-            if let path = settings.controlSocket { control = try ControlServer(path: path) }
+            if let path = settings.controlSocket {
+                if let fd = incoming?.manifest.controlFD, incoming?.manifest.controlPath == path {
+                    control = ControlServer(adopting: fd, path: path)
+                } else {
+                    if let fd = incoming?.manifest.controlFD { close(fd) }
+                    control = try ControlServer(path: path)
+                }
+            }
             if let m = settings.metricsListen { metrics = try MetricsServer(address: try HostPort.parse(m)) }
             status = host.summary()
             log.info("ready: \(host.deviceNames.count) device(s)\(control.map { ", control socket " + $0.path } ?? "")")
             // From here on the host is shared with the workers.
-            try control?.start { request in shared.handle(request) }
+            let socket = control.map { (fd: $0.fd, path: $0.path) }
+            try control?.start({ request in shared.handle(request) },
+                               upgrade: { [self] binary, fd in upgrade(binary, reply: fd, shared: shared, control: socket) })
             try metrics?.start { shared.with { $0.prometheusText() } }
         } catch {
             control?.close()
@@ -82,7 +99,8 @@ public final class Daemon {
             control?.close()
             metrics?.close()
         }
-        notifier.notify("READY=1\nSTATUS=\(status)")
+        notifier.notify("READY=1\n\(upgraded == nil ? "" : "MAINPID=\(getpid())\n")STATUS=\(status)")
+        if let u = upgraded { Upgrade.answer(u.fd, u.reply) }
 
         // Serving: now the pid file, the URIs and the command, in that order (the command may
         // read both).

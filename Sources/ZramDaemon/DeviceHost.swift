@@ -90,6 +90,9 @@ public final class DeviceHost {
 
     public var deviceNames: [String] { devices.map(\.spec.name) }
 
+    /// Activated sockets no device claimed serve every device (not handed over at an upgrade).
+    var hasSharedExport: Bool { sharedExport != nil }
+
     func device(_ name: String) throws(DaemonError) -> HostedDevice {
         guard let d = devices.first(where: { $0.spec.name == name }) else {
             throw .device("no device '\(name)' (have: \(deviceNames.isEmpty ? "none" : deviceNames.joined(separator: ", ")))")
@@ -228,6 +231,8 @@ public final class DeviceHost {
             d.nbdDevice = nbd
             publish(d, force: true)
             return []
+        case .upgrade:
+            throw .device("upgrade: only a running daemon's control socket can do that")
         case .attribute(let name, let attribute, let words):
             let store = try device(name).store
             return try finishAttribute(name, attribute, words, Result { () throws(DaemonError) in

@@ -87,6 +87,13 @@ public final class ZramDeviceFactory: DeviceFactory {
     /// `socket` matches serves on it; the rest serve every device.
     private var activated: [(fd: Int32, path: String?)]
 
+    /// Listening sockets a predecessor handed over, by device: its export serves on them
+    /// instead of opening its endpoints (which the sockets already are).
+    private var inherited: [String: [SuspendedListener]] = [:]
+
+    /// The listening sockets of device `name` come from a predecessor (an upgrade).
+    func inherit(_ name: String, _ listeners: [SuspendedListener]) { inherited[name] = listeners }
+
     let busyPoll: Duration
     let handshakeLimit: Duration
     /// One budget for the connections of every device.
@@ -140,7 +147,9 @@ public final class ZramDeviceFactory: DeviceFactory {
         guard let zram = store as? ZramPageStore else { throw .device("\(spec.name): not a zram store") }
         try tls.check(spec)  // devices added at run time (ctl add) get the start-up rules
         var endpoints: [Endpoint] = []
-        if let path = spec.socket {
+        if let handed = inherited.removeValue(forKey: spec.name) {
+            endpoints = handed.map { .handedOver(fd: $0.fd, ownedPath: $0.ownedPath) }
+        } else if let path = spec.socket {
             if let i = activated.firstIndex(where: { $0.path == path }) {
                 endpoints.append(.listeningSocket(fd: activated[i].fd))
                 activated.remove(at: i)
@@ -151,7 +160,7 @@ public final class ZramDeviceFactory: DeviceFactory {
                 endpoints.append(.unix(path: path, mode: 0o600))
             }
         }
-        if let l = spec.listen {
+        if let l = spec.listen, endpoints.allSatisfy({ if case .handedOver = $0 { false } else { true } }) {
             let hp = try HostPort.parse(l)
             endpoints.append(.tcp(host: hp.host, port: hp.port))
         }

@@ -48,6 +48,24 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
         }
     }
 
+    /// A predecessor's device (an upgrade), from its state memfds: the data, counters and
+    /// algorithms come from the state; the spec's writeback settings are applied again (a
+    /// device with a backing device is not handed over yet).
+    init(attaching fds: DeviceStateFDs, spec: DeviceSpec) throws(DaemonError) {
+        do {
+            device = try ZramDevice(attaching: fds)
+            try device.setCompressedWriteback(spec.compressedWriteback)
+            try device.setWritebackPacking(spec.writebackPacking)
+            try device.setWritebackBatchSize(spec.writebackBatchSize)
+            device.setWritebackLimit(spec.writebackLimit)
+            device.setWritebackLimitEnabled(spec.writebackLimitEnable)
+        } catch {
+            throw .device("\(spec.name): \(ZramPageStore.describe(error))")
+        }
+        guard device.name == spec.name else { throw .device("\(spec.name): the state is device \(device.name)'s") }
+        size = UInt64(device.diskSize)
+    }
+
     static func describe(_ e: ZramError) -> String {
         switch e {
         case .outOfRange: return "range outside the device"

@@ -218,8 +218,27 @@ extension ZramDevice {
     /// the memfds agree; the header describes the device as of this call, and a successor must
     /// attach before the device serves again (the hand-over stops I/O first). Refused for
     /// anonymous memory and for state not carried over yet (a backing device).
-    public func exportState() throws(ZramError) -> DeviceStateFDs {
-        try quiesce.exclusive { () throws(ZramError) -> DeviceStateFDs in
+    ///
+    /// `freeze`: keep the device quiesced afterwards (every request and run waits) so nothing can
+    /// change what the header describes before the process execs its successor; `thaw()` after a
+    /// failed hand-over. The freezing thread must not touch the device until then.
+    public func exportState(freeze: Bool = false) throws(ZramError) -> DeviceStateFDs {
+        quiesce.lockExclusive()
+        do {
+            let fds = try exportQuiesced()
+            if !freeze { quiesce.unlock() }
+            return fds
+        } catch {
+            quiesce.unlock()
+            throw error
+        }
+    }
+
+    /// Ends `exportState(freeze: true)`: the device serves again in this process.
+    public func thaw() { quiesce.unlock() }
+
+    private func exportQuiesced() throws(ZramError) -> DeviceStateFDs {
+        do {
             let pool = storage.pool
             guard let slotsMemory = slots.shared, let arena = pool.arenaFD, let map = pool.pageMapFD else {
                 throw .incompatibleState("\(name): its memory is anonymous (backing \(backing.rawValue)); only memfd state can be handed over")
