@@ -26,6 +26,8 @@ enum Upgrade {
     static let manifestVariable = "ZRAMNBD_HANDOVER"
     /// Set when a successor gave up and execs the previous binary: why.
     static let failureVariable = "ZRAMNBD_HANDOVER_FAILED"
+    /// Tests: the next successor refuses the state as if it could not attach it.
+    static let refuseVariable = "ZRAMNBD_TEST_REFUSE_TAKEOVER"
     /// What `zramnbd handover-check` prints: the formats this binary reads.
     static var formats: String { "zramnbd-handover \(HandoverManifest.version) state \(DeviceStateHeader.layoutVersion)" }
     /// How long connections get to answer what they have read and park.
@@ -147,6 +149,7 @@ extension Daemon {
             target = try Upgrade.target(requested)
             try Upgrade.preflight(target)
         } catch {
+            log.error("upgrade refused, serving on: \(error)")
             return .error(error.description)
         }
         return shared.with { host in
@@ -225,6 +228,10 @@ extension Daemon {
         let m = incoming.manifest
         let failure = getenv(Upgrade.failureVariable).map { String(cString: $0) }
         unsetenv(Upgrade.failureVariable)
+        // Tests make one successor refuse, to see the previous binary take over again; read
+        // once, so that binary (exec'd with this environment) does not refuse too.
+        let refuse = getenv(Upgrade.refuseVariable) != nil
+        unsetenv(Upgrade.refuseVariable)
         // Attaching only reads the state: until every device is attached, the previous binary
         // can still take it all back.
         var stores: [ZramPageStore] = []
@@ -243,6 +250,7 @@ extension Daemon {
                 }
                 stores.append(try ZramPageStore(attaching: copy, spec: d.spec))
             }
+            if refuse { throw DaemonError.device("\(Upgrade.refuseVariable) is set") }
         } catch {
             guard failure == nil, let previous = m.fallbackFD else {
                 let why = failure.map { "the upgrade failed (\($0)), and the previous binary cannot attach either: \(error)" } ?? "\(error)"
