@@ -24,6 +24,7 @@ struct InstallTests {
         #expect(ZramGeneratorConfig.readLink(dir.file("gen/zramnbd-generator")) == prefix + "/bin/zramnbd")
         let service = try #require(dir.read("units/zramnbd.service"))
         #expect(service.contains("ExecStart=\(prefix)/bin/zramnbd serve\n"))
+        #expect(service.contains("ExecReload=\(prefix)/bin/zramnbd ctl upgrade\n"))
         #expect(service.contains("Type=notify\n") && service.contains("LimitMEMLOCK=infinity\n")
                 && service.contains("OOMScoreAdjust=-1000\n"))
         let setup = try #require(dir.read("units/zramnbd-setup@.service"))

@@ -81,7 +81,7 @@ import TestSupport
         let daemon = try RunningDaemon(dir, size: "1G", extra: ["-v", "--handshake-limit", "0", "--backing-dev", dir.file("backing"),
                                                                  "--writeback-idle-after", "2"])
         let result = try Subprocess.run(["/bin/bash", Self.packageRoot + "/scripts/kernel-nbd.sh", daemon.socket,
-                                         Self.packageRoot + "/scripts/kernel-nbd/swap-writeback.sh"],
+                                         Self.packageRoot + "/scripts/kernel-nbd/swap-host.sh"],
                                         outputPrefix: dir.file("suite"),
                                         environment: ["KNBD_EXPORT": "zram0", "KNBD_TIMEOUT": "800"], timeout: .seconds(840))
         let lines = result.stdout.split(separator: "\n")

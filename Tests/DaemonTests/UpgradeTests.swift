@@ -130,6 +130,46 @@ import ZramDevice
         #expect(daemon.stop() == .exited(0))
     }
 
+    /// The kernel's own NBD client swapping (memfill, 2 x guest RAM, every word verified) while
+    /// the host daemon is upgraded twice mid-run: memfill's check passes and the guest kernel
+    /// logs no NBD or I/O error (scripts/kernel-nbd/swap-host.sh). Skips with a reason where
+    /// ../shared or qemu is absent.
+    @Test(.timeLimit(.minutes(15)))
+    func linuxKernelClientSwapsAcrossTwoUpgrades() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let daemon = try RunningDaemon(dir, size: "1G", extra: ["-v", "--handshake-limit", "0"])
+        let binary = try copyOfBinary(dir)
+        let guest = try Subprocess(["/bin/bash", Self.packageRoot + "/scripts/kernel-nbd.sh", daemon.socket,
+                                    Self.packageRoot + "/scripts/kernel-nbd/swap-host.sh"],
+                                   outputPrefix: dir.file("guest"), environment: ["KNBD_EXPORT": "zram0", "KNBD_TIMEOUT": "800"])
+        /// NBD writes so far (the guest's swap-outs arrive as writes).
+        func writes() -> UInt64 {
+            let show = (try? daemon.ctl(["show"]).stdout) ?? ""
+            return show.split(separator: "\n").first { $0.hasPrefix("nbd_writes=") }.flatMap { UInt64($0.dropFirst(11)) } ?? 0
+        }
+        var upgrades: [String] = []
+        var next: UInt64 = 3000   // swapping is well under way
+        let deadline = ContinuousClock.now + .seconds(840)
+        while guest.termination == nil, ContinuousClock.now < deadline {
+            if upgrades.count < 2, writes() >= next {
+                let r = try upgrade(daemon, ["--binary", binary])
+                upgrades.append(r.succeeded ? String(r.stdout.split(separator: "\n").first ?? "") : "FAILED: \(r.stderr)")
+                next = writes() + 3000
+            }
+            _ = guest.wait(timeout: .milliseconds(500))
+        }
+        let finished = guest.wait(timeout: .seconds(5))
+        let out = guest.stdout
+        print(out.split(separator: "\n").last.map(String.init) ?? "(no output)")
+        print(upgrades.joined(separator: "\n"))
+        #expect(finished == .exited(0), "\(out.suffix(3000))\n\(guest.stderr.suffix(2000))\n\(daemon.process.stderr.suffix(2000))")
+        if out.contains("SKIP") { return }
+        #expect(upgrades.count == 2 && upgrades.allSatisfy { $0.contains("1 connection(s) resumed") }, "\(upgrades)")
+        #expect(out.contains("RESULT swap-host: OK"), "\(out.suffix(3000))")
+        #expect(daemon.stop() == .exited(0))
+    }
+
     /// Every spec field survives the manifest, and so does every manifest field.
     @Test func manifestRoundTrip() throws {
         var spec = DeviceSpec.standard(name: "zram7", diskSize: 3 << 30)
