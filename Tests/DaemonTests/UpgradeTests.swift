@@ -143,19 +143,22 @@ import ZramDevice
         let guest = try Subprocess(["/bin/bash", Self.packageRoot + "/scripts/kernel-nbd.sh", daemon.socket,
                                     Self.packageRoot + "/scripts/kernel-nbd/swap-host.sh"],
                                    outputPrefix: dir.file("guest"), environment: ["KNBD_EXPORT": "zram0", "KNBD_TIMEOUT": "800"])
-        /// NBD writes so far (the guest's swap-outs arrive as writes).
-        func writes() -> UInt64 {
+        /// NBD requests served by this process (the counters are the daemon's own: an upgrade
+        /// restarts them). memfill's 400 MiB go out as about 3200 writes, then come back as reads.
+        func requests() -> UInt64 {
             let show = (try? daemon.ctl(["show"]).stdout) ?? ""
-            return show.split(separator: "\n").first { $0.hasPrefix("nbd_writes=") }.flatMap { UInt64($0.dropFirst(11)) } ?? 0
+            func field(_ k: String) -> UInt64 {
+                show.split(separator: "\n").first { $0.hasPrefix(k + "=") }.flatMap { UInt64($0.dropFirst(k.count + 1)) } ?? 0
+            }
+            return field("nbd_writes") + field("nbd_reads")
         }
         var upgrades: [String] = []
-        var next: UInt64 = 3000   // swapping is well under way
         let deadline = ContinuousClock.now + .seconds(840)
         while guest.termination == nil, ContinuousClock.now < deadline {
-            if upgrades.count < 2, writes() >= next {
+            // Once mid swap-out, once more after as many requests again (in the swap-in, usually).
+            if upgrades.count < 2, requests() >= 1500 {
                 let r = try upgrade(daemon, ["--binary", binary])
                 upgrades.append(r.succeeded ? String(r.stdout.split(separator: "\n").first ?? "") : "FAILED: \(r.stderr)")
-                next = writes() + 3000
             }
             _ = guest.wait(timeout: .milliseconds(500))
         }
