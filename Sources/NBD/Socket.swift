@@ -39,17 +39,28 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
 
     /// `systemdSockets` for this process; also clears LISTEN_* so children don't inherit them.
     public static func systemdSockets() -> [Endpoint] {
+        systemdDescriptors().map { .listeningSocket(fd: $0.fd) }
+    }
+
+    /// Every descriptor systemd passed (LISTEN_FDS), with its LISTEN_FDNAMES name ("" if none):
+    /// sockets of socket units, and whatever the service put into its fd store (FDSTORE=1).
+    /// Clears LISTEN_* so children don't inherit them.
+    public static func systemdDescriptors() -> [(fd: Int32, name: String)] {
         var env: [String: String] = [:]
-        for key in ["LISTEN_PID", "LISTEN_FDS"] {
+        for key in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
             if let v = getenv(key) { env[key] = String(cString: v) }
         }
-        let sockets = systemdSockets(environment: env, pid: getpid())
-        if !sockets.isEmpty {
+        let fds = systemdSockets(environment: env, pid: getpid()).compactMap { e -> Int32? in
+            if case .listeningSocket(let fd) = e { return fd }
+            return nil
+        }
+        if !fds.isEmpty {
             unsetenv("LISTEN_PID")
             unsetenv("LISTEN_FDS")
             unsetenv("LISTEN_FDNAMES")
         }
-        return sockets
+        let names = (env["LISTEN_FDNAMES"] ?? "").split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        return fds.enumerated().map { (i, fd) in (fd, i < names.count ? names[i] : "") }
     }
 }
 

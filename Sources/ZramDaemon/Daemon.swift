@@ -54,6 +54,11 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
             // Before the devices: their memory is locked as it is touched (MCL_FUTURE).
             for p in SwapSafety.apply() { log.warning(p) }
         }
+        // The fd store only where systemd has one for us: it says so in $FDSTORE (systemd 254+;
+        // the unit sets it for older ones).
+        if let n = getenv("FDSTORE").flatMap({ Int(String(cString: $0)) }), n > 0, notifier.enabled {
+            host.fdStore = FDStore(notifier: notifier, log: log)
+        }
         let shared = SharedHost(host)
         let policy = PostProcessor(log: log) { name in shared.with { $0.publish(named: name) } }
         host.postProcessor = policy
@@ -66,10 +71,14 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
         do {
             let incoming = try Upgrade.incoming()
             try host.preparePublishing()
+            let stored = (host.factory as? ZramDeviceFactory)?.takeStoredDescriptors() ?? []
             if let incoming {
                 upgraded = (try takeOver(incoming), incoming.manifest.replyFD)
             } else {
-                for spec in settings.devices { try host.add(spec) }
+                // After a crash, systemd hands back what the fd store kept: those devices come
+                // back with their data (or stay down, loudly), never empty.
+                let recovered = recoverAfterCrash(stored)
+                for spec in settings.devices where !recovered.contains(spec.name) { try host.add(spec) }
             }
             try policy.start()
             try host.exportUnclaimedSockets()

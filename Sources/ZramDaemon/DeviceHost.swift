@@ -75,6 +75,8 @@ public final class DeviceHost {
     var prometheusFile: String?
     /// Runs the devices' writeback policies; nil = none (tests).
     var postProcessor: PostProcessor?
+    /// Keeps each device's state in systemd's fd store, for a restart after a crash; nil = none.
+    var fdStore: FDStore?
     /// A captive daemon's private directory (serve --run): `ctl add` puts a device's default
     /// socket there and gives it no default stats directory, as for the devices it started with.
     var privateDirectory: String?
@@ -130,6 +132,7 @@ public final class DeviceHost {
         devices.append(d)
         postProcessor?.register(spec.name, store: store, policy: spec.postProcessing)
         publish(d, force: true)
+        fdStore?.store(store, spec: spec)
         log.info("\(spec.name): \(ByteSize.human(spec.diskSize)) \(spec.algorithm), exported on \(endpoints(spec))")
     }
 
@@ -140,6 +143,7 @@ public final class DeviceHost {
             throw .device("\(name) is in use by \(n) NBD connection(s); disconnect it first")
         }
         postProcessor?.unregister(name)
+        fdStore?.remove(name)
         d.export?.stop()
         d.export = nil
         d.stats?.remove()
@@ -161,6 +165,7 @@ public final class DeviceHost {
         sharedExport = nil
         postProcessor?.stop()
         for d in devices {
+            fdStore?.remove(d.spec.name)   // a clean stop: the next start is a fresh one
             d.export?.stop()
             d.export = nil
             d.stats?.remove()
@@ -201,6 +206,7 @@ public final class DeviceHost {
             }
             try d.store.reset()
             publish(d, force: true)
+            fdStore?.store(d.store, spec: d.spec)   // a reset makes a new pool, in new memfds
             log.info("\(name): reset")
             return []
         case .memLimit(let name, let bytes):
@@ -247,6 +253,9 @@ public final class DeviceHost {
 
     /// After an attribute write: publish and log what it did (a writeback that stopped early
     /// still moved pages), and return its lines or its error.
+    /// Attributes that change the state header or whether the state can be exported.
+    static let stateAttributes: Set<String> = ["comp_algorithm", "recomp_algorithm", "algorithm_params", "backing_dev"]
+
     func finishAttribute(_ name: String, _ attribute: String, _ words: [String],
                          _ result: Result<[String], DaemonError>) throws(DaemonError) -> [String] {
         guard attribute != "block_state" else { return try result.get() }
@@ -254,6 +263,10 @@ public final class DeviceHost {
         switch result {
         case .success(let lines):
             log.info("\(name): \(attribute) \(words.joined(separator: " "))" + (lines.isEmpty ? "" : ": " + lines.joined(separator: "; ")))
+            // What the state header describes (or whether the state can be kept at all) changed.
+            if Self.stateAttributes.contains(attribute), let d = devices.first(where: { $0.spec.name == name }) {
+                fdStore?.store(d.store, spec: d.spec)
+            }
             return lines
         case .failure(let error):
             log.info(error.description)

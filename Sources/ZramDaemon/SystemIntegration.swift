@@ -2,6 +2,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 // prctl(2) is variadic in C, which Swift cannot call; bind the integer form directly.
 @_silgen_name("prctl")
@@ -106,6 +107,46 @@ public final class SystemdNotifier {
     deinit { if fd >= 0 { close(fd) } }
 
     public var enabled: Bool { fd >= 0 }
+
+    /// Sends `state` with descriptors attached (SCM_RIGHTS), as `FDSTORE=1` needs. Unlike
+    /// `notify`, waits up to a second for room: a dropped fd-store message would lose what a
+    /// restart after a crash needs. False if it could not be sent.
+    @discardableResult
+    public func notify(_ state: String, descriptors: [Int32]) -> Bool {
+        guard fd >= 0, !descriptors.isEmpty, descriptors.count <= 253 else { return false }
+        let payload = descriptors.count * 4
+        let header = 16                      // struct cmsghdr: size_t len, int level, int type
+        let space = (header + payload + 7) & ~7
+        let control = UnsafeMutableRawPointer.allocate(byteCount: space, alignment: 8)
+        defer { control.deallocate() }
+        memset(control, 0, space)
+        control.storeBytes(of: header + payload, as: Int.self)
+        control.storeBytes(of: Int32(1), toByteOffset: 8, as: Int32.self)    // SOL_SOCKET
+        control.storeBytes(of: Int32(1), toByteOffset: 12, as: Int32.self)   // SCM_RIGHTS
+        for (i, d) in descriptors.enumerated() { control.storeBytes(of: d, toByteOffset: header + 4 * i, as: Int32.self) }
+        var bytes = Array(state.utf8)
+        let deadline = Clock.deadline(after: 1)
+        return bytes.withUnsafeMutableBytes { buf in
+            withUnsafeMutablePointer(to: &addr) { a in
+                var iov = iovec(iov_base: buf.baseAddress, iov_len: buf.count)
+                return withUnsafeMutablePointer(to: &iov) { iovp in
+                    var msg = msghdr()
+                    msg.msg_name = UnsafeMutableRawPointer(a)
+                    msg.msg_namelen = addrLength
+                    msg.msg_iov = iovp
+                    msg.msg_iovlen = 1
+                    msg.msg_control = control
+                    msg.msg_controllen = space
+                    while true {
+                        if sendmsg(fd, &msg, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) >= 0 { return true }
+                        guard errno == EAGAIN || errno == EINTR else { return false }
+                        var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                        guard poll(&p, 1, Clock.millisecondsUntil(deadline)) > 0 else { return false }
+                    }
+                }
+            }
+        }
+    }
 
     /// Sends newline-separated assignments, e.g. "READY=1\nSTATUS=serving". Never blocks: a
     /// manager that stops reading its notify socket must not freeze the daemon's control loop

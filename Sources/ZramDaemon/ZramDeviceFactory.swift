@@ -110,10 +110,23 @@ public final class ZramDeviceFactory: DeviceFactory {
         self.busyPoll = busyPoll
         self.handshakeLimit = handshakeLimit
         self.payloadBudget = PayloadBudget(bytes: payloadBudget)
-        activated = Endpoint.systemdSockets().compactMap {
-            guard case .listeningSocket(let fd) = $0 else { return nil }
-            return (fd, Sockets.unixPath(of: fd))
+        var sockets: [(fd: Int32, path: String?)] = []
+        var stored: [(fd: Int32, name: String)] = []
+        for d in Endpoint.systemdDescriptors() {
+            // Sockets come from socket units; anything else from our own fd store (FDStore.swift).
+            if (try? Sockets.domain(of: d.fd)) != nil { sockets.append((d.fd, Sockets.unixPath(of: d.fd))) } else { stored.append(d) }
         }
+        activated = sockets
+        fromStore = stored
+    }
+
+    /// Descriptors systemd kept in the fd store for us (a crashed predecessor's device state),
+    /// by name; taken once by the daemon.
+    private var fromStore: [(fd: Int32, name: String)]
+
+    func takeStoredDescriptors() -> [(fd: Int32, name: String)] {
+        defer { fromStore = [] }
+        return fromStore
     }
 
     /// `listen`: the TCP address the server will listen on, whose TLS mode may differ from the

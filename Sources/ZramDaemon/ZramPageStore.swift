@@ -51,16 +51,18 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
     /// A predecessor's device (an upgrade), from its state memfds: the data, counters and
     /// algorithms come from the state; the spec's writeback settings are applied again (a
     /// device with a backing device is not handed over yet).
-    init(attaching fds: DeviceStateFDs, spec: DeviceSpec) throws(DaemonError) {
+    /// `recovering`: the state a crash left (ZramDevice(recovering:)), not a quiesced hand-over.
+    init(attaching fds: DeviceStateFDs, spec: DeviceSpec, recovering: Bool = false) throws(DaemonError) {
         do {
-            device = try ZramDevice(attaching: fds)
+            device = recovering ? try ZramDevice(recovering: fds) : try ZramDevice(attaching: fds)
             try device.setCompressedWriteback(spec.compressedWriteback)
             try device.setWritebackPacking(spec.writebackPacking)
             try device.setWritebackBatchSize(spec.writebackBatchSize)
             device.setWritebackLimit(spec.writebackLimit)
             device.setWritebackLimitEnabled(spec.writebackLimitEnable)
         } catch {
-            throw .device("\(spec.name): \(ZramPageStore.describe(error))")
+            let m = ZramPageStore.describe(error)
+            throw .device(m.hasPrefix(spec.name + ": ") ? m : "\(spec.name): \(m)")   // the state's messages name the device
         }
         guard device.name == spec.name else { throw .device("\(spec.name): the state is device \(device.name)'s") }
         size = UInt64(device.diskSize)

@@ -324,4 +324,113 @@ extension ZramDevice {
                 """)
         }
     }
+
+    /// Pages of the pool ever handed out, from the page map itself: one past its last nonzero
+    /// word (its data extents are walked, so a sparse map costs nothing).
+    static func pageMapExtent(_ fd: Int32, maxPages: Int) throws(ZramError) -> Int {
+        var end = 0
+        var at: off_t = 0
+        while true {
+            let data = lseek(fd, at, 3)        // SEEK_DATA
+            if data < 0 { break }              // ENXIO: no data beyond `at`
+            let hole = lseek(fd, data, 4)      // SEEK_HOLE
+            guard hole > data else { break }
+            end = Int(hole)
+            at = hole
+        }
+        var words = min(end / 8, maxPages)
+        var word: UInt64 = 0
+        while words > 0 {
+            guard pread(fd, &word, 8, off_t((words - 1) * 8)) == 8 else {
+                throw .incompatibleState("page map: read failed: \(String(cString: strerror(errno)))")
+            }
+            if word != 0 { break }
+            words -= 1
+        }
+        return words
+    }
+
+    /// The crash check of every stored slot (no I/O runs yet). A slot locked at the crash was
+    /// in a request: one that names a live object of its size whose page decompresses is kept
+    /// (its old or its new contents, both whole: a write fills its object before it locks the
+    /// slot), any other is dropped and reads as zeros (its write was never acknowledged). An
+    /// unlocked slot that names no live object cannot be explained by a crash: the device is
+    /// refused. Then objects no slot names are freed (writes killed before they were installed)
+    /// and the counters recounted.
+    func recoverSlots() throws(ZramError) {
+        let pool = storage.pool
+        var c = SlotCensus()
+        var referenced: [ZsHandle] = []
+        var dropped: [Int] = []
+        let page = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: 64)
+        defer { page.deallocate() }
+        try slots.forEachPossiblyUsedRange(in: 0..<pageCount) { (range) throws(ZramError) in
+            for index in range {
+                let raw = slots.peekFlags(index)
+                guard !raw.isUntouched else { continue }
+                let locked = raw.rawValue & SlotFlags.lockBit != 0
+                let f = SlotFlags(rawValue: raw.rawValue & ~SlotFlags.lockBit)
+                func drop() {
+                    slots.setHandle(index, 0)
+                    slots.unlock(index, flags: .empty)
+                    dropped.append(index)
+                }
+                if locked { slots.unlock(index, flags: f) }
+                guard f.isAllocated else { continue }
+                guard !f.isWrittenBack else {
+                    throw .incompatibleState("\(name): slot \(index) is on a backing device, which is not carried over yet")
+                }
+                if f.isSame {
+                    // A write may have stored a new object's handle where the fill word was.
+                    if locked && slots.handle(index) != 0 { drop() } else { c.storedPages += 1; c.samePages += 1 }
+                    continue
+                }
+                let size = f.objectSize
+                let handle = slots.handle(index)
+                var ok = pool.isLiveObject(handle, count: size)
+                if ok && locked {
+                    do throws(ZramError) { try load(index, f, into: page, storage, stream: nil) } catch { ok = false }
+                }
+                guard ok else {
+                    if locked { drop(); continue }
+                    throw .incompatibleState("\(name): slot \(index) names no live \(size)-byte object, and no request was writing it: the state is torn, refusing to serve wrong data")
+                }
+                referenced.append(handle)
+                c.storedPages += 1
+                if f.isHuge { c.hugePages += 1 }
+                c.comprBytes += size
+            }
+        }
+        referenced.sort()
+        for i in referenced.indices.dropFirst() where referenced[i] == referenced[i - 1] {
+            throw .incompatibleState("\(name): two slots name object \(referenced[i]): the state is torn, refusing to serve wrong data")
+        }
+        var leaked = 0
+        for h in pool.liveHandles() where !Self.contains(referenced, h) {
+            pool.free(h)
+            leaked += 1
+        }
+        counters.store(.pagesStored, c.storedPages)
+        counters.store(.samePages, c.samePages)
+        counters.store(.hugePages, c.hugePages)
+        counters.store(.comprDataSize, c.comprBytes)
+        counters.store(.maxUsedPages, max(counters.load(.maxUsedPages), pool.totalPages))
+        recovery = RecoveryReport(droppedPages: dropped, freedObjects: leaked)
+    }
+
+    private static func contains(_ sorted: [ZsHandle], _ h: ZsHandle) -> Bool {
+        var lo = 0, hi = sorted.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if sorted[mid] < h { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < sorted.count && sorted[lo] == h
+    }
+}
+
+/// What `ZramDevice(recovering:)` found: pages whose write was cut by the crash (they read as
+/// zeros) and objects freed because no slot named them.
+public struct RecoveryReport: Sendable, Equatable {
+    public var droppedPages: [Int]
+    public var freedObjects: Int
 }

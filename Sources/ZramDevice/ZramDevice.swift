@@ -119,6 +119,8 @@ public final class ZramDevice: @unchecked Sendable {
     @exclusivity(unchecked) var stateHeader: SharedMemory?
     /// Exports so far (carried over by attach): the header's generation.
     @exclusivity(unchecked) var generation: UInt64 = 0
+    /// Set by `init(recovering:)`: what the crash cost.
+    public internal(set) var recovery: RecoveryReport?
     /// Updated where the event happens; see ZramCounter for the list.
     let counters = ZramCounters()
     /// Seconds for access times (CLOCK_BOOTTIME, as zram's); tests substitute their own.
@@ -163,10 +165,21 @@ public final class ZramDevice: @unchecked Sendable {
         try self.init(attaching: fds, clock: { Clock.bootSeconds() })
     }
 
-    init(attaching fds: DeviceStateFDs, clock: @escaping @Sendable () -> UInt32) throws(ZramError) {
+    /// After a crash (the process was killed with I/O in flight; the fds come back from
+    /// systemd's fd store): as `init(attaching:)`, but the state was never quiesced, so the
+    /// counters are recounted, half-updated freelists rebuilt, objects no slot names (writes that
+    /// were never installed) freed, and slots locked at the crash checked one by one
+    /// (`recoverSlots`). What cannot be explained by one interrupted request refuses the device.
+    public convenience init(recovering fds: DeviceStateFDs) throws(ZramError) {
+        try self.init(attaching: fds, clock: { Clock.bootSeconds() }, recovering: true)
+    }
+
+    init(attaching fds: DeviceStateFDs, clock: @escaping @Sendable () -> UInt32, recovering: Bool = false) throws(ZramError) {
         var owned = fds          // fds not yet adopted by a mapping, closed if we throw
         defer { owned.closeAll() }
-        let h = try DeviceStateHeader.validate(fd: fds.header)
+        var h = try DeviceStateHeader.validate(fd: fds.header)
+        // The header's high water is as old as the header: the page map says how far the pool grew.
+        if recovering { h.poolHighWater = try Self.pageMapExtent(fds.pageMap, maxPages: h.poolMaxPages) }
         self.clock = clock
         name = h.name
         chainSize = h.chainSize
@@ -179,7 +192,8 @@ public final class ZramDevice: @unchecked Sendable {
         let pool: ZsPool
         do {
             pool = try ZsPool(adoptingArena: fds.arena, pageMap: fds.pageMap, name: h.name, chainSize: h.chainSize,
-                              maxPages: h.poolMaxPages, highWater: h.poolHighWater, pagesCompacted: h.pagesCompacted)
+                              maxPages: h.poolMaxPages, highWater: h.poolHighWater, pagesCompacted: h.pagesCompacted,
+                              recovering: recovering)
         } catch {
             throw .incompatibleState("pool: \(error)")
         }
@@ -189,7 +203,7 @@ public final class ZramDevice: @unchecked Sendable {
                           recompressors: recompressors)
         for (i, c) in DeviceStateHeader.counterOrder.enumerated() { counters.store(c, h.counters[i]) }
         generation = h.generation
-        try verifyAttached()
+        if recovering { try recoverSlots() } else { try verifyAttached() }
         // The header fd is only read; the exporter keeps its own.
     }
 

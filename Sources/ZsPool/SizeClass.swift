@@ -486,7 +486,11 @@ final class SizeClass: @unchecked Sendable {
     /// After every page is adopted: checks each zspage is whole, reads its object headers back
     /// into handle entries, finds and checks its freelist, rebuilds the fullness lists and counts,
     /// and frees what is unused. Writes nothing to the arena unless a zspage is empty.
-    func finishAdoption() throws(PosixError) {
+    ///
+    /// `relink` (recovering after a crash, with no predecessor left to serve from the pages):
+    /// the freelist is rebuilt from the free objects instead of checked, since a crash inside
+    /// malloc or free leaves it half-updated.
+    func finishAdoption(relink: Bool = false) throws(PosixError) {
         let whole = UInt32((1 << pagesPerZspage) - 1)
         for i in 0..<zspageIdsUsed {
             let id = UInt32(i)
@@ -532,7 +536,7 @@ final class SizeClass: @unchecked Sendable {
                     isFree[k] = true
                     freeCount += 1
                     let next = word >> 1
-                    if next != endOfFreelist {
+                    if !relink, next != endOfFreelist {
                         guard next < UInt64(objsPerZspage) else {
                             throw .message("zspool: free object \(k) of zspage \(id) in class \(size) links to \(next)")
                         }
@@ -541,7 +545,16 @@ final class SizeClass: @unchecked Sendable {
                 }
             }
             var freeHead = endOfFreelist
-            for k in 0..<objsPerZspage where isFree[k] && !pointedTo[k] { freeHead = UInt64(k); break }
+            if relink {
+                var next = endOfFreelist
+                for k in stride(from: objsPerZspage - 1, through: 0, by: -1) where isFree[k] {
+                    header(zspage: id, object: k).storeBytes(of: next << 1, as: UInt64.self)
+                    next = UInt64(k)
+                }
+                freeHead = next
+                pointedTo = []
+            }
+            for k in 0..<objsPerZspage where !relink && isFree[k] && !pointedTo[k] { freeHead = UInt64(k); break }
             var walked = 0
             var k = freeHead
             while k != endOfFreelist && walked <= freeCount {

@@ -72,8 +72,10 @@ public final class ZsPool: @unchecked Sendable {
     /// with the pool, or at once if this throws) and rebuilds every size class from them and the object headers (see
     /// STATE.md). `chainSize`, `maxPages` and `highWater` are the predecessor's; throws, with
     /// what is wrong, when the pages do not form a consistent pool.
+    /// `recovering`: after a crash (SIGKILL mid-malloc or mid-free) freelists are rebuilt
+    /// rather than checked; see SizeClass.finishAdoption.
     public init(adoptingArena arenaFD: Int32, pageMap mapFD: Int32, name: String, chainSize: Int, maxPages: Int,
-                highWater: Int, pagesCompacted: Int, reservePages: Int = 256) throws(PosixError) {
+                highWater: Int, pagesCompacted: Int, reservePages: Int = 256, recovering: Bool = false) throws(PosixError) {
         guard ZsGeometry.chainSizes.contains(chainSize) else {
             close(arenaFD); close(mapFD)       // adopted even when refused
             throw .message("zspool: chain size \(chainSize) is not in \(ZsGeometry.chainSizes)")
@@ -97,7 +99,7 @@ public final class ZsPool: @unchecked Sendable {
             }
             try built[position].adoptPage(page, index: PageOwner.index(word), id: PageOwner.id(word))
         }
-        for c in built { try c.finishAdoption() }
+        for c in built { try c.finishAdoption(relink: recovering) }
         pagesCompactedTotal.store(pagesCompacted, ordering: .relaxed)
     }
 

@@ -173,6 +173,21 @@ import ZramDevice
         #expect(daemon.stop() == .exited(0))
     }
 
+    /// A crash under systemd keeps the data: Tests/conformance/crash_fdstore.py plays systemd
+    /// (NOTIFY_SOCKET, the fd store, a restart with LISTEN_FDS/LISTEN_FDNAMES), SIGKILLs the
+    /// daemon in a libnbd write stream, and checks every acknowledged page after the restart;
+    /// then a torn state (a slot naming no object) must be refused, not served.
+    @Test(.timeLimit(.minutes(3)))
+    func aCrashUnderSystemdKeepsTheData() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let r = try Subprocess.run(["/usr/bin/python3", Self.packageRoot + "/Tests/conformance/crash_fdstore.py",
+                                    "--zramnbd", zramnbdBinary, "--dir", dir.path],
+                                   outputPrefix: dir.file("crash"), timeout: .seconds(150))
+        print(r.stdout.split(separator: "\n").filter { $0.hasPrefix("FAIL") || $0.contains("recovered") }.joined(separator: "\n"))
+        #expect(r.succeeded, "\(r.stdout)\n\(r.stderr.suffix(2000))")
+    }
+
     /// Every spec field survives the manifest, and so does every manifest field.
     @Test func manifestRoundTrip() throws {
         var spec = DeviceSpec.standard(name: "zram7", diskSize: 3 << 30)

@@ -90,6 +90,80 @@ import Testing
         #expect(throws: ZramError.busy) { try successor.setRecompressionAlgorithm(.lz4, priority: 1) }
     }
 
+    /// After a crash (ZramDevice(recovering:)): what a SIGKILL can leave half-done is repaired,
+    /// and what it cannot explain is refused. The slot table is edited through its memfd the
+    /// way a killed request would have left it.
+    @Test func recoveryRepairsWhatACrashLeavesAndRefusesTheRest() throws {
+        let (dev, shadow) = try populatedDevice(4 << 20)
+        let fds = try dev.exportState()
+        tamper(fds.header, at: 128, 0)     // the header's counters are stale after a crash
+        func word(_ i: Int, _ k: Int) -> UInt64 {
+            var w: UInt64 = 0
+            #expect(pread(fds.slots, &w, 8, off_t(i * 16 + k * 8)) == 8)
+            return w
+        }
+        func set(_ i: Int, _ k: Int, _ v: UInt64) {
+            var w = v
+            #expect(pwrite(fds.slots, &w, 8, off_t(i * 16 + k * 8)) == 8)
+        }
+        let pages = dev.diskSize / 4096
+        let objects = (0..<pages).filter { SlotFlags(rawValue: word($0, 1)).objectSize > 0 && !SlotFlags(rawValue: word($0, 1)).isSame }
+        let same = (0..<pages).filter { SlotFlags(rawValue: word($0, 1)).isSame && word($0, 0) != 0 }
+        try #require(objects.count > 4 && !same.isEmpty)
+        let (kept, cut, leaked, sameCut) = (objects[0], objects[1], objects[2], same[0])
+        set(kept, 1, word(kept, 1) | SlotFlags.lockBit)          // a read (or a finished write) in flight: whole
+        set(cut, 0, 0x7777_0000_0000_0001)                        // a write between freeing and installing
+        set(cut, 1, word(cut, 1) | SlotFlags.lockBit)
+        set(leaked, 0, 0); set(leaked, 1, 0)                      // as if its object was never installed
+        set(sameCut, 0, word(objects[3], 0))                      // a write that stored a handle over the fill word
+        set(sameCut, 1, word(sameCut, 1) | SlotFlags.lockBit)
+        let r = try ZramDevice(recovering: fds)
+        #expect(r.recovery?.droppedPages == [cut, sameCut].sorted())
+        #expect(r.recovery?.freedObjects == 2)   // the leaked one, and the object `cut` no longer names
+        let got = Buffer(dev.diskSize)
+        try r.read(got, at: 0)
+        for i in 0..<pages {
+            let zero = [cut, sameCut, leaked].contains(i)
+            let ok: Bool
+            if zero {
+                ok = (0..<4096).allSatisfy { got.base.load(fromByteOffset: i * 4096 + $0, as: UInt8.self) == 0 }
+            } else {
+                ok = got.equals(shadow, i * 4096..<(i + 1) * 4096, otherOffset: i * 4096)
+            }
+            #expect(ok, "page \(i)")
+        }
+        // The counters are recounted from the slots, and the pool holds only what they name.
+        let c = r.census()
+        let mm = r.stats().mmStatText.split(separator: " ").compactMap { Int($0.filter(\.isNumber)) }
+        #expect(mm.prefix(2) == [c.storedPages * 4096, c.comprBytes])
+        #expect(r.storage.pool.liveHandles().count == c.storedPages - c.samePages)
+        // It serves on: a write over the dropped page, a compaction, a clean hand-over.
+        let page = Buffer(4096)
+        page.fillText(seed: 5)
+        try r.write(page, at: cut * 4096)
+        try r.compact()
+        _ = try ZramDevice(attaching: try r.exportState())
+
+        // An unlocked slot naming no object is no crash's doing: refused, loudly.
+        let (other, _) = try populatedDevice(1 << 20)
+        let bad = try other.exportState()
+        func flags(_ i: Int) -> SlotFlags {
+            var w: UInt64 = 0
+            _ = pread(bad.slots, &w, 8, off_t(i * 16 + 8))
+            return SlotFlags(rawValue: w)
+        }
+        let victim = (0..<256).first { flags($0).objectSize > 0 && !flags($0).isSame }
+        var garbage: UInt64 = 0x7777_0000_0000_0001
+        #expect(pwrite(bad.slots, &garbage, 8, off_t((victim ?? 0) * 16)) == 8)
+        do {
+            _ = try ZramDevice(recovering: bad)
+            Issue.record("recovered a torn state")
+        } catch {
+            guard case .incompatibleState(let m) = error else { Issue.record("\(error)"); return }
+            #expect(m.contains("names no live") && m.contains("refusing to serve wrong data"), "\(m)")
+        }
+    }
+
     /// Rewrites one word of an exported header, keeping the checksum right unless told not to.
     func tamper(_ fd: Int32, at offset: Int, _ value: UInt64, fixChecksum: Bool = true) {
         let p = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
