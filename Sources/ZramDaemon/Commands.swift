@@ -585,7 +585,12 @@ struct HandoverCheck: ParsableCommand {
 struct Ctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Control a device of the running daemon.",
-        discussion: "Actions (zram's sysfs controls):\n" + ControlAction.helpText)
+        discussion: "Actions (zram's sysfs controls):\n" + ControlAction.helpText + """
+
+            The daemon itself: `zramnbd ctl upgrade [--binary PATH]` execs PATH (default: the \
+            daemon's own binary, as a package upgrade left it) in place with every device, socket \
+            and NBD connection; clients see no error. It is what `systemctl reload zramnbd` runs.
+            """)
 
     @Option(help: ArgumentHelp("Control socket of the daemon.", valueName: "path"))
     var controlSocket: String = DaemonSettings.defaultControlSocket

@@ -69,13 +69,6 @@ import TestSupport
     /// (--writeback-idle-after 2): memfill's pages go out to swap, to the backing file, and back.
     @Test(.timeLimit(.minutes(15)))
     func linuxKernelClientSwapWithWriteback() throws {
-        // Open bug: in one full-suite run of two (three qemu guests and two ASan builds on two
-        // cores) the guest stalled for good at its first swap-out, right after the first policy
-        // writeback; it passed alone and in the other run. Until that is found, opt in.
-        guard getenv("ZRAMNBD_TEST_WRITEBACK_SWAP").map({ String(cString: $0) }) == "1" else {
-            print("SKIP linuxKernelClientSwapWithWriteback: set ZRAMNBD_TEST_WRITEBACK_SWAP=1 (a stall under load is being chased)")
-            return
-        }
         let dir = TempDir()
         defer { dir.remove() }
         let daemon = try RunningDaemon(dir, size: "1G", extra: ["-v", "--handshake-limit", "0", "--backing-dev", dir.file("backing"),
