@@ -197,6 +197,10 @@ extension ZramDevice {
             guard storage.backing == nil else {
                 throw .incompatibleState("\(name): a backing device's state is not carried over yet")
             }
+            let p = storage.streams.parameters
+            guard p.dictionary == nil, p.windowBits == nil else {
+                throw .incompatibleState("\(name): a dictionary or deflate.winbits is not carried over yet")
+            }
             guard storage.recompressors.allSatisfy({ $0 == nil }) else {
                 throw .incompatibleState("\(name): recompression algorithms are not carried over yet")
             }
