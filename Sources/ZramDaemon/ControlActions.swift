@@ -53,7 +53,8 @@ struct ControlAction: Sendable {
         },
         ControlAction("mem-used-max-reset", help: "restart the mem_used_max peak from the current usage") { d, _ in .memUsedMaxReset(d) },
         ControlAction("add", "[KEY=VALUE...]", arguments: ControlAction.anyNumber,
-                      help: "create the device (zram's hot_add); keys as in the config file, plus size=, mem-limit=, algorithm=, level=") {
+                      help: "create the device (zram's hot_add); keys as in the config file, plus size=, mem-limit=, algorithm=, level=, "
+                          + "dict=, deflate.winbits=") {
             d, a throws(DaemonError) in .add(d, try keyValues(a))
         },
         ControlAction("remove", help: "stop and drop the device (zram's hot_remove)") { d, _ in .remove(d) },
@@ -81,11 +82,15 @@ struct ControlAction: Sendable {
                       + "sparse and removed with the device"),
         attribute("recomp-algorithm", "algo=NAME [priority=1..3]", arguments: 1...2,
                   help: "a secondary algorithm for recompress, priority 1 (default) to 3 (zram's recomp_algorithm)"),
-        attribute("algorithm-params", "priority=N|algo=NAME level=N", arguments: 1...4,
-                  help: "an algorithm's level: the primary (priority=0) or a recomp_algorithm (zram's algorithm_params)"),
+        attribute("algorithm-params", "priority=N|algo=NAME [level=N] [dict=PATH] [deflate.winbits=N]", arguments: 1...5,
+                  help: "an algorithm's parameters, all at once (unset = default): the primary (priority=0) or a "
+                      + "recomp_algorithm; dict for zstd, lz4, lz4hc (zram's algorithm_params)"),
         attribute("recompress", "[ARGS...]", arguments: 0...anyNumber.upperBound,
                   help: "store pages again with the secondary algorithms when they shrink into a smaller size class: "
                       + "type=idle|huge|huge_idle, max_pages=N, threshold=BYTES, algo=NAME, priority=N (zram's recompress)"),
+        attribute("train-dict", "[size=BYTES] [sample=PAGES] [output=PATH] [priority=N]", arguments: 0...4,
+                  help: "train a zstd dictionary from a sample of the stored pages (default 110 KiB from 8192 pages) "
+                      + "and install it for the zstd recomp_algorithm; recompress then uses it (zramnbd's own)"),
         attribute("block-state", "[LO-HI]", arguments: 0...1,
                   help: "per stored page: index, access time, flags s w h i r n (zram's debugfs block_state)"),
     ]

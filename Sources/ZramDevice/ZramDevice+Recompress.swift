@@ -101,7 +101,8 @@ extension ZramDevice {
         }
     }
 
-    /// Some stored slot was recompressed at `priority` (quiesce held exclusively).
+    /// Some stored slot was recompressed at `priority` (quiesce held; exclusively for an answer
+    /// that cannot change before the caller acts on it).
     private func slotsUse(priority: Int) -> Bool {
         var found = false
         slots.forEachPossiblyUsedRange(in: 0..<pageCount) { r in     // holes hold nothing
@@ -112,6 +113,13 @@ extension ZramDevice {
             }
         }
         return found
+    }
+
+    /// Whether pages recompressed at `priority` are stored, i.e. its algorithm is busy (a
+    /// snapshot: a recompress run may store some right after).
+    public func hasPages(priority: Int) -> Bool {
+        guard (1..<Self.maxPriorities).contains(priority) else { return false }
+        return quiesce.shared { slotsUse(priority: priority) }
     }
 
     /// The parameters `priority` was set with (0 = the primary); nil if it has no algorithm.

@@ -13,7 +13,7 @@ struct CLITests {
         (["serve", "--listen", "localhost"], "zramnbd: error: invalid address 'localhost': expected HOST:PORT"),
         (["serve", "--frobnicate"], "zramnbd: error: Unknown option '--frobnicate' (see --help)"),
         (["ctl", "zram0", "mem-limit"], "zramnbd: error: usage: zramnbd ctl DEVICE mem-limit SIZE"),
-        (["ctl", "zram0", "explode"], "zramnbd: error: unknown action 'explode' (compact, reset, mem-limit, mem-used-max-reset, add, remove, show, get, attach, detach, idle, writeback, writeback-limit, writeback-limit-enable, writeback-batch-size, compressed-writeback, writeback-packing, backing-dev, recomp-algorithm, algorithm-params, recompress, block-state)"),
+        (["ctl", "zram0", "explode"], "zramnbd: error: unknown action 'explode' (compact, reset, mem-limit, mem-used-max-reset, add, remove, show, get, attach, detach, idle, writeback, writeback-limit, writeback-limit-enable, writeback-batch-size, compressed-writeback, writeback-packing, backing-dev, recomp-algorithm, algorithm-params, recompress, train-dict, block-state)"),
         (["ctl"], "zramnbd: error: Missing expected argument '<device>' (see --help)"),
     ])
     func badValues(_ args: [String], _ message: String) throws {
