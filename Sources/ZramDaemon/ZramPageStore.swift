@@ -318,6 +318,10 @@ extension ZramPageStore {
         } catch {
             throw fail("\(error)")
         }
+        // The sample and the trainer's scratch (tens of MiB) stay in glibc's heap once freed
+        // (its mmap threshold rises after the first big free): give them back.
+        samples = []
+        Heap.trim()
         guard let dictionary = parameters.dictionary else { throw fail("no dictionary") }
         if let output {
             let (dir, name) = try FileSystem.splitFileName(output)
