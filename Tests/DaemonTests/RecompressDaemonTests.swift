@@ -6,6 +6,20 @@ import Glibc
 #endif
 @testable import ZramDaemon
 
+extension RunningDaemon {
+    /// Writes the corpus to the export with nbdcopy.
+    func copyIn(_ corpus: Corpus) throws -> Bool {
+        corpus.write(to: dir.file("corpus.bin"))
+        return try Subprocess.run(["nbdcopy", "--no-extents", dir.file("corpus.bin"), uri], outputPrefix: dir.file("nbdcopy")).succeeded
+    }
+
+    /// The export reads back as the corpus (nbdcopy).
+    func holds(_ corpus: Corpus) throws -> Bool {
+        let back = try Subprocess.run(["nbdcopy", "--no-extents", uri, dir.file("back.bin")], outputPrefix: dir.file("nbdcopy-back"))
+        return try back.succeeded && Array(FileSystem.readBytes(dir.file("back.bin")).prefix(corpus.bytes.count)) == corpus.bytes
+    }
+}
+
 @Suite("recompression through ctl")
 struct RecompressDaemonTests {
     @Test("ctl recomp-algorithm and recompress as sysfs has them: the stats file, the run's sentence, the counters, the data")
@@ -14,9 +28,7 @@ struct RecompressDaemonTests {
         defer { dir.remove() }
         let d = try RunningDaemon(dir)
         let corpus = Corpus()
-        corpus.write(to: dir.file("corpus.bin"))
-        let copy = try Subprocess.run(["nbdcopy", "--no-extents", dir.file("corpus.bin"), d.uri], outputPrefix: dir.file("nbdcopy"))
-        #expect(copy.succeeded, "\(copy.stderr)")
+        #expect(try d.copyIn(corpus))
 
         let none = try d.ctl(["recompress"])
         #expect(!none.succeeded && none.stderr.contains("no recompression algorithm"), "\(none.stderr)")
@@ -49,10 +61,7 @@ struct RecompressDaemonTests {
         #expect(try d.ctl(["get", "level"], device: "zram1").stdout == "5\n")
         #expect(try d.ctl(["remove"], device: "zram1").succeeded)
 
-        let back = try Subprocess.run(["nbdcopy", "--no-extents", d.uri, dir.file("back.bin")], outputPrefix: dir.file("nbdcopy-back"))
-        #expect(back.succeeded)
-        let bytes = try FileSystem.readBytes(dir.file("back.bin"))
-        #expect(Array(bytes.prefix(corpus.bytes.count)) == corpus.bytes)
+        #expect(try d.holds(corpus))
         #expect(d.stop() == .exited(0))
     }
 
@@ -86,8 +95,7 @@ struct RecompressDaemonTests {
         defer { dir.remove() }
         let d = try RunningDaemon(dir)
         let corpus = Corpus()
-        corpus.write(to: dir.file("corpus.bin"))
-        #expect(try Subprocess.run(["nbdcopy", "--no-extents", dir.file("corpus.bin"), d.uri], outputPrefix: dir.file("nbdcopy")).succeeded)
+        #expect(try d.copyIn(corpus))
         func refused(_ args: [String], _ message: String, device: String = "zram0") throws {
             let r = try d.ctl(args, device: device)
             #expect(!r.succeeded && r.stderr.contains(message), "\(args): \(r.stderr)")
@@ -129,9 +137,7 @@ struct RecompressDaemonTests {
         try refused(["algorithm-params", "priority=2"], "pages recompressed at priority 2 are stored")
         let same = try d.ctl(["algorithm-params", "priority=2", "dict=\(dir.file("trained.dict"))"])
         #expect(same.succeeded, "\(same.stderr)")
-        let back = try Subprocess.run(["nbdcopy", "--no-extents", d.uri, dir.file("back.bin")], outputPrefix: dir.file("nbdcopy-back"))
-        #expect(back.succeeded)
-        #expect(Array(try FileSystem.readBytes(dir.file("back.bin")).prefix(corpus.bytes.count)) == corpus.bytes)
+        #expect(try d.holds(corpus))
 
         // ctl add takes dict= and deflate.winbits= directly.
         #expect(try d.ctl(["add", "size=16M", "socket=none", "stats-dir=none", "algorithm=zstd", "dict=\(dir.file("trained.dict"))"], device: "zram1").succeeded)
@@ -160,12 +166,9 @@ struct RecompressDaemonTests {
         let d = try RunningDaemon(dir, extra: ["--config", dir.file("z.conf")], deviceFlags: false)
         #expect(dir.read("stats/recomp_algorithm") == "#1: lzo-rle lzo lz4 [lz4hc] zstd deflate \n#2: lzo-rle lzo lz4 lz4hc zstd [deflate] \n")
         let corpus = Corpus()
-        corpus.write(to: dir.file("corpus.bin"))
-        #expect(try Subprocess.run(["nbdcopy", "--no-extents", dir.file("corpus.bin"), d.uri], outputPrefix: dir.file("nbdcopy")).succeeded)
+        #expect(try d.copyIn(corpus))
         #expect(try d.ctl(["recompress"]).succeeded)
-        let back = try Subprocess.run(["nbdcopy", "--no-extents", d.uri, dir.file("back.bin")], outputPrefix: dir.file("nbdcopy-back"))
-        #expect(back.succeeded)
-        #expect(Array(try FileSystem.readBytes(dir.file("back.bin")).prefix(corpus.bytes.count)) == corpus.bytes)
+        #expect(try d.holds(corpus))
         #expect(d.stop() == .exited(0))
 
         // A dictionary that cannot be read stops the device from being made, saying why.
