@@ -18,11 +18,16 @@ public struct AlgorithmParameters: Sendable, Equatable {
     public var windowBits: Int32?
     /// `dict=`: zstd, lz4 and lz4hc only.
     public var dictionary: CompressionDictionary?
+    /// `zstd.compact=1`, beyond the kernel: zstd frames without magic number, dictionary ID and
+    /// content size (see ZstdStream); nil or false = the kernel's frames.
+    public var compactFrames: Bool?
 
-    public init(level: Int32? = nil, windowBits: Int32? = nil, dictionary: CompressionDictionary? = nil) {
+    public init(level: Int32? = nil, windowBits: Int32? = nil, dictionary: CompressionDictionary? = nil,
+                compactFrames: Bool? = nil) {
         self.level = level
         self.windowBits = windowBits
         self.dictionary = dictionary
+        self.compactFrames = compactFrames
     }
 }
 

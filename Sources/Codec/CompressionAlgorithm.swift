@@ -80,6 +80,7 @@ public enum CompressionAlgorithm: String, CaseIterable, Sendable {
             guard self == .deflate else { throw .unsupportedParameter(self, "deflate.winbits") }
             guard Self.validWindowBits(bits) else { throw .invalidWindowBits(bits) }
         }
+        if parameters.compactFrames != nil, self != .zstd { throw .unsupportedParameter(self, "zstd.compact") }
         var shared: PreparedAlgorithm.Shared = .none
         if let d = parameters.dictionary {
             guard takesDictionary else { throw .unsupportedParameter(self, "dict") }
@@ -92,8 +93,8 @@ public enum CompressionAlgorithm: String, CaseIterable, Sendable {
             default: shared = .zstd(try ZstdDictionary(d, level: level))
             }
         }
-        return PreparedAlgorithm(algorithm: self, level: level,
-                                 windowBits: parameters.windowBits ?? Self.defaultWindowBits, shared: shared)
+        return PreparedAlgorithm(algorithm: self, level: level, windowBits: parameters.windowBits ?? Self.defaultWindowBits,
+                                 compactFrames: parameters.compactFrames ?? false, shared: shared)
     }
 }
 
@@ -110,6 +111,7 @@ public struct PreparedAlgorithm: Sendable {
     public let algorithm: CompressionAlgorithm
     public let level: Int32
     let windowBits: Int32
+    let compactFrames: Bool
     let shared: Shared
 
     /// A new stream. This is the only place that knows each algorithm's stream type, so an
@@ -122,8 +124,8 @@ public struct PreparedAlgorithm: Sendable {
         case (.lz4, _): return LZ4Stream(acceleration: level)
         case (.lz4hc, .lz4hc(let d)): return LZ4HCStream(level: level, dictionary: d)
         case (.lz4hc, _): return LZ4HCStream(level: level)
-        case (.zstd, .zstd(let d)): return try ZstdStream(level: level, dictionary: d)
-        case (.zstd, _): return try ZstdStream(level: level)
+        case (.zstd, .zstd(let d)): return try ZstdStream(level: level, dictionary: d, compact: compactFrames)
+        case (.zstd, _): return try ZstdStream(level: level, compact: compactFrames)
         case (.deflate, _): return try DeflateStream(level: level, windowBits: windowBits)
         }
     }

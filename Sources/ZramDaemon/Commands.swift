@@ -312,7 +312,7 @@ struct Serve: ParsableCommand {
         if let r = recompAlgorithm {
             let list = try Serve.flag("--recomp-algorithm") { () throws(DaemonError) in try AlgorithmList.parse(r) }
             let unknown = try Serve.flag("--recomp-algorithm") { () throws(DaemonError) in try ConfigFile.secondaries(list[...], into: &spec) }
-            if let p = unknown.first { throw .invalidValue("--recomp-algorithm: parameter '\(p)' is not supported (level=, dict=, deflate.winbits=)") }
+            if let p = unknown.first { throw .invalidValue("--recomp-algorithm: parameter '\(p)' is not supported (level=, dict=, deflate.winbits=, zstd.compact=)") }
         }
         if let a = recompressIdleAfter {
             spec.postProcessing.recompressIdleAfter = try Serve.flag("--recompress-idle-after") { () throws(DaemonError) in try ConfigFile.parseDuration(a) }
@@ -398,6 +398,7 @@ struct Serve: ParsableCommand {
         if let l = d.level { parts.append("level=\(l)") }
         if let p = d.dictionary { parts.append("dict=\(p)") }
         if let w = d.windowBits { parts.append("deflate.winbits=\(w)") }
+        if let c = d.compactFrames { parts.append("zstd.compact=\(c ? 1 : 0)") }
         parts.append("chain-size=\(d.chainSize)")
         if d.memLimit > 0 { parts.append("mem-limit=\(d.memLimit)") }
         if let w = d.writebackDevice { parts.append("backing-dev=\(w)") }

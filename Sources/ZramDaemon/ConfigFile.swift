@@ -137,7 +137,7 @@ public enum ConfigFile {
         "socket", "listen", "stats-dir", "chain-size", "read-only", "tls-identities",
     ]
     /// `ctl add`'s own spellings, in bytes and words as on the command line.
-    static let addKeys = ["size", "mem-limit", "algorithm", "level", "dict", "deflate.winbits"]
+    static let addKeys = ["size", "mem-limit", "algorithm", "level", "dict", "deflate.winbits", "zstd.compact"]
 
     /// A device from `key=value` settings outside a file (`ctl DEVICE add ...`): the config keys,
     /// plus the command-line spellings `size` and `mem-limit` (bytes as `serve --size` reads them:
@@ -154,6 +154,7 @@ public enum ConfigFile {
         var level: String?
         var dictionary: String?
         var windowBits: Int32?
+        var compactFrames: Bool?
         var fixed = FixedSizes()
         for (k, v) in settings {
             let entry = { (value: String) in IniEntry(value: value, file: name, line: 0) }
@@ -167,6 +168,9 @@ public enum ConfigFile {
             case "deflate.winbits":
                 guard let w = Int32(v) else { throw .invalidValue("\(name): deflate.winbits must be an integer, got '\(v)'") }
                 windowBits = w
+            case "zstd.compact":
+                guard let on = compactFlag(v) else { throw .invalidValue("\(name): zstd.compact must be 0 or 1, got '\(v)'") }
+                compactFrames = on
             default: section.set(k, entry(v))
             }
         }
@@ -184,9 +188,10 @@ public enum ConfigFile {
             let why = last.firstRange(of: "skipped: ").map { String(last[$0.upperBound...]) } ?? last
             throw .invalidValue("\(name): not added: \(why)")
         }
-        if dictionary != nil || windowBits != nil {
+        if dictionary != nil || windowBits != nil || compactFrames != nil {
             if let dictionary { spec.dictionary = dictionary }
             if let windowBits { spec.windowBits = windowBits }
+            if let compactFrames { spec.compactFrames = compactFrames }
             do { try DeviceSpec.validateParameters(spec.primary) } catch { throw .invalidValue("\(name): \(error)") }
         }
         return spec
@@ -257,6 +262,7 @@ public enum ConfigFile {
                         spec.level = choice.level
                         spec.dictionary = choice.dictionary
                         spec.windowBits = choice.windowBits
+                        spec.compactFrames = choice.compactFrames
                     }
                     for k in unknown {
                         warnings.append("\(e.file):\(e.line): algorithm parameter '\(k)' is not supported, ignored")
@@ -479,8 +485,11 @@ extension ConfigFile {
         return unknown
     }
 
-    /// An entry's algorithm_params as the kernel names them (level, dict, deflate.winbits), and
-    /// the names of any others. Values are checked for form here; DeviceSpec.validate checks
+    /// `zstd.compact`'s value: 0 or 1.
+    static func compactFlag(_ v: String) -> Bool? { v == "1" ? true : v == "0" ? false : nil }
+
+    /// An entry's algorithm_params as the kernel names them (level, dict, deflate.winbits; and
+    /// zramnbd's zstd.compact), and the names of any others. Values are checked for form here; DeviceSpec.validate checks
     /// they suit the algorithm, and the dictionary is read when the device is made.
     static func algorithmChoice(_ entry: AlgorithmList.Entry) throws(DaemonError) -> (DeviceSpec.AlgorithmChoice, [String]) {
         var choice = DeviceSpec.AlgorithmChoice(name: entry.name)
@@ -496,6 +505,9 @@ extension ConfigFile {
             case "deflate.winbits":
                 guard let w = Int32(pv) else { throw .invalidValue("deflate.winbits of \(entry.name) must be an integer, got '\(pv)'") }
                 choice.windowBits = w
+            case "zstd.compact":
+                guard let on = compactFlag(pv) else { throw .invalidValue("zstd.compact of \(entry.name) must be 0 or 1, got '\(pv)'") }
+                choice.compactFrames = on
             default:
                 unknown.append(k)
             }

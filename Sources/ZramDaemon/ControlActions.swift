@@ -54,7 +54,7 @@ struct ControlAction: Sendable {
         ControlAction("mem-used-max-reset", help: "restart the mem_used_max peak from the current usage") { d, _ in .memUsedMaxReset(d) },
         ControlAction("add", "[KEY=VALUE...]", arguments: ControlAction.anyNumber,
                       help: "create the device (zram's hot_add); keys as in the config file, plus size=, mem-limit=, algorithm=, level=, "
-                          + "dict=, deflate.winbits=") {
+                          + "dict=, deflate.winbits=, zstd.compact=") {
             d, a throws(DaemonError) in .add(d, try keyValues(a))
         },
         ControlAction("remove", help: "stop and drop the device (zram's hot_remove)") { d, _ in .remove(d) },
@@ -82,9 +82,10 @@ struct ControlAction: Sendable {
                       + "sparse and removed with the device"),
         attribute("recomp-algorithm", "algo=NAME [priority=1..3]", arguments: 1...2,
                   help: "a secondary algorithm for recompress, priority 1 (default) to 3 (zram's recomp_algorithm)"),
-        attribute("algorithm-params", "priority=N|algo=NAME [level=N] [dict=PATH] [deflate.winbits=N]", arguments: 1...5,
+        attribute("algorithm-params", "priority=N|algo=NAME [level=N] [dict=PATH] [deflate.winbits=N] [zstd.compact=0|1]",
+                  arguments: 1...6,
                   help: "an algorithm's parameters, all at once (unset = default): the primary (priority=0) or a "
-                      + "recomp_algorithm; dict for zstd, lz4, lz4hc (zram's algorithm_params)"),
+                      + "recomp_algorithm; dict for zstd, lz4, lz4hc (zram's algorithm_params; zstd.compact is zramnbd's own)"),
         attribute("recompress", "[ARGS...]", arguments: 0...anyNumber.upperBound,
                   help: "store pages again with the secondary algorithms when they shrink into a smaller size class: "
                       + "type=idle|huge|huge_idle, max_pages=N, threshold=BYTES, algo=NAME, priority=N (zram's recompress)"),

@@ -20,6 +20,8 @@ public struct DeviceSpec: Sendable, Equatable {
     /// `deflate.winbits=` for the primary algorithm; nil = none, the kernel's default.
     public var dictionary: String?
     public var windowBits: Int32?
+    /// zstd.compact (beyond the kernel): zstd frames without magic, dictionary ID, content size.
+    public var compactFrames: Bool?
     /// zsmalloc pages per zspage, in `chainSizes` (4...16).
     public var chainSize: Int = 8
     /// Pool limit in bytes (zram's mem_limit); 0 = none.
@@ -67,11 +69,15 @@ public struct DeviceSpec: Sendable, Equatable {
         public var dictionary: String?
         /// `deflate.winbits=`.
         public var windowBits: Int32?
-        public init(name: String, level: Int32? = nil, dictionary: String? = nil, windowBits: Int32? = nil) {
+        /// `zstd.compact=0|1`.
+        public var compactFrames: Bool?
+        public init(name: String, level: Int32? = nil, dictionary: String? = nil, windowBits: Int32? = nil,
+                    compactFrames: Bool? = nil) {
             self.name = name
             self.level = level
             self.dictionary = dictionary
             self.windowBits = windowBits
+            self.compactFrames = compactFrames
         }
 
         /// "zstd(level=3,dict=/etc/z.dict)": the config file's form.
@@ -80,13 +86,14 @@ public struct DeviceSpec: Sendable, Equatable {
             if let level { p.append("level=\(level)") }
             if let dictionary { p.append("dict=\(dictionary)") }
             if let windowBits { p.append("deflate.winbits=\(windowBits)") }
+            if let compactFrames { p.append("zstd.compact=\(compactFrames ? 1 : 0)") }
             return p.isEmpty ? name : "\(name)(\(p.joined(separator: ",")))"
         }
     }
 
     /// The primary algorithm as a choice (its name and algorithm_params).
     public var primary: AlgorithmChoice {
-        AlgorithmChoice(name: algorithm, level: level, dictionary: dictionary, windowBits: windowBits)
+        AlgorithmChoice(name: algorithm, level: level, dictionary: dictionary, windowBits: windowBits, compactFrames: compactFrames)
     }
 
     public struct PostProcessingPolicy: Sendable, Equatable {
@@ -170,6 +177,9 @@ public struct DeviceSpec: Sendable, Equatable {
         if let w = c.windowBits {
             guard a == .deflate else { throw .invalidValue("deflate.winbits: \(CodecError.unsupportedParameter(a, "deflate.winbits"))") }
             guard CompressionAlgorithm.validWindowBits(w) else { throw .invalidValue("\(CodecError.invalidWindowBits(w))") }
+        }
+        if c.compactFrames != nil, a != .zstd {
+            throw .invalidValue("zstd.compact: \(CodecError.unsupportedParameter(a, "zstd.compact"))")
         }
     }
 

@@ -23,6 +23,7 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
                                     level: spec.level, chainSize: spec.chainSize, memLimit: memLimit)
             config.windowBits = primary.parameters.windowBits
             config.dictionary = primary.parameters.dictionary
+            config.compactFrames = primary.parameters.compactFrames
             device = try ZramDevice(config)
         } catch let e as ZramError {
             throw .device("\(spec.name): \(ZramPageStore.describe(e))")
@@ -54,7 +55,7 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
     /// A configured algorithm and its parameters, its dictionary file read now (once).
     static func parameters(_ c: DeviceSpec.AlgorithmChoice) throws(ZramError) -> (algorithm: CompressionAlgorithm, parameters: AlgorithmParameters) {
         guard let a = CompressionAlgorithm(rawValue: c.name) else { throw .invalidArgument("unknown algorithm \(c.name)") }
-        var p = AlgorithmParameters(level: c.level, windowBits: c.windowBits)
+        var p = AlgorithmParameters(level: c.level, windowBits: c.windowBits, compactFrames: c.compactFrames)
         if let path = c.dictionary {
             do { p.dictionary = try CompressionDictionary.load(path: path) } catch { throw .invalidArgument("dict: \(error)") }
         }
@@ -165,7 +166,7 @@ extension ZramPageStore {
         case "algorithm_params":
             // zram 6.12's algorithm_params: which algorithm (priority=N or algo=NAME), then all of
             // its parameters: what is not given goes back to the default, as in the kernel.
-            var priority: Int?, name: String?, level: Int32?, windowBits: Int32?, dictPath: String?
+            var priority: Int?, name: String?, level: Int32?, windowBits: Int32?, dictPath: String?, compact: Bool?
             for word in value.split(separator: " ") {
                 let kv = word.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 let v = kv.count > 1 ? String(kv[1]) : ""
@@ -183,7 +184,10 @@ extension ZramPageStore {
                 case "dict":
                     guard v.hasPrefix("/") else { throw fail("dict=\(v) is not an absolute path") }
                     dictPath = v
-                default: throw fail("expected priority=N or algo=NAME, then level=N, dict=PATH, deflate.winbits=N; got '\(word)'")
+                case "zstd.compact":   // beyond the kernel
+                    guard let on = ConfigFile.compactFlag(v) else { throw fail("zstd.compact=\(v) is not 0 or 1") }
+                    compact = on
+                default: throw fail("expected priority=N or algo=NAME, then level=N, dict=PATH, deflate.winbits=N, zstd.compact=0|1; got '\(word)'")
                 }
             }
             let secondaries = device.recompressionAlgorithms
@@ -202,7 +206,7 @@ extension ZramPageStore {
                 }
                 algorithm = current.algorithm
             }
-            var parameters = AlgorithmParameters(level: level, windowBits: windowBits)
+            var parameters = AlgorithmParameters(level: level, windowBits: windowBits, compactFrames: compact)
             // Read once, now: every stream of the priority shares what was read.
             if let dictPath {
                 do { parameters.dictionary = try CompressionDictionary.load(path: dictPath) } catch { throw fail("dict: \(error)") }

@@ -198,8 +198,8 @@ extension ZramDevice {
                 throw .incompatibleState("\(name): a backing device's state is not carried over yet")
             }
             let p = storage.streams.parameters
-            guard p.dictionary == nil, p.windowBits == nil else {
-                throw .incompatibleState("\(name): a dictionary or deflate.winbits is not carried over yet")
+            guard p.dictionary == nil, p.windowBits == nil, p.compactFrames == nil else {
+                throw .incompatibleState("\(name): a dictionary, deflate.winbits or zstd.compact is not carried over yet")
             }
             guard storage.recompressors.allSatisfy({ $0 == nil }) else {
                 throw .incompatibleState("\(name): recompression algorithms are not carried over yet")

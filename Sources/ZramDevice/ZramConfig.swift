@@ -14,9 +14,11 @@ public struct ZramConfig: Sendable, Equatable {
     /// of zram's algorithm_params for the primary algorithm.
     public var windowBits: Int32?
     public var dictionary: CompressionDictionary?
-    /// level, windowBits and dictionary together.
+    /// zstd.compact (beyond the kernel); nil = off.
+    public var compactFrames: Bool?
+    /// level, windowBits, dictionary and compactFrames together.
     public var parameters: AlgorithmParameters {
-        AlgorithmParameters(level: level, windowBits: windowBits, dictionary: dictionary)
+        AlgorithmParameters(level: level, windowBits: windowBits, dictionary: dictionary, compactFrames: compactFrames)
     }
     /// zsmalloc's pages per zspage chain, 4...16 (the kernel's CONFIG_ZSMALLOC_CHAIN_SIZE, default 8).
     public var chainSize: Int

@@ -356,7 +356,7 @@ struct CtlAddMessageTests {
     }
 
     @Test("unknown keys, bad values and skipped devices: the device named, no file, line or 'ignored'", arguments: [
-        ([("bogus", "1")], "zram4: unknown key 'bogus' (keys: size, mem-limit, algorithm, level, dict, deflate.winbits, zram-size, "),
+        ([("bogus", "1")], "zram4: unknown key 'bogus' (keys: size, mem-limit, algorithm, level, dict, deflate.winbits, zstd.compact, zram-size, "),
         ([("size", "1M"), ("chain-size", "99")], "zram4: chain-size: invalid chain size 99 (4...16)"),
         ([("zram-size", "0")], "zram4: not added: zram-size is 0"),
         ([("size", "1M"), ("swap-priority", "-7")], "zram4: swap-priority: expected -1...32767, got '-7'"),

@@ -122,6 +122,8 @@ struct RecompressDaemonTests {
         try refused(["algorithm-params", "priority=2", "dict=rel.dict"], "dict=rel.dict is not an absolute path")
         try refused(["algorithm-params", "priority=1", "deflate.winbits=-11"], "lz4hc takes no deflate.winbits")
         try refused(["algorithm-params", "priority=0", "dict=\(dir.file("big.dict"))"], "big.dict is 1048577 bytes")
+        try refused(["algorithm-params", "priority=1", "zstd.compact=1"], "lz4hc takes no zstd.compact")
+        try refused(["algorithm-params", "priority=2", "zstd.compact=yes"], "zstd.compact=yes is not 0 or 1")
 
         let trained = try d.ctl(["train-dict", "sample=500", "size=8K", "output=\(dir.file("trained.dict"))"])
         #expect(trained.succeeded && trained.stdout.hasPrefix("trained a ") && trained.stdout.contains("priority 2 uses it, saved as \(dir.file("trained.dict"))"),
@@ -159,7 +161,7 @@ struct RecompressDaemonTests {
         dir.write("z.conf", """
             [zram0]
             zram-size = 64
-            compression-algorithm = zstd(level=3,dict=\(dir.file("raw.dict"))) lz4hc(level=9,dict=\(dir.file("raw.dict"))) deflate(deflate.winbits=-15)
+            compression-algorithm = zstd(level=3,dict=\(dir.file("raw.dict")),zstd.compact=1) lz4hc(level=9,dict=\(dir.file("raw.dict"))) deflate(deflate.winbits=-15)
             socket = \(dir.file("zram0.sock"))
             stats-dir = \(dir.file("stats"))
             """)

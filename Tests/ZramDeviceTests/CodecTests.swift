@@ -243,6 +243,27 @@ struct AlgorithmParameterTests {
         #expect(!ok || memcmp(out[2], pages[3], 4096) != 0)
     }
 
+    @Test("zstd.compact: frames without magic, dictionary ID and content size round-trip and are smaller; zstd only")
+    func compactFrames() throws {
+        let pages = variedPages(), out = Pages(5)   // two 8 KiB outputs and a page
+        let dict = try Self.dictionary(Array(repeating: Self.text, count: 20).flatMap { $0 })
+        for d in [nil, dict] {
+            let plain = try CompressionAlgorithm.zstd.prepare(AlgorithmParameters(dictionary: d)).makeStream()
+            let compact = try CompressionAlgorithm.zstd.prepare(AlgorithmParameters(dictionary: d, compactFrames: true)).makeStream()
+            for i in 0..<pages.count {
+                let n = try #require(compact.compress(page: pages[i], into: out[0], capacity: 8192))
+                let m = try #require(plain.compress(page: pages[i], into: out[2], capacity: 8192))
+                #expect(n < m, "page \(i): \(n) vs \(m)")
+                memset(out[4], 0xAA, 4096)
+                #expect(compact.decompress(out[0], count: n, intoPage: out[4]) && memcmp(out[4], pages[i], 4096) == 0, "page \(i) dict \(d != nil)")
+                #expect(!plain.decompress(out[0], count: n, intoPage: out[4]), "a magicless frame is not a standard one")
+            }
+        }
+        #expect(throws: CodecError.unsupportedParameter(.lz4, "zstd.compact")) {
+            try CompressionAlgorithm.lz4.prepare(AlgorithmParameters(compactFrames: true))
+        }
+    }
+
     @Test("dictionaries are refused: for lzo, lzo-rle, deflate; empty, missing, not a file, too large, corrupt")
     func dictionaryRefusals() throws {
         let d = try Self.dictionary(Self.text)
