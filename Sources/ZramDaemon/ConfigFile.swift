@@ -257,8 +257,11 @@ public enum ConfigFile {
                         // device keeps the default.
                         warnings.append("\(e.file):\(e.line): compression algorithm '\(first.name)' is not available (\(DeviceSpec.algorithms.joined(separator: ", "))); using \(spec.algorithm)")
                     }
-                    let (choice, unknown) = try check { () throws(DaemonError) in try algorithmChoice(first) }
+                    // An algorithm we lack keeps the default's parameters: its own are not read.
+                    var unknown = first.params.map(\.0).filter { $0 != "level" }
                     if DeviceSpec.algorithms.contains(first.name) {
+                        let choice: DeviceSpec.AlgorithmChoice
+                        (choice, unknown) = try check { () throws(DaemonError) in try algorithmChoice(first) }
                         spec.level = choice.level
                         spec.dictionary = choice.dictionary
                         spec.windowBits = choice.windowBits
