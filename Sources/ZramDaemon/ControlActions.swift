@@ -67,7 +67,7 @@ struct ControlAction: Sendable {
         attribute("idle", "all|SECONDS", arguments: 1...1,
                   help: "mark pages idle: all, or those not read or written for SECONDS (zram's idle)"),
         attribute("writeback", "ARGS...", arguments: 1...anyNumber.upperBound,
-                  help: "write pages to the backing device: type=idle|huge|huge_idle|incompressible, "
+                  help: "write pages to the backing device: type=idle|huge|huge_idle or type=incompressible, "
                       + "page_index=N, page_indexes=LO-HI (zram's writeback)"),
         attribute("writeback-limit", "PAGES", arguments: 1...1,
                   help: "pages (4 KiB) writeback may still write while writeback-limit-enable is 1"),
@@ -82,16 +82,17 @@ struct ControlAction: Sendable {
                       + "sparse and removed with the device"),
         attribute("recomp-algorithm", "algo=NAME [priority=1..3]", arguments: 1...2,
                   help: "a secondary algorithm for recompress, priority 1 (default) to 3 (zram's recomp_algorithm)"),
-        attribute("algorithm-params", "priority=N|algo=NAME [level=N] [dict=PATH] [deflate.winbits=N] [zstd.compact=0|1]",
-                  arguments: 1...6,
-                  help: "an algorithm's parameters, all at once (unset = default): the primary (priority=0) or a "
-                      + "recomp_algorithm; dict for zstd, lz4, lz4hc (zram's algorithm_params; zstd.compact is zramnbd's own)"),
+        attribute("algorithm-params", "priority=N|algo=NAME [K=V...]", arguments: 1...6,
+                  help: "an algorithm's parameters, all at once (unset = default), of the primary (priority=0) or a "
+                      + "recomp_algorithm: level=N, dict=PATH (zstd, lz4, lz4hc), deflate.winbits=N (zram's "
+                      + "algorithm_params); zstd.compact=0|1 (zramnbd's own)"),
         attribute("recompress", "[ARGS...]", arguments: 0...anyNumber.upperBound,
                   help: "store pages again with the secondary algorithms when they shrink into a smaller size class: "
                       + "type=idle|huge|huge_idle, max_pages=N, threshold=BYTES, algo=NAME, priority=N (zram's recompress)"),
-        attribute("train-dict", "[size=BYTES] [sample=PAGES] [output=PATH] [priority=N]", arguments: 0...4,
-                  help: "train a zstd dictionary from a sample of the stored pages (default 110 KiB from 8192 pages) "
-                      + "and install it for the zstd recomp_algorithm; recompress then uses it (zramnbd's own)"),
+        attribute("train-dict", "[K=V...]", arguments: 0...4,
+                  help: "train a zstd dictionary of size=BYTES (default 110K) from sample=PAGES stored pages (8192) "
+                      + "and install it for the zstd recomp_algorithm (or priority=N); recompress then uses it; "
+                      + "output=PATH saves it (zramnbd's own)"),
         attribute("block-state", "[LO-HI]", arguments: 0...1,
                   help: "per stored page: index, access time, flags s w h i r n (zram's debugfs block_state)"),
     ]
