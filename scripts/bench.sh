@@ -7,10 +7,13 @@
 #
 #   scripts/bench.sh [--quick] [--only WORKLOAD] [--out DIR] [--targets LIST] [--bin PATH] [--no-build]
 #     --quick          small corpora, sub-second fio runs: under a minute (the test suite runs it)
-#     --only W         seq | rand | latency | memory | scaling | tls | writeback | pool (seq and
-#                      memory share one pass; tls = unix vs TCP vs TCP+TLS (PSK) for zramnbd and
-#                      nbdkit; writeback = zramnbd-lz4 writing idle pages to a file on this disk;
-#                      pool = the zsmalloc port's own micro-benchmark, zspool-bench, full runs only)
+#     --only W         seq | rand | latency | memory | scaling | tls | writeback | recompress | pool
+#                      (seq and memory share one pass; tls = unix vs TCP vs TCP+TLS (PSK) for
+#                      zramnbd and nbdkit; writeback = zramnbd-lz4 writing idle pages to a file on
+#                      this disk; recompress = zramnbd with each primary algorithm, then lz4 with
+#                      `recompress type=idle` to zstd (plain and with a train-dict dictionary),
+#                      beside nbdkit zstd's RSS; pool = the zsmalloc port's own micro-benchmark,
+#                      zspool-bench, full runs only)
 #     --out DIR        where report.txt, results.tsv and raw fio output go
 #                      (default /tmp/zramnbd-bench-<date>)
 #     --targets LIST   comma list out of kzram,nbdkit-zstd,nbdkit-sparse,zramnbd-lz4,zramnbd-zstd
@@ -28,7 +31,7 @@ PY=/usr/bin/python3     # not the pyenv shim: the system python
 CACHE=/var/tmp/zramnbd-bench
 
 QUICK=0 ONLY=all OUT="" TARGET_LIST="" BIN="" BUILD=1
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
 	case $1 in
 	--quick) QUICK=1 ;;
@@ -42,15 +45,18 @@ while (($#)); do
 	esac
 	shift
 done
-case $ONLY in all|seq|rand|latency|memory|scaling|tls|writeback|pool) ;; *) echo "bench.sh: unknown workload $ONLY" >&2; exit 2 ;; esac
+case $ONLY in all|seq|rand|latency|memory|scaling|tls|writeback|recompress|pool) ;; *) echo "bench.sh: unknown workload $ONLY" >&2; exit 2 ;; esac
 want() { [[ $ONLY == all || $ONLY == "$1" ]]; }
 
 # Quick mode keeps every code path but the 2-job and split-CPU repeats, with sub-second fio runs
-# and one connection count for scaling: five targets in well under a minute.
+# and one connection count for scaling, and two primaries for recompress (the debug build's
+# Swift LZO is slow): five targets in well under a minute.
 if ((QUICK)); then
 	CORPUS_SET=quick FIO_MIB=32 RUNTIME=500ms LAT_RUNTIME=300ms JOB_COUNTS="1" SCALE_JOBS="" PINS="same" CONNS="2"
+	PRIMARIES="lz4 zstd"
 else
 	CORPUS_SET=full FIO_MIB=256 RUNTIME=10 LAT_RUNTIME=5 JOB_COUNTS="1 2" SCALE_JOBS="4" PINS="same split" CONNS="1 2 4"
+	PRIMARIES="lz4 lz4hc lzo lzo-rle zstd deflate"
 fi
 OUT=${OUT:-/tmp/zramnbd-bench-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/raw"
@@ -61,7 +67,8 @@ UNIX_URI="nbd+unix:///zram0?socket=$SOCK"   # zramnbd's export name; nbdkit memo
 URI=$UNIX_URI
 TRANSPORT=unix   # unix | tcp | tls (127.0.0.1:$PORT, TLS with the PSK in $PSK): tls_pass sets it
 NCPU=$(nproc)
-ZRAMNBD_EXTRA=()   # more zramnbd serve flags for the next start_target (writeback_pass)
+ZRAMNBD_EXTRA=()   # more zramnbd serve flags for the next start_target (writeback_pass, recompress_pass);
+                   # they come last, so an --algorithm there wins
 
 T_START=$EPOCHREALTIME
 log() { printf 'bench: %5.1fs %s\n' "$(awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" "$*" >&2; }
@@ -205,8 +212,9 @@ start_target() {   # start_target TARGET BYTES: a fresh, empty device of exactly
 	zramnbd-lz4|zramnbd-zstd)
 		# Its own control socket: a system daemon or a test may hold the default one.
 		argv=("$BIN" serve --device zram0 --size "$size" --chain-size 8 --socket "$SOCK"
-			--stats-dir "$WORK/stats" --stats-interval 0.2 --control-socket "$WORK/ctl.sock" --no-mlock "${ZRAMNBD_EXTRA[@]}")
+			--stats-dir "$WORK/stats" --stats-interval 0.2 --control-socket "$WORK/ctl.sock" --no-mlock)
 		if [[ $t == zramnbd-lz4 ]]; then argv+=(--algorithm lz4); else argv+=(--algorithm zstd --level 3); fi
+		argv+=("${ZRAMNBD_EXTRA[@]}")
 		[[ $TRANSPORT != unix ]] && argv+=(--listen "127.0.0.1:$PORT")
 		[[ $TRANSPORT == tls ]] && argv+=(--tls=require --tls-psk "$PSK") ;;
 	esac
@@ -463,6 +471,76 @@ writeback_pass() {   # 8. writeback of the real corpora to a file on this disk (
 	done
 }
 
+recompress_pass() {   # 9. every primary algorithm, then lz4 recompressed to zstd; nbdkit zstd beside them
+	local t=$1 c name path bytes a t0 t1 m0 m1 rss0 rss1 s mode
+	[[ $t == zramnbd-lz4 || $t == nbdkit-zstd ]] || return 0
+	for c in "${CORPORA[@]}"; do
+		IFS=: read -r name path bytes <<<"$c"
+		[[ $name == ext4 || $name == procmem ]] || continue
+		cat "$path" >/dev/null
+		if [[ $t == nbdkit-zstd ]]; then   # what zramnbd's memory goal is measured against
+			log "$t: $name: RSS growth"
+			start_target "$t" "$bytes" || continue
+			rss0=$(rss_bytes "$SERVER"); write_corpus "$t" "$path"; rss1=$(rss_bytes "$SERVER")
+			put "$t" "rc.$name.nbdkit.rss_growth" $((rss1 - rss0))
+			verify "$t" "$path"
+			stop_target "$t"
+			continue
+		fi
+		for a in $PRIMARIES; do
+			log "$t: $name: primary $a"
+			ZRAMNBD_EXTRA=(--algorithm "$a")
+			start_target "$t" "$bytes" || { ZRAMNBD_EXTRA=(); continue; }
+			ZRAMNBD_EXTRA=()
+			t0=$(now); write_corpus "$t" "$path"; t1=$(now)
+			read -r -a m0 <<<"$(mm_stat_settled "$t" "$bytes")"
+			put "$t" "rc.$name.primary.$a.write_s" "$(elapsed "$t0" "$t1")"
+			put "$t" "rc.$name.primary.$a.mem" "${m0[2]:-}"; put "$t" "rc.$name.primary.$a.compr" "${m0[1]:-}"
+			verify "$t" "$path"
+			stop_target "$t"
+		done
+		# lz4, then idle pages recompressed with zstd-3: as it is, and with a dictionary trained
+		# from the device's own pages first (train-dict's defaults).
+		for mode in zstd dict; do
+			log "$t: $name: lz4, then recompress type=idle with $mode"
+			ZRAMNBD_EXTRA=(--recomp-algorithm zstd)
+			start_target "$t" "$bytes" || { ZRAMNBD_EXTRA=(); continue; }
+			ZRAMNBD_EXTRA=()
+			rss0=$(rss_bytes "$SERVER")
+			write_corpus "$t" "$path"
+			read -r -a m0 <<<"$(mm_stat_settled "$t" "$bytes")"
+			local fsize=FIO_SIZE=$((bytes / 1048576))M ctl=("$BIN" ctl --control-socket "$WORK/ctl.sock" zram0)
+			s=$(fio_run "$t" "rc.$name.$mode.before" rand4k.fio RW=randread QD=1 JOBS=1 RUNTIME=$LAT_RUNTIME "$fsize") || true
+			put "$t" "rc.$name.$mode.before.p50" "$(cut -d' ' -f3 <<<"$s")"
+			if [[ $mode == dict ]]; then
+				t0=$(now)
+				s=$("${ctl[@]}" train-dict) || broke "$t: ctl train-dict failed: $s"
+				t1=$(now)
+				put "$t" "rc.$name.$mode.train_s" "$(elapsed "$t0" "$t1")"
+				put "$t" "rc.$name.$mode.trained" "$s"
+			fi
+			"${ctl[@]}" idle all
+			t0=$(now)
+			s=$("${ctl[@]}" recompress type=idle) || broke "$t: ctl recompress failed: $s"
+			t1=$(now)
+			read -r -a m1 <<<"$(mm_stat "$t")"
+			put "$t" "rc.$name.$mode.recompress_s" "$(elapsed "$t0" "$t1")"
+			put "$t" "rc.$name.$mode.pages" "$(sed -n 's/^recompressed \([0-9]*\) of.*/\1/p' <<<"$s")"
+			put "$t" "rc.$name.$mode.mem_before" "${m0[2]:-}"; put "$t" "rc.$name.$mode.mem" "${m1[2]:-}"
+			put "$t" "rc.$name.$mode.compr" "${m1[1]:-}"
+			# Recompression leaves the old objects' zspages partly empty, as in the kernel: compact.
+			"${ctl[@]}" compact >/dev/null || broke "$t: ctl compact failed"
+			read -r -a m1 <<<"$(mm_stat "$t")"
+			rss1=$(rss_bytes "$SERVER")
+			put "$t" "rc.$name.$mode.mem_compacted" "${m1[2]:-}"; put "$t" "rc.$name.$mode.rss_growth" $((rss1 - rss0))
+			s=$(fio_run "$t" "rc.$name.$mode.after" rand4k.fio RW=randread QD=1 JOBS=1 RUNTIME=$LAT_RUNTIME "$fsize") || true
+			put "$t" "rc.$name.$mode.after.p50" "$(cut -d' ' -f3 <<<"$s")"
+			verify "$t" "$path"
+			stop_target "$t"
+		done
+	done
+}
+
 # ---------------------------------------------------------------- run
 if want tls; then
 	PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -478,6 +556,7 @@ for t in "${TARGETS[@]}"; do
 	if active "$t" && want scaling; then scaling_pass "$t"; fi
 	if active "$t" && want tls && [[ $t == zramnbd-lz4 || $t == nbdkit-sparse ]]; then tls_pass "$t"; fi
 	if active "$t" && want writeback; then writeback_pass "$t"; fi
+	if active "$t" && want recompress; then recompress_pass "$t"; fi
 done
 # 6. The pool alone (no compression, no NBD): the zsmalloc port's own numbers. Release build
 # only, so full runs only.

@@ -56,19 +56,77 @@ public enum CompressionAlgorithm: String, CaseIterable, Sendable {
         self = a
     }
 
-    /// Creates one compression stream (one per CPU in the device) at `level`
-    /// (nil = the default level). This is the only place that knows each algorithm's stream type,
-    /// so an algorithm joins by adding a case here and a `CompressionStream` conformer.
+    /// Whether `dict=` applies: zstd, and lz4/lz4hc as raw content (backend_lz4*.c); lzo, lzo-rle
+    /// and deflate take none, as in the kernel.
+    public var takesDictionary: Bool { self == .zstd || self == .lz4 || self == .lz4hc }
+
+    /// `deflate.winbits` values zlib takes from the kernel: -15...-9 for raw deflate (what zram
+    /// stores), 9...15 for a zlib header and trailer around each page.
+    public static func validWindowBits(_ bits: Int32) -> Bool { (9...15).contains(bits.magnitude) }
+    /// backend_deflate.c's DEFLATE_DEF_WINBITS: raw deflate with a 2 KiB window.
+    public static let defaultWindowBits: Int32 = -11
+
+    /// Creates one compression stream at `level` (nil = the default level).
     public func makeStream(level: Int32? = nil) throws(CodecError) -> any CompressionStream {
-        let level = level ?? defaultLevel
+        try prepare(AlgorithmParameters(level: level)).makeStream()
+    }
+
+    /// Checks `parameters` the way the kernel's setup_params does and digests a dictionary once
+    /// (zstd's CDict/DDict, lz4's loaded stream), for every stream of a priority to share.
+    public func prepare(_ parameters: AlgorithmParameters) throws(CodecError) -> PreparedAlgorithm {
+        let level = parameters.level ?? defaultLevel
         guard levelRange.contains(level) else { throw .invalidLevel(self, level) }
-        switch self {
-        case .lzoRle: return LZOStream(rle: true)
-        case .lzo: return LZOStream(rle: false)
-        case .lz4: return LZ4Stream(acceleration: level)
-        case .lz4hc: return LZ4HCStream(level: level)
-        case .zstd: return try ZstdStream(level: level)
-        case .deflate: return try DeflateStream(level: level)
+        if let bits = parameters.windowBits {
+            guard self == .deflate else { throw .unsupportedParameter(self, "deflate.winbits") }
+            guard Self.validWindowBits(bits) else { throw .invalidWindowBits(bits) }
+        }
+        if parameters.compactFrames != nil, self != .zstd { throw .unsupportedParameter(self, "zstd.compact") }
+        var shared: PreparedAlgorithm.Shared = .none
+        if let d = parameters.dictionary {
+            guard takesDictionary else { throw .unsupportedParameter(self, "dict") }
+            if self != .zstd && d.count > CompressionDictionary.maxLZ4Bytes {
+                throw .dictionary("\(d.path ?? "the dictionary") is \(d.count) bytes; \(rawValue) takes at most \(CompressionDictionary.maxLZ4Bytes)")
+            }
+            switch self {
+            case .lz4: shared = .lz4(try LZ4Dictionary(d))
+            case .lz4hc: shared = .lz4hc(try LZ4HCDictionary(d, level: level))
+            default: shared = .zstd(try ZstdDictionary(d, level: level))
+            }
+        }
+        return PreparedAlgorithm(algorithm: self, level: level, windowBits: parameters.windowBits ?? Self.defaultWindowBits,
+                                 compactFrames: parameters.compactFrames ?? false, shared: shared)
+    }
+}
+
+/// An algorithm with checked parameters and its digested dictionary: makes the streams of one
+/// priority (one per CPU), which share the dictionary read-only.
+public struct PreparedAlgorithm: Sendable {
+    enum Shared: Sendable {
+        case none
+        case zstd(ZstdDictionary)
+        case lz4(LZ4Dictionary)
+        case lz4hc(LZ4HCDictionary)
+    }
+
+    public let algorithm: CompressionAlgorithm
+    public let level: Int32
+    let windowBits: Int32
+    let compactFrames: Bool
+    let shared: Shared
+
+    /// A new stream. This is the only place that knows each algorithm's stream type, so an
+    /// algorithm joins by adding a case here and a `CompressionStream` conformer.
+    public func makeStream() throws(CodecError) -> any CompressionStream {
+        switch (algorithm, shared) {
+        case (.lzoRle, _): return LZOStream(rle: true)
+        case (.lzo, _): return LZOStream(rle: false)
+        case (.lz4, .lz4(let d)): return LZ4Stream(acceleration: level, dictionary: d)
+        case (.lz4, _): return LZ4Stream(acceleration: level)
+        case (.lz4hc, .lz4hc(let d)): return LZ4HCStream(level: level, dictionary: d)
+        case (.lz4hc, _): return LZ4HCStream(level: level)
+        case (.zstd, .zstd(let d)): return try ZstdStream(level: level, dictionary: d, compact: compactFrames)
+        case (.zstd, _): return try ZstdStream(level: level, compact: compactFrames)
+        case (.deflate, _): return try DeflateStream(level: level, windowBits: windowBits)
         }
     }
 }
@@ -79,6 +137,12 @@ public enum CodecError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidLevel(CompressionAlgorithm, Int32)
     /// The C library could not allocate a context.
     case contextAllocationFailed(CompressionAlgorithm)
+    /// `deflate.winbits` outside -15...-9 and 9...15.
+    case invalidWindowBits(Int32)
+    /// A parameter the algorithm does not take ("dict" for lzo).
+    case unsupportedParameter(CompressionAlgorithm, String)
+    /// A dictionary that cannot be read or used, said in a sentence.
+    case dictionary(String)
 
     public var description: String {
         switch self {
@@ -88,6 +152,10 @@ public enum CodecError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidLevel(let a, let level):
             "level \(level) is outside \(a.rawValue)'s range \(a.levelRange.lowerBound)...\(a.levelRange.upperBound)"
         case .contextAllocationFailed(let a): "cannot allocate a \(a.rawValue) context"
+        case .invalidWindowBits(let b): "deflate.winbits=\(b) is outside -15...-9 (raw deflate) and 9...15 (zlib)"
+        case .unsupportedParameter(let a, "dict"): "\(a.rawValue) takes no dictionary (zstd, lz4 and lz4hc do)"
+        case .unsupportedParameter(let a, let p): "\(a.rawValue) takes no \(p)"
+        case .dictionary(let m): m
         }
     }
 }

@@ -1,12 +1,11 @@
 import CZlib
 import Posix
 
-/// deflate as zram's backend_deflate.c runs it: raw deflate (no zlib header) with an 11-bit window
-/// and the kernel zlib's MAX_MEM_LEVEL 8, through zlib so sizes follow the kernel's (libdeflate
-/// has no window size to set). One z_stream pair per stream, reset per page: no allocation.
+/// deflate as zram's backend_deflate.c runs it: zlib's windowBits as `deflate.winbits` gives
+/// them (default -11: raw deflate, no zlib header, a 2 KiB window) and the kernel zlib's
+/// MAX_MEM_LEVEL 8, through zlib so sizes follow the kernel's (libdeflate has no window size to
+/// set). One z_stream pair per stream, reset per page: no allocation.
 final class DeflateStream: CompressionStream {
-    /// DEFLATE_DEF_WINBITS; negative = raw deflate.
-    static let windowBits: Int32 = 11
     /// The kernel's MAX_MEM_LEVEL (include/linux/zconf.h), not userspace zlib's 9.
     static let memLevel: Int32 = 8
 
@@ -15,18 +14,21 @@ final class DeflateStream: CompressionStream {
     private let deflater: UnsafeMutablePointer<z_stream>
     private let inflater: UnsafeMutablePointer<z_stream>
 
-    init(level: Int32) throws(CodecError) {
+    let windowBits: Int32
+
+    init(level: Int32, windowBits: Int32 = CompressionAlgorithm.defaultWindowBits) throws(CodecError) {
         deflater = .allocate(capacity: 1)
         inflater = .allocate(capacity: 1)
         deflater.initialize(to: z_stream())
         inflater.initialize(to: z_stream())
         self.level = level
-        guard czlib_deflate_init2(deflater, level, -Self.windowBits, Self.memLevel) == Z_OK else {
+        self.windowBits = windowBits
+        guard czlib_deflate_init2(deflater, level, windowBits, Self.memLevel) == Z_OK else {
             deflater.deallocate()
             inflater.deallocate()
             throw .contextAllocationFailed(.deflate)
         }
-        guard czlib_inflate_init2(inflater, -Self.windowBits) == Z_OK else {
+        guard czlib_inflate_init2(inflater, windowBits) == Z_OK else {
             deflateEnd(deflater)
             deflater.deallocate()
             inflater.deallocate()

@@ -73,3 +73,11 @@ func c_accept4(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?, _ len: Unsa
 func c_pipe2(_ fds: UnsafeMutablePointer<Int32>, _ flags: Int32) -> Int32
 @usableFromInline @_silgen_name("sched_getcpu")
 func c_sched_getcpu() -> Int32
+@_silgen_name("malloc_trim")
+func c_malloc_trim(_ pad: Int) -> Int32
+
+public enum Heap {
+    /// Gives freed heap memory back to the system (glibc's malloc_trim): after a one-off burst
+    /// of big allocations, which glibc otherwise keeps once its mmap threshold has risen.
+    public static func trim() { _ = c_malloc_trim(0) }
+}

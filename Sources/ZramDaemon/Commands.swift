@@ -312,7 +312,7 @@ struct Serve: ParsableCommand {
         if let r = recompAlgorithm {
             let list = try Serve.flag("--recomp-algorithm") { () throws(DaemonError) in try AlgorithmList.parse(r) }
             let unknown = try Serve.flag("--recomp-algorithm") { () throws(DaemonError) in try ConfigFile.secondaries(list[...], into: &spec) }
-            if let p = unknown.first { throw .invalidValue("--recomp-algorithm: parameter '\(p)' is not supported (only level=)") }
+            if let p = unknown.first { throw .invalidValue("--recomp-algorithm: parameter '\(p)' is not supported (level=, dict=, deflate.winbits=, zstd.compact=)") }
         }
         if let a = recompressIdleAfter {
             spec.postProcessing.recompressIdleAfter = try Serve.flag("--recompress-idle-after") { () throws(DaemonError) in try ConfigFile.parseDuration(a) }
@@ -396,6 +396,9 @@ struct Serve: ParsableCommand {
     static func describe(_ d: DeviceSpec) -> String {
         var parts = ["\(d.name):", "disksize=\(d.diskSize)", "algorithm=\(d.algorithm)"]
         if let l = d.level { parts.append("level=\(l)") }
+        if let p = d.dictionary { parts.append("dict=\(p)") }
+        if let w = d.windowBits { parts.append("deflate.winbits=\(w)") }
+        if let c = d.compactFrames { parts.append("zstd.compact=\(c ? 1 : 0)") }
         parts.append("chain-size=\(d.chainSize)")
         if d.memLimit > 0 { parts.append("mem-limit=\(d.memLimit)") }
         if let w = d.writebackDevice { parts.append("backing-dev=\(w)") }
@@ -403,7 +406,7 @@ struct Serve: ParsableCommand {
         if d.postProcessing.onPressure { parts.append("writeback-on-pressure") }
         if let l = d.postProcessing.dailyLimitPages { parts.append("writeback-daily-limit=\(l * 4096)") }
         if !d.recompressionAlgorithms.isEmpty {
-            parts.append("recomp-algorithm=" + d.recompressionAlgorithms.map { a in a.level.map { "\(a.name)(level=\($0))" } ?? a.name }.joined(separator: ","))
+            parts.append("recomp-algorithm=" + d.recompressionAlgorithms.map(\.text).joined(separator: ","))
         }
         if let a = d.postProcessing.recompressIdleAfter { parts.append("recompress-idle-after=\(a)s") }
         if d.postProcessing.recompressOnPressure { parts.append("recompress-on-pressure") }

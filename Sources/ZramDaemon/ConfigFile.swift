@@ -137,11 +137,12 @@ public enum ConfigFile {
         "socket", "listen", "stats-dir", "chain-size", "read-only", "tls-identities",
     ]
     /// `ctl add`'s own spellings, in bytes and words as on the command line.
-    static let addKeys = ["size", "mem-limit", "algorithm", "level"]
+    static let addKeys = ["size", "mem-limit", "algorithm", "level", "dict", "deflate.winbits", "zstd.compact"]
 
     /// A device from `key=value` settings outside a file (`ctl DEVICE add ...`): the config keys,
     /// plus the command-line spellings `size` and `mem-limit` (bytes as `serve --size` reads them:
-    /// util-linux's strtosize), `algorithm`, `level`.
+    /// util-linux's strtosize), `algorithm`, `level`, and algorithm_params' `dict` and
+    /// `deflate.winbits` (set directly: a path may hold what the list syntax cannot).
     /// Errors are sentences about the device ("zram4: chain-size: ..."): there is no file or line.
     public static func deviceSpec(name: String, settings: [(String, String)], ramMiB: Double) throws(DaemonError) -> DeviceSpec {
         // Refused, not ignored as in a file: the device would be made without what was asked.
@@ -151,6 +152,9 @@ public enum ConfigFile {
         var section = IniSection(name: name, file: name, line: 0)
         var algorithm: String?
         var level: String?
+        var dictionary: String?
+        var windowBits: Int32?
+        var compactFrames: Bool?
         var fixed = FixedSizes()
         for (k, v) in settings {
             let entry = { (value: String) in IniEntry(value: value, file: name, line: 0) }
@@ -160,6 +164,13 @@ public enum ConfigFile {
             case "mem-limit": fixed.mem = try ByteSize.strtosize(v)
             case "algorithm": algorithm = v
             case "level": level = v
+            case "dict": dictionary = v
+            case "deflate.winbits":
+                guard let w = Int32(v) else { throw .invalidValue("\(name): deflate.winbits must be an integer, got '\(v)'") }
+                windowBits = w
+            case "zstd.compact":
+                guard let on = compactFlag(v) else { throw .invalidValue("\(name): zstd.compact must be 0 or 1, got '\(v)'") }
+                compactFrames = on
             default: section.set(k, entry(v))
             }
         }
@@ -170,12 +181,18 @@ public enum ConfigFile {
         }
         var warnings: [String] = []
         let ram = wholeMiB(ramMiB)
-        guard let spec = try device(section, ramMiB: ram, variables: ["ram": ram], fixed: fixed,
+        guard var spec = try device(section, ramMiB: ram, variables: ["ram": ram], fixed: fixed,
                                     defaultAlgorithm: DeviceSpec.defaultAlgorithm, warnings: &warnings) else {
             // The file form's "NAME:0: [NAME] skipped: why" as "NAME: not added: why".
             let last = warnings.last ?? ""
             let why = last.firstRange(of: "skipped: ").map { String(last[$0.upperBound...]) } ?? last
             throw .invalidValue("\(name): not added: \(why)")
+        }
+        if dictionary != nil || windowBits != nil || compactFrames != nil {
+            if let dictionary { spec.dictionary = dictionary }
+            if let windowBits { spec.windowBits = windowBits }
+            if let compactFrames { spec.compactFrames = compactFrames }
+            do { try DeviceSpec.validateParameters(spec.primary) } catch { throw .invalidValue("\(name): \(error)") }
         }
         return spec
     }
@@ -240,13 +257,18 @@ public enum ConfigFile {
                         // device keeps the default.
                         warnings.append("\(e.file):\(e.line): compression algorithm '\(first.name)' is not available (\(DeviceSpec.algorithms.joined(separator: ", "))); using \(spec.algorithm)")
                     }
-                    for (k, pv) in first.params {
-                        if k == "level", DeviceSpec.algorithms.contains(first.name) {
-                            guard let l = Int32(pv) else { throw fail("level must be an integer, got '\(pv)'") }
-                            spec.level = l
-                        } else if k != "level" {
-                            warnings.append("\(e.file):\(e.line): algorithm parameter '\(k)' is not supported, ignored")
-                        }
+                    // An algorithm we lack keeps the default's parameters: its own are not read.
+                    var unknown = first.params.map(\.0).filter { $0 != "level" }
+                    if DeviceSpec.algorithms.contains(first.name) {
+                        let choice: DeviceSpec.AlgorithmChoice
+                        (choice, unknown) = try check { () throws(DaemonError) in try algorithmChoice(first) }
+                        spec.level = choice.level
+                        spec.dictionary = choice.dictionary
+                        spec.windowBits = choice.windowBits
+                        spec.compactFrames = choice.compactFrames
+                    }
+                    for k in unknown {
+                        warnings.append("\(e.file):\(e.line): algorithm parameter '\(k)' is not supported, ignored")
                     }
                 }
                 // zram-generator's later entries are the recompression algorithms, priority 1 on.
@@ -348,10 +370,8 @@ public enum ConfigFile {
             warnings.append("\(s.file):\(s.line): [\(s.name)] skipped: zram-size is 0")
             return nil
         }
-        if let level = spec.level {
-            do { try DeviceSpec.validateLevel(level, for: spec.algorithm) } catch {
-                throw .config(file: s.file, line: s.line, "compression-algorithm: \(error)")
-            }
+        do { try DeviceSpec.validateParameters(spec.primary) } catch {
+            throw .config(file: s.file, line: s.line, "compression-algorithm: \(error)")
         }
         return spec
     }
@@ -451,9 +471,9 @@ public enum ConfigFile {
 
 extension ConfigFile {
     /// Recompression algorithms from an algorithm list: each named entry the next priority (its
-    /// `level` with it); a parameter group without a name, zram-generator's global recompression
-    /// parameters, becomes what the recompression policy's runs pass to `recompress`.
-    /// Returns the parameters it does not know ("dict of zstd"), for the caller to warn about.
+    /// algorithm_params with it); a parameter group without a name, zram-generator's global
+    /// recompression parameters, becomes what the recompression policy's runs pass to `recompress`.
+    /// Returns the parameters it does not know ("foo of zstd"), for the caller to warn about.
     static func secondaries(_ entries: ArraySlice<AlgorithmList.Entry>, into spec: inout DeviceSpec) throws(DaemonError) -> [String] {
         var unknown: [String] = []
         for entry in entries {
@@ -461,18 +481,41 @@ extension ConfigFile {
                 spec.postProcessing.recompressArguments = entry.params.map { $0.1.isEmpty ? $0.0 : "\($0.0)=\($0.1)" }.joined(separator: " ")
                 continue
             }
-            var choice = DeviceSpec.AlgorithmChoice(name: entry.name)
-            for (k, pv) in entry.params {
-                if k == "level" {
-                    guard let l = Int32(pv) else { throw .invalidValue("level of \(entry.name) must be an integer, got '\(pv)'") }
-                    choice.level = l
-                } else {
-                    unknown.append("\(k) of \(entry.name)")
-                }
-            }
+            let (choice, u) = try algorithmChoice(entry)
+            unknown += u.map { "\($0) of \(entry.name)" }
             spec.recompressionAlgorithms.append(choice)
         }
         return unknown
+    }
+
+    /// `zstd.compact`'s value: 0 or 1.
+    static func compactFlag(_ v: String) -> Bool? { v == "1" ? true : v == "0" ? false : nil }
+
+    /// An entry's algorithm_params as the kernel names them (level, dict, deflate.winbits; and
+    /// zramnbd's zstd.compact), and the names of any others. Values are checked for form here; DeviceSpec.validate checks
+    /// they suit the algorithm, and the dictionary is read when the device is made.
+    static func algorithmChoice(_ entry: AlgorithmList.Entry) throws(DaemonError) -> (DeviceSpec.AlgorithmChoice, [String]) {
+        var choice = DeviceSpec.AlgorithmChoice(name: entry.name)
+        var unknown: [String] = []
+        for (k, pv) in entry.params {
+            switch k {
+            case "level":
+                guard let l = Int32(pv) else { throw .invalidValue("level of \(entry.name) must be an integer, got '\(pv)'") }
+                choice.level = l
+            case "dict":
+                guard !pv.isEmpty else { throw .invalidValue("dict of \(entry.name) needs a path") }
+                choice.dictionary = pv
+            case "deflate.winbits":
+                guard let w = Int32(pv) else { throw .invalidValue("deflate.winbits of \(entry.name) must be an integer, got '\(pv)'") }
+                choice.windowBits = w
+            case "zstd.compact":
+                guard let on = compactFlag(pv) else { throw .invalidValue("zstd.compact of \(entry.name) must be 0 or 1, got '\(pv)'") }
+                choice.compactFrames = on
+            default:
+                unknown.append(k)
+            }
+        }
+        return (choice, unknown)
     }
 }
 

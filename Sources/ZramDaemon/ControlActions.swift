@@ -53,7 +53,8 @@ struct ControlAction: Sendable {
         },
         ControlAction("mem-used-max-reset", help: "restart the mem_used_max peak from the current usage") { d, _ in .memUsedMaxReset(d) },
         ControlAction("add", "[KEY=VALUE...]", arguments: ControlAction.anyNumber,
-                      help: "create the device (zram's hot_add); keys as in the config file, plus size=, mem-limit=, algorithm=, level=") {
+                      help: "create the device (zram's hot_add); keys as in the config file, plus size=, mem-limit=, algorithm=, level=, "
+                          + "dict=, deflate.winbits=, zstd.compact=") {
             d, a throws(DaemonError) in .add(d, try keyValues(a))
         },
         ControlAction("remove", help: "stop and drop the device (zram's hot_remove)") { d, _ in .remove(d) },
@@ -66,7 +67,7 @@ struct ControlAction: Sendable {
         attribute("idle", "all|SECONDS", arguments: 1...1,
                   help: "mark pages idle: all, or those not read or written for SECONDS (zram's idle)"),
         attribute("writeback", "ARGS...", arguments: 1...anyNumber.upperBound,
-                  help: "write pages to the backing device: type=idle|huge|huge_idle|incompressible, "
+                  help: "write pages to the backing device: type=idle|huge|huge_idle or type=incompressible, "
                       + "page_index=N, page_indexes=LO-HI (zram's writeback)"),
         attribute("writeback-limit", "PAGES", arguments: 1...1,
                   help: "pages (4 KiB) writeback may still write while writeback-limit-enable is 1"),
@@ -81,11 +82,17 @@ struct ControlAction: Sendable {
                       + "sparse and removed with the device"),
         attribute("recomp-algorithm", "algo=NAME [priority=1..3]", arguments: 1...2,
                   help: "a secondary algorithm for recompress, priority 1 (default) to 3 (zram's recomp_algorithm)"),
-        attribute("algorithm-params", "priority=N|algo=NAME level=N", arguments: 1...4,
-                  help: "an algorithm's level: the primary (priority=0) or a recomp_algorithm (zram's algorithm_params)"),
+        attribute("algorithm-params", "priority=N|algo=NAME [K=V...]", arguments: 1...6,
+                  help: "an algorithm's parameters, all at once (unset = default), of the primary (priority=0) or a "
+                      + "recomp_algorithm: level=N, dict=PATH (zstd, lz4, lz4hc), deflate.winbits=N (zram's "
+                      + "algorithm_params); zstd.compact=0|1 (zramnbd's own)"),
         attribute("recompress", "[ARGS...]", arguments: 0...anyNumber.upperBound,
                   help: "store pages again with the secondary algorithms when they shrink into a smaller size class: "
                       + "type=idle|huge|huge_idle, max_pages=N, threshold=BYTES, algo=NAME, priority=N (zram's recompress)"),
+        attribute("train-dict", "[K=V...]", arguments: 0...4,
+                  help: "train a zstd dictionary of size=BYTES (default 110K) from sample=PAGES stored pages (8192) "
+                      + "and install it for the zstd recomp_algorithm (or priority=N); recompress then uses it; "
+                      + "output=PATH saves it (zramnbd's own)"),
         attribute("block-state", "[LO-HI]", arguments: 0...1,
                   help: "per stored page: index, access time, flags s w h i r n (zram's debugfs block_state)"),
     ]

@@ -16,7 +16,12 @@ public struct DeviceSpec: Sendable, Equatable {
     public static let defaultAlgorithm = CompressionAlgorithm.lz4.rawValue
     /// Compression level (lz4: acceleration); nil = the algorithm's default.
     public var level: Int32?
-    /// Further compression-algorithm entries (zram's recompression); stored, not applied yet.
+    /// algorithm_params' `dict=` (an absolute path, read when the device is made) and
+    /// `deflate.winbits=` for the primary algorithm; nil = none, the kernel's default.
+    public var dictionary: String?
+    public var windowBits: Int32?
+    /// zstd.compact (beyond the kernel): zstd frames without magic, dictionary ID, content size.
+    public var compactFrames: Bool?
     /// zsmalloc pages per zspage, in `chainSizes` (4...16).
     public var chainSize: Int = 8
     /// Pool limit in bytes (zram's mem_limit); 0 = none.
@@ -56,14 +61,39 @@ public struct DeviceSpec: Sendable, Equatable {
     /// optional level (`zstd lz4hc(level=9)`).
     public var recompressionAlgorithms: [AlgorithmChoice] = []
 
-    /// An algorithm by name with its level (nil = the algorithm's default).
+    /// An algorithm by name with its algorithm_params (nil = the algorithm's default).
     public struct AlgorithmChoice: Sendable, Equatable {
         public var name: String
         public var level: Int32?
-        public init(name: String, level: Int32? = nil) {
+        /// `dict=`: an absolute path, read when the device is made.
+        public var dictionary: String?
+        /// `deflate.winbits=`.
+        public var windowBits: Int32?
+        /// `zstd.compact=0|1`.
+        public var compactFrames: Bool?
+        public init(name: String, level: Int32? = nil, dictionary: String? = nil, windowBits: Int32? = nil,
+                    compactFrames: Bool? = nil) {
             self.name = name
             self.level = level
+            self.dictionary = dictionary
+            self.windowBits = windowBits
+            self.compactFrames = compactFrames
         }
+
+        /// "zstd(level=3,dict=/etc/z.dict)": the config file's form.
+        public var text: String {
+            var p: [String] = []
+            if let level { p.append("level=\(level)") }
+            if let dictionary { p.append("dict=\(dictionary)") }
+            if let windowBits { p.append("deflate.winbits=\(windowBits)") }
+            if let compactFrames { p.append("zstd.compact=\(compactFrames ? 1 : 0)") }
+            return p.isEmpty ? name : "\(name)(\(p.joined(separator: ",")))"
+        }
+    }
+
+    /// The primary algorithm as a choice (its name and algorithm_params).
+    public var primary: AlgorithmChoice {
+        AlgorithmChoice(name: algorithm, level: level, dictionary: dictionary, windowBits: windowBits, compactFrames: compactFrames)
     }
 
     public struct PostProcessingPolicy: Sendable, Equatable {
@@ -134,6 +164,25 @@ public struct DeviceSpec: Sendable, Equatable {
         }
     }
 
+    /// algorithm_params beyond the level: a dictionary for zstd, lz4 and lz4hc only, given as an
+    /// absolute path (the daemon's working directory is not the writer's); deflate.winbits for
+    /// deflate only, in zlib's range.
+    static func validateParameters(_ c: AlgorithmChoice) throws(DaemonError) {
+        if let l = c.level { try validateLevel(l, for: c.name) }
+        guard let a = CompressionAlgorithm(rawValue: c.name) else { return }
+        if let d = c.dictionary {
+            guard a.takesDictionary else { throw .invalidValue("dict: \(CodecError.unsupportedParameter(a, "dict"))") }
+            guard d.hasPrefix("/") else { throw .invalidValue("dict: '\(d)' is not an absolute path") }
+        }
+        if let w = c.windowBits {
+            guard a == .deflate else { throw .invalidValue("deflate.winbits: \(CodecError.unsupportedParameter(a, "deflate.winbits"))") }
+            guard CompressionAlgorithm.validWindowBits(w) else { throw .invalidValue("\(CodecError.invalidWindowBits(w))") }
+        }
+        if c.compactFrames != nil, a != .zstd {
+            throw .invalidValue("zstd.compact: \(CodecError.unsupportedParameter(a, "zstd.compact"))")
+        }
+    }
+
     static func validateChainSize(_ n: Int) throws(DaemonError) {
         guard chainSizes.contains(n) else { throw .invalidValue("invalid chain size \(n) (\(chainSizes))") }
     }
@@ -168,7 +217,7 @@ public struct DeviceSpec: Sendable, Equatable {
             throw .invalidValue("\(name): mem_limit \(memLimit) is too large (at most \(ByteSize.human(ByteSize.maximum)))")
         }
         try Self.validateAlgorithm(algorithm)
-        if let level { try Self.validateLevel(level, for: algorithm) }
+        try Self.validateParameters(primary)
         try Self.validateChainSize(chainSize)
         if let listen { _ = try HostPort.parse(listen) }
         if let ids = tlsIdentities, ids.isEmpty || ids.contains(where: \.isEmpty) {
@@ -186,7 +235,7 @@ public struct DeviceSpec: Sendable, Equatable {
         }
         for a in recompressionAlgorithms {
             try Self.validateAlgorithm(a.name)
-            if let l = a.level { try Self.validateLevel(l, for: a.name) }
+            try Self.validateParameters(a)
         }
         if postProcessing.recompresses && recompressionAlgorithms.isEmpty {
             throw .invalidValue("\(name): recompress-idle-after and recompress-on-pressure need a recomp-algorithm")

@@ -149,6 +149,11 @@ final class DirectoryHandle {
     /// over `name`. Returns the identity of the new file.
     @discardableResult
     func writeAtomically(_ name: String, _ text: String, mode: mode_t = 0o644) throws(DaemonError) -> FileIdentity {
+        try writeAtomically(name, bytes: Array(text.utf8), mode: mode)
+    }
+
+    @discardableResult
+    func writeAtomically(_ name: String, bytes: [UInt8], mode: mode_t = 0o644) throws(DaemonError) -> FileIdentity {
         let tmp = "." + name + ".tmp"
         let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
         var f = openat(fd, tmp, flags, mode)
@@ -161,7 +166,7 @@ final class DirectoryHandle {
         var st = stat()
         // The mode as asked, whatever the umask (zramnbd.service runs with UMask=0077): stats
         // files are read like sysfs, by anyone.
-        let ok = fchmod(f, mode) == 0 && IO.writeFully(f, Array(text.utf8)) && fstat(f, &st) == 0
+        let ok = fchmod(f, mode) == 0 && IO.writeFully(f, bytes) && fstat(f, &st) == 0
         let saved = errno
         close(f)
         guard ok else {

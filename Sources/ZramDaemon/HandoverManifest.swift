@@ -189,6 +189,9 @@ extension DeviceSpec {
         func opt(_ key: String, _ v: String?) { if let v { f.append((key, v)) } }
         func flag(_ key: String, _ v: Bool) { f.append((key, v ? "1" : "0")) }
         opt("level", level.map { String($0) })
+        opt("dict", dictionary)
+        opt("winbits", windowBits.map { String($0) })
+        opt("compact-frames", compactFrames.map { $0 ? "1" : "0" })
         opt("socket", socket)
         opt("listen", listen)
         opt("stats-dir", statsDir)
@@ -214,7 +217,14 @@ extension DeviceSpec {
         opt("recompress-idle-after", p.recompressIdleAfter.map { String($0) })
         flag("recompress-on-pressure", p.recompressOnPressure)
         f.append(("recompress-arguments", p.recompressArguments))
-        for a in recompressionAlgorithms { f.append(("recomp-algorithm", a.name + (a.level.map { ":\($0)" } ?? ""))) }
+        // Each secondary: its name, then its parameters (they apply to the last name).
+        for a in recompressionAlgorithms {
+            f.append(("recomp-algorithm", a.name))
+            if let l = a.level { f.append(("recomp-level", String(l))) }
+            if let d = a.dictionary { f.append(("recomp-dict", d)) }
+            if let w = a.windowBits { f.append(("recomp-winbits", String(w))) }
+            if let c = a.compactFrames { f.append(("recomp-compact-frames", c ? "1" : "0")) }
+        }
         return f
     }
 
@@ -239,6 +249,9 @@ extension DeviceSpec {
             case "chain-size": chainSize = try number(k, v)
             case "mem-limit": memLimit = try number(k, v)
             case "level": level = try number(k, v)
+            case "dict": dictionary = v
+            case "winbits": windowBits = try number(k, v)
+            case "compact-frames": compactFrames = try bool(k, v)
             case "socket": socket = v
             case "listen": listen = v
             case "stats-dir": statsDir = v
@@ -263,10 +276,15 @@ extension DeviceSpec {
             case "recompress-idle-after": postProcessing.recompressIdleAfter = try number(k, v)
             case "recompress-on-pressure": postProcessing.recompressOnPressure = try bool(k, v)
             case "recompress-arguments": postProcessing.recompressArguments = v
-            case "recomp-algorithm":
-                let parts = v.split(separator: ":", maxSplits: 1).map(String.init)
-                guard let algorithm = parts.first else { throw fail(k, v) }
-                recompressionAlgorithms.append(AlgorithmChoice(name: algorithm, level: parts.count > 1 ? try number(k, parts[1]) : nil))
+            case "recomp-algorithm": recompressionAlgorithms.append(AlgorithmChoice(name: v))
+            case "recomp-level", "recomp-dict", "recomp-winbits", "recomp-compact-frames":
+                guard let last = recompressionAlgorithms.indices.last else { throw fail(k, v) }
+                switch k {
+                case "recomp-level": recompressionAlgorithms[last].level = try number(k, v)
+                case "recomp-dict": recompressionAlgorithms[last].dictionary = v
+                case "recomp-winbits": recompressionAlgorithms[last].windowBits = try number(k, v)
+                default: recompressionAlgorithms[last].compactFrames = try bool(k, v)
+                }
             default: throw DaemonError.device("hand-over manifest: unknown spec field '\(k)'")
             }
         }

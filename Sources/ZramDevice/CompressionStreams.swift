@@ -33,6 +33,8 @@ final class StreamBuffers {
 final class CompressionStreams: @unchecked Sendable {
     let algorithm: CompressionAlgorithm
     let level: Int32
+    /// What algorithm_params set (level unresolved: nil = default), dictionary included.
+    let parameters: AlgorithmParameters
     private let streams: [LockedStream]
 
     /// A stream behind its mutex (a class, because arrays cannot hold a noncopyable Mutex).
@@ -41,20 +43,27 @@ final class CompressionStreams: @unchecked Sendable {
         init(_ s: sending StreamBuffers) { mutex = Mutex(s) }
     }
 
-    init(algorithm: CompressionAlgorithm, level: Int32?) throws(ZramError) {
+    convenience init(algorithm: CompressionAlgorithm, level: Int32?) throws(ZramError) {
+        try self.init(algorithm: algorithm, parameters: AlgorithmParameters(level: level))
+    }
+
+    init(algorithm: CompressionAlgorithm, parameters: AlgorithmParameters) throws(ZramError) {
+        let prepared: PreparedAlgorithm
+        do { prepared = try algorithm.prepare(parameters) } catch { throw .invalidArgument(error.description) }
         let cpus = Threads.onlineCPUs
         var s: [LockedStream] = []
         s.reserveCapacity(cpus)
         for _ in 0..<cpus {
             let codec: any CompressionStream
-            do { codec = try algorithm.makeStream(level: level) } catch { throw .invalidArgument(error.description) }
+            do { codec = try prepared.makeStream() } catch { throw .invalidArgument(error.description) }
             guard let buffers = StreamBuffers(codec: codec) else {
                 throw .outOfMemory("cannot allocate compression stream buffers")
             }
             s.append(LockedStream(buffers))
         }
         self.algorithm = algorithm
-        self.level = level ?? algorithm.defaultLevel
+        self.level = prepared.level
+        self.parameters = parameters
         streams = s
     }
 

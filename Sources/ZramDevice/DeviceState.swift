@@ -246,6 +246,13 @@ extension ZramDevice {
             guard storage.backing == nil else {
                 throw .incompatibleState("\(name): a backing device's state is not carried over yet")
             }
+            // The header carries each priority's algorithm and level, not its other parameters.
+            for streams in [storage.streams] + storage.recompressors.compactMap({ $0 }) {
+                let p = streams.parameters
+                guard p.dictionary == nil, p.windowBits == nil, p.compactFrames == nil else {
+                    throw .incompatibleState("\(name): a dictionary, deflate.winbits or zstd.compact (\(streams.algorithm.rawValue)) is not carried over yet")
+                }
+            }
             if stateHeader == nil {
                 do { stateHeader = try SharedMemory(name: "\(name).state", byteCount: DeviceStateHeader.bytes) } catch {
                     throw .outOfMemory("cannot create the state header: \(error)")

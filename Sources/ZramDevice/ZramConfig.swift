@@ -10,6 +10,16 @@ public struct ZramConfig: Sendable, Equatable {
     public var algorithm: CompressionAlgorithm
     /// Compression level (lz4: acceleration); nil = the algorithm's default.
     public var level: Int32?
+    /// deflate.winbits (nil = the kernel's -11) and the dictionary (zstd, lz4, lz4hc): the rest
+    /// of zram's algorithm_params for the primary algorithm.
+    public var windowBits: Int32?
+    public var dictionary: CompressionDictionary?
+    /// zstd.compact (beyond the kernel); nil = off.
+    public var compactFrames: Bool?
+    /// level, windowBits, dictionary and compactFrames together.
+    public var parameters: AlgorithmParameters {
+        AlgorithmParameters(level: level, windowBits: windowBits, dictionary: dictionary, compactFrames: compactFrames)
+    }
     /// zsmalloc's pages per zspage chain, 4...16 (the kernel's CONFIG_ZSMALLOC_CHAIN_SIZE, default 8).
     public var chainSize: Int
     /// The chain sizes a device accepts: zsmalloc's (ZsGeometry.chainSizes). Check before creating.

@@ -80,10 +80,17 @@ extension ZramDevice {
     /// with `busy` while pages recompressed at that priority are stored, since they could no
     /// longer be read (the kernel refuses any change once the device is initialised).
     public func setRecompressionAlgorithm(_ algorithm: CompressionAlgorithm, level: Int32? = nil, priority: Int) throws(ZramError) {
+        try setRecompressionAlgorithm(algorithm, parameters: AlgorithmParameters(level: level), priority: priority)
+    }
+
+    /// recomp_algorithm with algorithm_params: the dictionary is one of the parameters, so the
+    /// same `busy` rule means a page recompressed with a dictionary is only ever read with it.
+    public func setRecompressionAlgorithm(_ algorithm: CompressionAlgorithm, parameters: AlgorithmParameters,
+                                          priority: Int) throws(ZramError) {
         guard (1..<Self.maxPriorities).contains(priority) else {
             throw .invalidArgument("priority \(priority) is outside 1...\(Self.maxPriorities - 1)")
         }
-        let streams = try CompressionStreams(algorithm: algorithm, level: level)
+        let streams = try CompressionStreams(algorithm: algorithm, parameters: parameters)
         try runLock.withLock { () throws(ZramError) in
             try quiesce.exclusive { () throws(ZramError) in
                 if storage.recompressors[priority] != nil && slotsUse(priority: priority) { throw .busy }
@@ -94,7 +101,8 @@ extension ZramDevice {
         }
     }
 
-    /// Some stored slot was recompressed at `priority` (quiesce held exclusively).
+    /// Some stored slot was recompressed at `priority` (quiesce held; exclusively for an answer
+    /// that cannot change before the caller acts on it).
     private func slotsUse(priority: Int) -> Bool {
         var found = false
         slots.forEachPossiblyUsedRange(in: 0..<pageCount) { r in     // holes hold nothing
@@ -105,6 +113,22 @@ extension ZramDevice {
             }
         }
         return found
+    }
+
+    /// Whether pages recompressed at `priority` are stored, i.e. its algorithm is busy (a
+    /// snapshot: a recompress run may store some right after).
+    public func hasPages(priority: Int) -> Bool {
+        guard (1..<Self.maxPriorities).contains(priority) else { return false }
+        return quiesce.shared { slotsUse(priority: priority) }
+    }
+
+    /// The parameters `priority` was set with (0 = the primary); nil if it has no algorithm.
+    public func parameters(priority: Int) -> AlgorithmParameters? {
+        quiesce.shared {
+            if priority == 0 { return storage.streams.parameters }
+            guard (1..<Self.maxPriorities).contains(priority) else { return nil }
+            return storage.recompressors[priority]?.parameters
+        }
     }
 
     /// The secondary compressors: (priority, algorithm, level).
@@ -267,5 +291,46 @@ extension ZramDevice {
         report.recompressed += 1
         report.bytesSaved += oldSize - stored.size
         return new
+    }
+}
+
+extension ZramDevice {
+    /// 256 MiB of pages at most.
+    public static let maxSamplePages = 1 << 16
+
+    /// Up to `maxPages` (at most `maxSamplePages`) stored pages, spread evenly over those stored,
+    /// decompressed one after another (what `train-dict` trains on). Same-filled and
+    /// written-back pages are left out: neither is ever compressed with a dictionary.
+    public func samplePages(_ maxPages: Int) throws(ZramError) -> [UInt8] {
+        guard pageCount > 0 else { throw .notInitialized }
+        return try quiesce.shared { () throws(ZramError) -> [UInt8] in
+            let b = storage
+            var candidates: [UInt32] = []
+            slots.forEachPossiblyUsedRange(in: 0..<pageCount) { r in
+                for index in r {
+                    let f = slots.peekFlags(index)
+                    if f.isAllocated && !f.isSame && !f.isWrittenBack && f.objectSize > 0 { candidates.append(UInt32(index)) }
+                }
+            }
+            let n = min(max(maxPages, 0), candidates.count, Self.maxSamplePages)
+            var out = [UInt8](repeating: 0, count: n * pageSize)
+            var filled = 0
+            var failure: ZramError?
+            out.withUnsafeMutableBytes { raw in
+                guard let base = raw.baseAddress else { return }
+                for k in 0..<n where failure == nil {
+                    // Evenly spread: the k-th of n over all candidates (no overflow: both fit in Int).
+                    let index = Int(candidates[k * candidates.count / n])
+                    let f = slots.lock(index)
+                    defer { slots.unlock(index, flags: f) }
+                    // Freed or written back since the scan: skipped.
+                    guard f.isAllocated, !f.isSame, !f.isWrittenBack, f.objectSize > 0 else { continue }
+                    do throws(ZramError) { try load(index, f, into: base + filled * pageSize, b, stream: nil) } catch { failure = error }
+                    filled += 1
+                }
+            }
+            if let failure { throw failure }
+            return Array(out[0..<(filled * pageSize)])
+        }
     }
 }

@@ -146,7 +146,7 @@ public final class ZramDevice: @unchecked Sendable {
         backing = config.backing
         slots = try SlotTable(count: pageCount, backing: config.backing, name: config.name)
         storage = Storage(pool: try Self.makePool(config.name, config.chainSize, pageCount, config.backing),
-                          streams: try CompressionStreams(algorithm: config.algorithm, level: config.level), backing: nil)
+                          streams: try CompressionStreams(algorithm: config.algorithm, parameters: config.parameters), backing: nil)
         counters.store(.memLimitPages, Self.pagesRoundedUp(config.memLimit))
     }
 
@@ -414,10 +414,20 @@ public final class ZramDevice: @unchecked Sendable {
     public var algorithm: CompressionAlgorithm { quiesce.shared { storage.streams.algorithm } }
     public var level: Int32 { quiesce.shared { storage.streams.level } }
 
+    /// The primary algorithm's parameters as set (level nil = default), dictionary included.
+    public var parameters: AlgorithmParameters { quiesce.shared { storage.streams.parameters } }
+
     /// Changes the compressor. Refused with `busy` while any page is stored, because stored
     /// objects could no longer be read (zram: -EBUSY once initialised).
     public func setAlgorithm(_ algorithm: CompressionAlgorithm, level: Int32? = nil) throws(ZramError) {
-        let streams = try CompressionStreams(algorithm: algorithm, level: level)
+        try setAlgorithm(algorithm, parameters: AlgorithmParameters(level: level))
+    }
+
+    /// Changes the compressor and all its parameters (zram's comp_algorithm plus algorithm_params
+    /// priority=0). A dictionary is part of them, so the `busy` rule also keeps every stored page
+    /// with the dictionary it was compressed with.
+    public func setAlgorithm(_ algorithm: CompressionAlgorithm, parameters: AlgorithmParameters) throws(ZramError) {
+        let streams = try CompressionStreams(algorithm: algorithm, parameters: parameters)
         try quiesce.exclusive { () throws(ZramError) in
             guard counters.load(.pagesStored) == 0 else { throw .busy }
             storage = storage.with(streams: streams)

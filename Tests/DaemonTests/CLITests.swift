@@ -5,6 +5,13 @@ import TestSupport
 /// The built binary: exit statuses and messages a user sees.
 @Suite("zramnbd command line")
 struct CLITests {
+    @Test("ctl --help lists every action in two columns within 80 columns")
+    func ctlHelpFits() {
+        let lines = ControlAction.helpText.split(separator: "\n")
+        #expect(lines.allSatisfy { $0.count <= 80 }, "\(lines.filter { $0.count > 80 })")
+        for a in ControlAction.all { #expect(lines.contains { $0.hasPrefix("  " + a.head + " ") }, "\(a.name)") }
+    }
+
     @Test("bad values: exit 2 and one clear line", arguments: [
         (["serve", "--size", "4X"], "zramnbd: error: --size: invalid size '4X': unknown suffix 'X' (use K, M, G or T; KiB = 1024, KB = 1000)"),
         (["serve", "--algorithm", "842"], "zramnbd: error: unknown compression algorithm '842' (supported: lzo-rle, lzo, lz4, lz4hc, zstd, deflate)"),
@@ -13,7 +20,7 @@ struct CLITests {
         (["serve", "--listen", "localhost"], "zramnbd: error: invalid address 'localhost': expected HOST:PORT"),
         (["serve", "--frobnicate"], "zramnbd: error: Unknown option '--frobnicate' (see --help)"),
         (["ctl", "zram0", "mem-limit"], "zramnbd: error: usage: zramnbd ctl DEVICE mem-limit SIZE"),
-        (["ctl", "zram0", "explode"], "zramnbd: error: unknown action 'explode' (compact, reset, mem-limit, mem-used-max-reset, add, remove, show, get, attach, detach, idle, writeback, writeback-limit, writeback-limit-enable, writeback-batch-size, compressed-writeback, writeback-packing, backing-dev, recomp-algorithm, algorithm-params, recompress, block-state)"),
+        (["ctl", "zram0", "explode"], "zramnbd: error: unknown action 'explode' (compact, reset, mem-limit, mem-used-max-reset, add, remove, show, get, attach, detach, idle, writeback, writeback-limit, writeback-limit-enable, writeback-batch-size, compressed-writeback, writeback-packing, backing-dev, recomp-algorithm, algorithm-params, recompress, train-dict, block-state)"),
         (["ctl"], "zramnbd: error: Missing expected argument '<device>' (see --help)"),
     ])
     func badValues(_ args: [String], _ message: String) throws {

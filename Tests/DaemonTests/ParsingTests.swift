@@ -181,8 +181,8 @@ struct ConfigTests {
         #expect(d[0].algorithm == "zstd" && d[0].level == 3 && d[0].recompressionAlgorithms == [.init(name: "lz4")] && d[0].postProcessing.recompressArguments == "type=idle")
         #expect(!c.warnings.contains { $0.hasPrefix("c.conf:2:") })   // recompression is in
         #expect(d[1].algorithm == "lzo-rle" && !c.warnings.contains { $0.hasPrefix("c.conf:4:") })
-        #expect(d[2].level == 4)
-        #expect(c.warnings.contains("c.conf:6: algorithm parameter 'dict' is not supported, ignored"))
+        #expect(d[2].level == 4 && d[2].dictionary == "/x", "zram 6.12's dict, read when the device is made")
+        #expect(!c.warnings.contains { $0.hasPrefix("c.conf:6:") })
         #expect(d[3].algorithm == "lzo-rle")
         #expect(c.warnings.contains { $0.hasPrefix("c.conf:8: compression algorithm '842' is not available") && $0.hasSuffix("using lzo-rle") })
         #expect(d[4].algorithm == "lzo-rle" && d[4].level == nil, "unset: the kernel's default, as zram-generator leaves it")
@@ -356,7 +356,7 @@ struct CtlAddMessageTests {
     }
 
     @Test("unknown keys, bad values and skipped devices: the device named, no file, line or 'ignored'", arguments: [
-        ([("bogus", "1")], "zram4: unknown key 'bogus' (keys: size, mem-limit, algorithm, level, zram-size, "),
+        ([("bogus", "1")], "zram4: unknown key 'bogus' (keys: size, mem-limit, algorithm, level, dict, deflate.winbits, zstd.compact, zram-size, "),
         ([("size", "1M"), ("chain-size", "99")], "zram4: chain-size: invalid chain size 99 (4...16)"),
         ([("zram-size", "0")], "zram4: not added: zram-size is 0"),
         ([("size", "1M"), ("swap-priority", "-7")], "zram4: swap-priority: expected -1...32767, got '-7'"),

@@ -199,7 +199,9 @@ import ZramDevice
         spec.postProcessing.idleAfter = 3600; spec.postProcessing.onPressure = true; spec.postProcessing.dailyLimitPages = 4096
         spec.postProcessing.recompressIdleAfter = 60; spec.postProcessing.recompressOnPressure = true
         spec.postProcessing.recompressArguments = "type=huge_idle threshold=1000"
-        spec.recompressionAlgorithms = [.init(name: "zstd", level: 9), .init(name: "deflate")]
+        spec.recompressionAlgorithms = [.init(name: "zstd", level: 9, dictionary: "/etc/z.dict", compactFrames: true),
+                                        .init(name: "deflate", windowBits: -12)]
+        spec.dictionary = "/etc/zramnbd/lz4.dict"
         #expect(try DeviceSpec(handoverFields: spec.handoverFields) == spec)
         let plain = DeviceSpec(name: "z", diskSize: 4096)
         #expect(try DeviceSpec(handoverFields: plain.handoverFields) == plain)

@@ -191,3 +191,130 @@ private func zstdShort(_ src: UnsafeRawPointer, _ dst: UnsafeMutableRawPointer) 
     let n = ZSTD_compress(dst, 8192, src, 2048, 3)
     return ZSTD_isError(n) == 0 ? n : nil
 }
+
+@Suite("Codec: algorithm_params (deflate.winbits, dictionaries)")
+struct AlgorithmParameterTests {
+    /// A raw content dictionary of the text the test pages repeat, and one of other bytes.
+    static let text = Array("The quick brown fox jumps over the lazy dog; zram stores pages compressed. ".utf8)
+    static func dictionary(_ bytes: [UInt8]) throws -> CompressionDictionary { try CompressionDictionary(contents: bytes, path: nil) }
+
+    @Test("deflate.winbits: the kernel's -15...-9 and 9...15 round-trip; others and other algorithms are refused")
+    func windowBits() throws {
+        let pages = variedPages(), out = Pages(3)
+        for bits: Int32 in [-15, -11, -9, 9, 12, 15] {
+            let s = try CompressionAlgorithm.deflate.prepare(AlgorithmParameters(windowBits: bits)).makeStream()
+            for i in 0..<pages.count {
+                let n = try #require(s.compress(page: pages[i], into: out[0], capacity: 8192))
+                #expect(s.decompress(out[0], count: n, intoPage: out[2]) && memcmp(out[2], pages[i], 4096) == 0, "winbits \(bits) page \(i)")
+            }
+        }
+        // A zlib header and trailer (positive bits) cost 6 bytes a page over raw deflate.
+        let raw = try CompressionAlgorithm.deflate.prepare(AlgorithmParameters(windowBits: -11)).makeStream()
+        let zlib = try CompressionAlgorithm.deflate.prepare(AlgorithmParameters(windowBits: 11)).makeStream()
+        let a = try #require(raw.compress(page: pages[3], into: out[0], capacity: 8192))
+        let b = try #require(zlib.compress(page: pages[3], into: out[1], capacity: 8192))
+        #expect(b == a + 6)
+        for bits: Int32 in [-16, -8, 0, 8, 16, 31, .min, .max] {
+            #expect(throws: CodecError.invalidWindowBits(bits)) { try CompressionAlgorithm.deflate.prepare(AlgorithmParameters(windowBits: bits)) }
+        }
+        #expect(throws: CodecError.unsupportedParameter(.zstd, "deflate.winbits")) {
+            try CompressionAlgorithm.zstd.prepare(AlgorithmParameters(windowBits: -11))
+        }
+        #expect(CodecError.invalidWindowBits(8).description == "deflate.winbits=8 is outside -15...-9 (raw deflate) and 9...15 (zlib)")
+    }
+
+    @Test("a dictionary round-trips and shrinks pages like it for zstd, lz4 and lz4hc", arguments: [CompressionAlgorithm.zstd, .lz4, .lz4hc])
+    func dictionaryRoundTrip(algorithm: CompressionAlgorithm) throws {
+        let pages = variedPages(), out = Pages(3)
+        let plain = try algorithm.makeStream()
+        let prepared = try algorithm.prepare(AlgorithmParameters(dictionary: try Self.dictionary(Array(repeating: Self.text, count: 20).flatMap { $0 })))
+        let s = try prepared.makeStream(), other = try prepared.makeStream()   // two CPUs' streams share it
+        for i in 0..<pages.count {
+            let n = try #require(s.compress(page: pages[i], into: out[0], capacity: 8192))
+            memset(out[2], 0xAA, 4096)
+            #expect(other.decompress(out[0], count: n, intoPage: out[2]) && memcmp(out[2], pages[i], 4096) == 0, "page \(i)")
+        }
+        let with = try #require(s.compress(page: pages[3], into: out[0], capacity: 8192))
+        let without = try #require(plain.compress(page: pages[3], into: out[1], capacity: 8192))
+        #expect(with < without, "the text page is mostly the dictionary")
+        // Another dictionary cannot read it back.
+        let wrong = try algorithm.prepare(AlgorithmParameters(dictionary: try Self.dictionary(Array(repeating: 0x41, count: 4096)))).makeStream()
+        let ok = wrong.decompress(out[0], count: with, intoPage: out[2])
+        #expect(!ok || memcmp(out[2], pages[3], 4096) != 0)
+    }
+
+    @Test("zstd.compact: frames without magic, dictionary ID and content size round-trip and are smaller; zstd only")
+    func compactFrames() throws {
+        let pages = variedPages(), out = Pages(5)   // two 8 KiB outputs and a page
+        let dict = try Self.dictionary(Array(repeating: Self.text, count: 20).flatMap { $0 })
+        for d in [nil, dict] {
+            let plain = try CompressionAlgorithm.zstd.prepare(AlgorithmParameters(dictionary: d)).makeStream()
+            let compact = try CompressionAlgorithm.zstd.prepare(AlgorithmParameters(dictionary: d, compactFrames: true)).makeStream()
+            for i in 0..<pages.count {
+                let n = try #require(compact.compress(page: pages[i], into: out[0], capacity: 8192))
+                let m = try #require(plain.compress(page: pages[i], into: out[2], capacity: 8192))
+                #expect(n < m, "page \(i): \(n) vs \(m)")
+                memset(out[4], 0xAA, 4096)
+                #expect(compact.decompress(out[0], count: n, intoPage: out[4]) && memcmp(out[4], pages[i], 4096) == 0, "page \(i) dict \(d != nil)")
+                #expect(!plain.decompress(out[0], count: n, intoPage: out[4]), "a magicless frame is not a standard one")
+            }
+        }
+        #expect(throws: CodecError.unsupportedParameter(.lz4, "zstd.compact")) {
+            try CompressionAlgorithm.lz4.prepare(AlgorithmParameters(compactFrames: true))
+        }
+    }
+
+    @Test("dictionaries are refused: for lzo, lzo-rle, deflate; empty, missing, not a file, too large, corrupt")
+    func dictionaryRefusals() throws {
+        let d = try Self.dictionary(Self.text)
+        for a in [CompressionAlgorithm.lzo, .lzoRle, .deflate] {
+            #expect(throws: CodecError.unsupportedParameter(a, "dict")) { try a.prepare(AlgorithmParameters(dictionary: d)) }
+        }
+        #expect(CodecError.unsupportedParameter(.lzo, "dict").description == "lzo takes no dictionary (zstd, lz4 and lz4hc do)")
+        #expect(throws: CodecError.dictionary("the dictionary is empty")) { try Self.dictionary([]) }
+        #expect(throws: CodecError.dictionary("/nonexistent/d: No such file or directory")) { try CompressionDictionary.load(path: "/nonexistent/d") }
+        #expect(throws: CodecError.dictionary("/tmp is not a regular file")) { try CompressionDictionary.load(path: "/tmp") }
+        let big = try Self.dictionary(Array(repeating: 7, count: CompressionDictionary.maxLZ4Bytes + 1))
+        #expect(throws: CodecError.dictionary("the dictionary is 65537 bytes; lz4 takes at most 65536")) {
+            try CompressionAlgorithm.lz4.prepare(AlgorithmParameters(dictionary: big))
+        }
+        // zstd's dictionary magic with garbage after it.
+        let corrupt = try Self.dictionary([0x37, 0xA4, 0x30, 0xEC] + Array(repeating: 0xFF, count: 200))
+        #expect(throws: CodecError.dictionary("the dictionary is not a usable zstd dictionary (corrupt header or entropy tables)")) {
+            try CompressionAlgorithm.zstd.prepare(AlgorithmParameters(dictionary: corrupt))
+        }
+        #expect(try Self.dictionary(Self.text) == d, "equal bytes, equal dictionaries")
+    }
+
+    @Test("train makes a zstd dictionary from pages that pays on pages like them")
+    func training() throws {
+        // 200 pages of records that differ in their numbers.
+        var samples: [UInt8] = []
+        var x: UInt64 = 1
+        for _ in 0..<200 {
+            var page: [UInt8] = []
+            while page.count < 4096 {
+                x = x &* 6364136223846793005 &+ 1442695040888963407
+                page += Array("{\"id\": \(x >> 40), \"name\": \"user\(x >> 50)\", \"active\": true, \"score\": \(x >> 54)}, ".utf8)
+            }
+            samples += page[0..<4096]
+        }
+        let bytes = try DictionaryTrainer.train(samples: samples, sampleSize: 4096, size: 8192)
+        #expect(bytes.count > 0 && bytes.count <= 8192)
+        let dict = try CompressionDictionary(contents: bytes, path: nil)
+        #expect(dict.zstdID != 0, "a trained dictionary has an ID")
+        let with = try CompressionAlgorithm.zstd.prepare(AlgorithmParameters(dictionary: dict)).makeStream()
+        let without = try CompressionAlgorithm.zstd.makeStream()
+        let out = Pages(2)
+        var a = 0, b = 0
+        samples.withUnsafeBytes { s in
+            for i in 0..<200 {
+                a += with.compress(page: s.baseAddress! + i * 4096, into: out[0], capacity: 8192) ?? 0
+                b += without.compress(page: s.baseAddress! + i * 4096, into: out[1], capacity: 8192) ?? 0
+            }
+        }
+        #expect(a < b * 95 / 100, "with \(a) bytes, without \(b)")
+        #expect(throws: CodecError.dictionary("no pages to train from")) { try DictionaryTrainer.train(samples: [], sampleSize: 4096, size: 8192) }
+        #expect(throws: CodecError.dictionary("size=100 is outside 256...1048576 bytes")) { try DictionaryTrainer.train(samples: samples, sampleSize: 4096, size: 100) }
+    }
+}

@@ -119,3 +119,48 @@ struct RecompressTests {
         dev.closeBackingDevice()
     }
 }
+
+@Suite("dictionaries on a device: recompression with one, trained from the device's own pages")
+struct DeviceDictionaryTests {
+    @Test("a trained dictionary recompresses smaller than plain zstd, reads back, and cannot change under its pages")
+    func trainedDictionary() throws {
+        let (plain, data) = try RecompressTests.device()
+        _ = try plain.recompress("")
+        let (dev, _) = try RecompressTests.device()
+        let samples = try dev.samplePages(1000)
+        #expect(samples.count == 56 * 4096, "the 48 text and 8 random pages; not the same-filled ones")
+        let dict = try CompressionDictionary(contents: try DictionaryTrainer.train(samples: samples, sampleSize: 4096, size: 4096), path: nil)
+        try dev.setRecompressionAlgorithm(.zstd, parameters: AlgorithmParameters(dictionary: dict), priority: 1)
+        #expect(dev.parameters(priority: 1)?.dictionary == dict)
+        let r = try dev.recompress("")
+        #expect(r.recompressed == 48)
+        #expect(dev.stats().comprDataSize < plain.stats().comprDataSize)
+        #expect(try RecompressTests.readsBack(dev, data))
+        // Another dictionary, or none, would misread the pages recompressed with this one.
+        let other = try CompressionDictionary(contents: Array(repeating: 0x41, count: 4096), path: nil)
+        #expect(throws: ZramError.busy) { try dev.setRecompressionAlgorithm(.zstd, parameters: AlgorithmParameters(dictionary: other), priority: 1) }
+        #expect(throws: ZramError.busy) { try dev.setRecompressionAlgorithm(.zstd, priority: 1) }
+        #expect(dev.parameters(priority: 1)?.dictionary == dict)
+        _ = try dev.compact()
+        #expect(try RecompressTests.readsBack(dev, data))
+    }
+
+    @Test("the primary with a dictionary or deflate.winbits: pages read back; a state hand-over is refused")
+    func primaryParameters() throws {
+        let data = writebackCorpus()
+        let dict = try CompressionDictionary(contents: Array(repeating: 0x41, count: 1000), path: nil)
+        for (a, p) in [(CompressionAlgorithm.zstd, AlgorithmParameters(dictionary: dict)), (.lz4, AlgorithmParameters(dictionary: dict)),
+                       (.lz4hc, AlgorithmParameters(dictionary: dict)), (.deflate, AlgorithmParameters(windowBits: -15))] {
+            let dev = try makeDevice(1 << 20, clock: TestClock())
+            try dev.setAlgorithm(a, parameters: p)
+            try dev.write(data, at: 0)
+            let back = Buffer(data.count)
+            try dev.read(back, at: 0)
+            #expect(back.equals(data, 0..<data.count), "\(a)")
+            #expect(throws: ZramError.busy) { try dev.setAlgorithm(a) }
+            #expect(throws: ZramError.incompatibleState("\(dev.name): a dictionary, deflate.winbits or zstd.compact is not carried over yet")) {
+                _ = try dev.exportState()
+            }
+        }
+    }
+}

@@ -90,6 +90,21 @@ import Testing
         #expect(throws: ZramError.busy) { try successor.setRecompressionAlgorithm(.lz4, priority: 1) }
     }
 
+    /// Parameters the header does not carry (deflate.winbits here; a dictionary alike) refuse
+    /// the export, for a secondary as for the primary: a successor would read with the wrong ones.
+    @Test func parametersTheHeaderCannotCarryRefuseTheExport() throws {
+        let (dev, _) = try populatedDevice(1 << 20)
+        try dev.setRecompressionAlgorithm(.deflate, parameters: AlgorithmParameters(windowBits: -12), priority: 2)
+        #expect {
+            _ = try dev.exportState()
+        } throws: { e in
+            guard case ZramError.incompatibleState(let m) = e else { return false }
+            return m.contains("deflate.winbits") && m.contains("not carried over")
+        }
+        try dev.setRecompressionAlgorithm(.deflate, priority: 2)   // no pages use it yet
+        _ = try ZramDevice(attaching: try dev.exportState())
+    }
+
     /// After a crash (ZramDevice(recovering:)): what a SIGKILL can leave half-done is repaired,
     /// and what it cannot explain is refused. The slot table is edited through its memfd the
     /// way a killed request would have left it.

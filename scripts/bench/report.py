@@ -283,6 +283,38 @@ def table(path, only):
             out.append(label.ljust(34) + "".join(cells))
         out.append("")
 
+    if want("recompress") and r.has("rc."):
+        out.append("9. Recompression (zramnbd, one device per line; MiB of mm_stat mem_used_total, seconds,")
+        out.append("   4k random read p50 at QD1 over the whole corpus in microseconds; nbdkit: RSS growth)")
+        cols = [c for c in REAL_CORPORA if r.num("zramnbd-lz4", f"rc.{c}.primary.lz4.mem") is not None
+                or r.num("nbdkit-zstd", f"rc.{c}.nbdkit.rss_growth") is not None]
+        out.append("".ljust(50) + "".join(c.rjust(12) for c in cols))
+
+        def line(label, target, key, fmt):
+            cells = []
+            for c in cols:
+                v = r.num(target, f"rc.{c}.{key}")
+                cells.append((fmt(v) if v is not None else "n/a").rjust(12))
+            out.append(label.ljust(50) + "".join(cells))
+
+        mib = lambda v: f"{v / MIB:.1f}"  # noqa: E731
+        for a in ("lz4", "lz4hc", "lzo", "lzo-rle", "zstd", "deflate"):
+            if any(r.num("zramnbd-lz4", f"rc.{c}.primary.{a}.mem") is not None for c in cols):
+                line(f"primary {a}: mem_used_total", "zramnbd-lz4", f"primary.{a}.mem", mib)
+                line(f"primary {a}: write s", "zramnbd-lz4", f"primary.{a}.write_s", lambda v: f"{v:.2f}")
+        for mode, what in (("zstd", "zstd-3"), ("dict", "zstd-3 + train-dict")):
+            line(f"lz4 -> {what}: mem_used_total", "zramnbd-lz4", f"{mode}.mem", mib)
+            line(f"lz4 -> {what}: mem_used_total compacted", "zramnbd-lz4", f"{mode}.mem_compacted", mib)
+            if mode == "dict":
+                line(f"lz4 -> {what}: train-dict s", "zramnbd-lz4", f"{mode}.train_s", lambda v: f"{v:.2f}")
+            line(f"lz4 -> {what}: recompress s", "zramnbd-lz4", f"{mode}.recompress_s", lambda v: f"{v:.2f}")
+            line(f"lz4 -> {what}: pages recompressed", "zramnbd-lz4", f"{mode}.pages", lambda v: f"{v:.0f}")
+            line(f"lz4 -> {what}: RSS growth (compacted)", "zramnbd-lz4", f"{mode}.rss_growth", mib)
+            line(f"lz4 -> {what}: read p50 before (lz4)", "zramnbd-lz4", f"{mode}.before.p50", lambda v: f"{v:.1f}")
+            line(f"lz4 -> {what}: read p50 after", "zramnbd-lz4", f"{mode}.after.p50", lambda v: f"{v:.1f}")
+        line("nbdkit memory allocator=zstd: RSS growth", "nbdkit-zstd", "nbdkit.rss_growth", mib)
+        out.append("")
+
     verdicts(r, corpora).render(out)
     if r.notes:
         out.append("Notes")
