@@ -86,6 +86,20 @@ public final class BlockFile: @unchecked Sendable {   // @unchecked: immutable a
         return BlockFile(path: path, fd: fd, blockCount: blocks, isBlockDevice: isBlockDevice, isDirect: direct, wasCreated: created)
     }
 
+    /// A backing file a predecessor process opened with `open` (an upgrade or a restart after a
+    /// crash hands its descriptor over): adopted as it is, its lock and O_DIRECT included.
+    public static func adopt(fd: Int32, path: String, wasCreated: Bool) throws(PosixError) -> BlockFile {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .lastError("fstat \(path)") }
+        let kind = st.st_mode & S_IFMT
+        guard kind == S_IFBLK || kind == S_IFREG else { throw .message("\(path): the handed-over descriptor is not a file or block device") }
+        let bytes = lseek(fd, 0, SEEK_END)
+        let blocks = bytes < 0 ? 0 : Int(bytes) / pageSize
+        let flags = fcntl(fd, F_GETFL)
+        return BlockFile(path: path, fd: fd, blockCount: blocks, isBlockDevice: kind == S_IFBLK && !wasCreated,
+                         isDirect: flags >= 0 && flags & oDirect != 0, wasCreated: wasCreated)
+    }
+
     /// Turns on O_DIRECT if the file system takes it (tmpfs and some others refuse); probes one
     /// aligned read, because some accept the flag and fail the I/O.
     private static func enableDirectIO(_ fd: Int32) -> Bool {

@@ -68,7 +68,7 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
         // A predecessor's devices and connections when this process is the binary it exec'd
         // at an upgrade (Upgrade.swift), and the answer for its ctl connection.
         var upgraded: (reply: ControlReply, fd: Int32?)?
-        do {
+        do throws(DaemonError) {
             let incoming = try Upgrade.incoming()
             try host.preparePublishing()
             let stored = (host.factory as? ZramDeviceFactory)?.takeStoredDescriptors() ?? []
@@ -90,7 +90,13 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
                     control = try ControlServer(path: path)
                 }
             }
-            if let m = settings.metricsListen { metrics = try MetricsServer(address: try HostPort.parse(m)) }
+            if let m = settings.metricsListen {
+                do throws(DaemonError) { metrics = try MetricsServer(address: try HostPort.parse(m)) } catch {
+                    // Once a predecessor's devices are here, only they matter: never exit over metrics.
+                    guard upgraded != nil else { throw error }
+                    log.error("metrics: \(error); serving without them")
+                }
+            }
             status = host.summary()
             log.info("ready: \(host.deviceNames.count) device(s)\(control.map { ", control socket " + $0.path } ?? "")")
             // From here on the host is shared with the workers.

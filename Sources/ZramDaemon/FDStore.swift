@@ -16,8 +16,9 @@ import Posix
 import ZramDevice
 
 struct FDStore {
-    /// The parts of a device's state, in DeviceStateFDs order, then the spec.
-    static let parts = ["header", "slots", "arena", "pagemap", "spec"]
+    /// The parts of a device's state, in DeviceStateFDs order, then the spec; the backing file
+    /// only where there is one.
+    static let parts = ["header", "slots", "arena", "pagemap", "spec", "backing"]
 
     /// FDNAME= of one part: systemd allows up to 255 printable characters but ':'; device names
     /// are letters, digits, '.', '_' and '-'.
@@ -46,7 +47,7 @@ struct FDStore {
             return
         }
         defer { close(specFD) }
-        for (part, fd) in zip(Self.parts, [fds.header, fds.slots, fds.arena, fds.pageMap, specFD]) {
+        for (part, fd) in zip(Self.parts, [fds.header, fds.slots, fds.arena, fds.pageMap, specFD, fds.backing]) where fd >= 0 {
             guard notifier.notify("FDSTORE=1\nFDNAME=\(Self.name(spec.name, part))", descriptors: [fd]) else {
                 log.warning("\(spec.name): systemd did not take its \(part) into the fd store: a crash loses its data")
                 remove(spec.name)
@@ -91,10 +92,10 @@ struct FDStore {
             do throws(DaemonError) {
                 let spec = try DeviceSpec(handoverFields: ControlRecord.parse(text.trimmed()).fields)
                 guard spec.name == device else { throw .device("its spec names device \(spec.name)") }
-                devices.append((spec, DeviceStateFDs(header: h, slots: s, arena: a, pageMap: m)))
+                devices.append((spec, DeviceStateFDs(header: h, slots: s, arena: a, pageMap: m, backing: p["backing"] ?? -1)))
             } catch {
                 problems.append("\(device): its spec in the fd store is unreadable (\(error)): not recovered")
-                for fd in [h, s, a, m] { close(fd) }
+                for fd in [h, s, a, m, p["backing"] ?? -1] where fd >= 0 { close(fd) }
             }
         }
         return (devices, problems)

@@ -45,7 +45,7 @@ struct HandoverManifest {
     var descriptors: [Int32] {
         var fds = [fallbackFD, replyFD, controlFD].compactMap { $0 }
         for d in devices {
-            fds += [d.state.header, d.state.slots, d.state.arena, d.state.pageMap]
+            fds += d.state.all
             fds += d.listeners.map(\.fd) + d.connections.map(\.fd)
         }
         return fds
@@ -62,6 +62,7 @@ struct HandoverManifest {
             let s = d.state
             var state: [(String, String)] = [("kind", "device"), ("name", d.spec.name), ("header", String(s.header)),
                                               ("slots", String(s.slots)), ("arena", String(s.arena)), ("pagemap", String(s.pageMap))]
+            if s.backing >= 0 { state.append(("backing", String(s.backing))) }
             if let n = d.nbdDevice { state.append(("nbd-device", n)) }
             lines.append(state)
             lines.append([("kind", "spec")] + d.spec.handoverFields)
@@ -112,7 +113,8 @@ struct HandoverManifest {
             case "device":
                 guard let name = r["name"] else { throw fail("a device without a name") }
                 let state = DeviceStateFDs(header: try fd(r, "header"), slots: try fd(r, "slots"),
-                                           arena: try fd(r, "arena"), pageMap: try fd(r, "pagemap"))
+                                           arena: try fd(r, "arena"), pageMap: try fd(r, "pagemap"),
+                                           backing: try optionalFD(r, "backing") ?? -1)
                 m.devices.append(Device(spec: DeviceSpec(name: name, diskSize: 0), nbdDevice: r["nbd-device"],
                                         state: state, listeners: [], connections: []))
             case "spec":

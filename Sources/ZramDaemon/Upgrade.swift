@@ -238,14 +238,15 @@ extension Daemon {
         do throws(DaemonError) {
             for d in m.devices {
                 var copy = DeviceStateFDs(header: -1, slots: -1, arena: -1, pageMap: -1)
-                for (i, fd) in [d.state.header, d.state.slots, d.state.arena, d.state.pageMap].enumerated() {
+                for (i, fd) in d.state.all.enumerated() {
                     let c = fcntl(fd, F_DUPFD_CLOEXEC, 0)
                     guard c >= 0 else { copy.closeAll(); throw .errno("dup \(d.spec.name)'s state fd") }
                     switch i {
                     case 0: copy.header = c
                     case 1: copy.slots = c
                     case 2: copy.arena = c
-                    default: copy.pageMap = c
+                    case 3: copy.pageMap = c
+                    default: copy.backing = c
                     }
                 }
                 stores.append(try ZramPageStore(attaching: copy, spec: d.spec))
@@ -258,6 +259,7 @@ extension Daemon {
                 throw .device("cannot take over the devices: \(why)")
             }
             log.error("upgrade: cannot take over (\(error)); going back to the previous binary")
+            for s in stores { s.device.closeBackingDevice(removingFile: false) }   // the previous binary keeps using it
             stores.removeAll()
             setenv(Upgrade.manifestVariable, String(incoming.fd), 1)
             setenv(Upgrade.failureVariable, error.description, 1)

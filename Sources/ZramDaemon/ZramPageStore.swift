@@ -52,9 +52,9 @@ final class ZramPageStore: PageStore, @unchecked Sendable {  // @unchecked: Zram
         }
     }
 
-    /// A predecessor's device (an upgrade), from its state memfds: the data, counters and
-    /// algorithms come from the state; the spec's writeback settings are applied again (a
-    /// device with a backing device is not handed over yet).
+    /// A predecessor's device (an upgrade), from its state memfds: the data, counters,
+    /// algorithms and backing device come from the state; the spec's writeback settings are
+    /// applied again.
     /// `recovering`: the state a crash left (ZramDevice(recovering:)), not a quiesced hand-over.
     init(attaching fds: DeviceStateFDs, spec: DeviceSpec, recovering: Bool = false) throws(DaemonError) {
         do {

@@ -124,6 +124,17 @@ final class Backing: @unchecked Sendable {   // @unchecked: the bitmap is atomic
         if refs[block].subtract(1, ordering: .acquiringAndReleasing).oldValue == 1 { releaseBlock(block) }
     }
 
+    /// A successor rebuilding the bitmap from the slots: one more slot stored in `block`, which
+    /// is in use from its first one. False for a block outside the file. bd_count is the
+    /// caller's (it comes with the state, or is recounted).
+    func adoptReference(_ block: Int) -> Bool {
+        guard block >= 0, block < blockCount else { return false }
+        if refs[block].add(1, ordering: .relaxed).oldValue == 0 {
+            bitmap[block / 64].bitwiseOr(1 << UInt64(block % 64), ordering: .relaxed)
+        }
+        return true
+    }
+
     /// Every block free again (reset; no I/O runs).
     func releaseAll() {
         releaseToOS(UnsafeMutableRawPointer(bitmap), byteCount: bitmapBytes)

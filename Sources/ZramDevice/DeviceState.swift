@@ -16,13 +16,19 @@ public struct DeviceStateFDs: Sendable {
     public var arena: Int32
     /// The pool's page map (8 bytes per arena page: which zspage a page belongs to).
     public var pageMap: Int32
+    /// The backing device's open file (writeback), -1 without one. Its bitmap is not passed:
+    /// the successor rebuilds it from the written-back slots.
+    public var backing: Int32
 
-    public init(header: Int32, slots: Int32, arena: Int32, pageMap: Int32) {
-        self.header = header; self.slots = slots; self.arena = arena; self.pageMap = pageMap
+    public init(header: Int32, slots: Int32, arena: Int32, pageMap: Int32, backing: Int32 = -1) {
+        self.header = header; self.slots = slots; self.arena = arena; self.pageMap = pageMap; self.backing = backing
     }
 
-    /// Closes all four (a caller giving up on a hand-over).
-    public func closeAll() { for fd in [header, slots, arena, pageMap] where fd >= 0 { close(fd) } }
+    /// Every fd, in this order (the backing one only if there is one).
+    public var all: [Int32] { [header, slots, arena, pageMap] + (backing >= 0 ? [backing] : []) }
+
+    /// Closes them all (a caller giving up on a hand-over).
+    public func closeAll() { for fd in all where fd >= 0 { close(fd) } }
 }
 
 /// The header page: little-endian 64-bit words at fixed offsets, then the counters, then two
@@ -54,6 +60,16 @@ public struct DeviceStateHeader: Sendable, Equatable {
     /// so a successor must read them with the same algorithm at the same priority.
     public var recompressors: [Recompressor] = []
 
+    /// The backing device (writeback): its path (for `backing_dev` and messages), whether the
+    /// daemon created the file (it removes it with the device), and its size in blocks.
+    public var backing: BackingFile?
+
+    public struct BackingFile: Sendable, Equatable {
+        public var path: String
+        public var wasCreated: Bool
+        public var blockCount: Int
+    }
+
     public struct Recompressor: Sendable, Equatable {
         public var priority: Int
         public var algorithm: CompressionAlgorithm
@@ -78,6 +94,8 @@ public struct DeviceStateHeader: Sendable, Equatable {
         static let algorithm = 512, name = 544, nameBytes = 256
         /// Per priority 1...3: a 32-byte algorithm name (empty: none), then its level.
         static let recompressors = 1024, recompressorBytes = 48
+        /// The backing device: flags (bit 0 present, bit 1 created by us), blocks, then its path.
+        static let backingFlags = 1200, backingBlocks = 1208, backingPath = 1216, backingPathBytes = 1024
     }
 
     /// Writes the page at `p` (4096 bytes).
@@ -97,6 +115,11 @@ public struct DeviceStateHeader: Sendable, Equatable {
             let at = At.recompressors + (r.priority - 1) * At.recompressorBytes
             Self.putString(r.algorithm.rawValue, p + at, 32)
             put(at + 32, UInt64(bitPattern: Int64(r.level)))
+        }
+        if let b = backing {
+            put(At.backingFlags, 1 | (b.wasCreated ? 2 : 0))
+            put(At.backingBlocks, UInt64(b.blockCount))
+            Self.putString(b.path, p + At.backingPath, At.backingPathBytes)
         }
         put(At.checksum, Self.checksum(p))
     }
@@ -205,10 +228,19 @@ public struct DeviceStateHeader: Sendable, Equatable {
             }
             recompressors.append(Recompressor(priority: priority, algorithm: a, level: l))
         }
+        var backing: BackingFile?
+        let flags = get(At.backingFlags)
+        if flags & 1 != 0 {
+            let path = getString(p + At.backingPath, At.backingPathBytes)
+            guard path.hasPrefix("/") else { throw .incompatibleState("state backing device path '\(path)' is not absolute") }
+            backing = BackingFile(path: path, wasCreated: flags & 2 != 0,
+                                  blockCount: try int(At.backingBlocks, "backing device blocks", max: Int(UInt32.max)))
+        }
         return DeviceStateHeader(name: getString(p + At.name, At.nameBytes), pageSize: ps, chainSize: chain,
                                  diskSize: disk, pageCount: pages, poolMaxPages: maxPages, poolHighWater: highWater,
                                  pagesCompacted: compacted, algorithm: algorithm, level: level,
-                                 generation: get(At.generation), counters: counters, recompressors: recompressors)
+                                 generation: get(At.generation), counters: counters, recompressors: recompressors,
+                                 backing: backing)
     }
 }
 
@@ -243,9 +275,6 @@ extension ZramDevice {
             guard let slotsMemory = slots.shared, let arena = pool.arenaFD, let map = pool.pageMapFD else {
                 throw .incompatibleState("\(name): its memory is anonymous (backing \(backing.rawValue)); only memfd state can be handed over")
             }
-            guard storage.backing == nil else {
-                throw .incompatibleState("\(name): a backing device's state is not carried over yet")
-            }
             // The header carries each priority's algorithm and level, not its other parameters.
             for streams in [storage.streams] + storage.recompressors.compactMap({ $0 }) {
                 let p = streams.parameters
@@ -259,6 +288,9 @@ extension ZramDevice {
                 }
             }
             guard let header = stateHeader else { throw .outOfMemory("no state header") }
+            if let b = storage.backing, b.file.path.utf8.count >= 1024 {
+                throw .incompatibleState("\(name): the backing device's path is longer than the state keeps (1023 bytes)")
+            }
             generation &+= 1
             let h = DeviceStateHeader(
                 name: name, pageSize: pageSize, chainSize: chainSize, diskSize: diskSize, pageCount: pageCount,
@@ -267,6 +299,9 @@ extension ZramDevice {
                 counters: DeviceStateHeader.counterOrder.map { counters.load($0) },
                 recompressors: storage.recompressors.enumerated().compactMap { p, r in
                     r.map { DeviceStateHeader.Recompressor(priority: p, algorithm: $0.algorithm, level: $0.level) }
+                },
+                backing: storage.backing.map {
+                    DeviceStateHeader.BackingFile(path: $0.file.path, wasCreated: $0.file.wasCreated, blockCount: $0.blockCount)
                 })
             h.store(to: header.base)
             var fds = DeviceStateFDs(header: -1, slots: -1, arena: -1, pageMap: -1)
@@ -275,6 +310,7 @@ extension ZramDevice {
                 fds.slots = try slotsMemory.duplicateFD()
                 fds.arena = try Self.duplicate(arena)
                 fds.pageMap = try Self.duplicate(map)
+                if let b = storage.backing { fds.backing = try Self.duplicate(b.file.fd) }
             } catch {
                 fds.closeAll()
                 throw .outOfMemory("cannot duplicate the state fds: \(error)")
@@ -289,10 +325,17 @@ extension ZramDevice {
         return d
     }
 
+    /// A written-back slot's block, taken into the rebuilt bitmap; false if there is no backing
+    /// device or the block is outside it.
+    private func adoptWrittenBack(_ index: Int) -> Bool {
+        guard let backing = storage.backing else { return false }
+        return backing.adoptReference(Backing.location(slots.handle(index)).block)
+    }
+
     /// A successor's check before serving: every slot that names a pool object names a live one of
-    /// a fitting size, no slot is locked or written back (nothing carries those yet), and the slot
-    /// census agrees with the inherited counters and the pool. Reads only the slot table's data
-    /// extents.
+    /// a fitting size, every written-back slot a block of the backing device (whose bitmap is
+    /// rebuilt from them), no slot is locked, and the slot census agrees with the inherited
+    /// counters and the pool. Reads only the slot table's data extents.
     func verifyAttached() throws(ZramError) {
         let pool = storage.pool
         var c = SlotCensus()
@@ -306,8 +349,11 @@ extension ZramDevice {
                 }
                 guard f.isAllocated else { continue }
                 c.storedPages += 1
-                guard !f.isWrittenBack else {
-                    throw .incompatibleState("\(name): slot \(index) is on a backing device, which is not carried over yet")
+                if f.isWrittenBack {
+                    guard adoptWrittenBack(index) else {
+                        throw .incompatibleState("\(name): slot \(index) names no block of a backing device: refusing to serve wrong data")
+                    }
+                    continue
                 }
                 if f.isSame { c.samePages += 1; continue }
                 let size = f.objectSize
@@ -322,12 +368,13 @@ extension ZramDevice {
         let live = pool.classStats().reduce(0) { $0 + $1.objUsed }
         let expected = (counters.load(.pagesStored), counters.load(.samePages), counters.load(.hugePages),
                         counters.load(.comprDataSize))
+        let blocks = storage.backing?.blocksInUse() ?? 0
         guard c.storedPages == expected.0, c.samePages == expected.1, c.hugePages == expected.2,
-              c.comprBytes == expected.3, objects == live else {
+              c.comprBytes == expected.3, objects == live, blocks == counters.load(.bdCount) else {
             throw .incompatibleState("""
                 \(name): slots and counters disagree (stored \(c.storedPages)/\(expected.0), same \(c.samePages)/\(expected.1), \
-                huge \(c.hugePages)/\(expected.2), compressed bytes \(c.comprBytes)/\(expected.3), objects \(objects)/\(live) in the pool): \
-                the state is stale or torn
+                huge \(c.hugePages)/\(expected.2), compressed bytes \(c.comprBytes)/\(expected.3), objects \(objects)/\(live) in the pool, \
+                backing blocks \(blocks)/\(counters.load(.bdCount))): the state is stale or torn
                 """)
         }
     }
@@ -384,8 +431,14 @@ extension ZramDevice {
                 }
                 if locked { slots.unlock(index, flags: f) }
                 guard f.isAllocated else { continue }
-                guard !f.isWrittenBack else {
-                    throw .incompatibleState("\(name): slot \(index) is on a backing device, which is not carried over yet")
+                if f.isWrittenBack {
+                    // A writeback installs the block only once it is written: whole if named.
+                    guard adoptWrittenBack(index) else {
+                        if locked { drop(); continue }
+                        throw .incompatibleState("\(name): slot \(index) names no block of a backing device, and no request was writing it: the state is torn, refusing to serve wrong data")
+                    }
+                    c.storedPages += 1
+                    continue
                 }
                 if f.isSame {
                     // A write may have stored a new object's handle where the fill word was.
@@ -421,6 +474,7 @@ extension ZramDevice {
         counters.store(.samePages, c.samePages)
         counters.store(.hugePages, c.hugePages)
         counters.store(.comprDataSize, c.comprBytes)
+        counters.store(.bdCount, storage.backing?.blocksInUse() ?? 0)
         counters.store(.maxUsedPages, max(counters.load(.maxUsedPages), pool.totalPages))
         recovery = RecoveryReport(droppedPages: dropped, freedObjects: leaked)
     }

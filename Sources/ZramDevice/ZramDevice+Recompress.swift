@@ -281,8 +281,7 @@ extension ZramDevice {
             return f
         }
         // slot_free, then the new object at its priority (the kernel's access time restarts at 0).
-        freeContents(index, f, b)
-        slots.setHandle(index, stored.handle)
+        replaceHandle(index, f, with: stored.handle, b)
         counters.add(.comprDataSize, stored.size)
         counters.add(.pagesStored)
         counters.raise(.maxUsedPages, to: pool.totalPages)

@@ -186,10 +186,11 @@ extension ZramDevice {
     public var backingDevicePath: String? { quiesce.shared { storage.backing?.file.path } }
 
     /// Closes the backing device (and removes a file created for it): the device is going away.
-    public func closeBackingDevice() {
+    /// `removingFile: false` keeps a file the device created (another process takes it over).
+    public func closeBackingDevice(removingFile: Bool = true) {
         runLock.withLock {
             quiesce.exclusive {
-                storage.backing?.file.close(removing: true)
+                storage.backing?.file.close(removing: removingFile)
                 storage = storage.with(backing: .some(nil))
             }
         }
@@ -482,7 +483,8 @@ extension ZramDevice {
             }
             // slot_free, then ZRAM_WB: the access time restarts at 0, as in the kernel.
             let keep = f
-            freeContents(index, f, b)
+            backing.retain(blocks[page])
+            replaceHandle(index, keep, with: Backing.handle(block: blocks[page], offset: offset), b)
             f = .empty
             f.isWrittenBack = true
             if keepObject {
@@ -490,8 +492,6 @@ extension ZramDevice {
                 f.isHuge = keep.isHuge
                 f.priority = keep.priority
             }
-            backing.retain(blocks[page])
-            slots.setHandle(index, Backing.handle(block: blocks[page], offset: offset))
             counters.add(.pagesStored)
             slots.unlock(index, flags: f)
             report.written += 1

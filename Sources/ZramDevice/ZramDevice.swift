@@ -203,8 +203,37 @@ public final class ZramDevice: @unchecked Sendable {
                           recompressors: recompressors)
         for (i, c) in DeviceStateHeader.counterOrder.enumerated() { counters.store(c, h.counters[i]) }
         generation = h.generation
-        if recovering { try recoverSlots() } else { try verifyAttached() }
+        if let hb = h.backing {
+            owned.backing = -1
+            try attachBacking(hb, fd: fds.backing)
+        }
+        do { if recovering { try recoverSlots() } else { try verifyAttached() } } catch {
+            // Refused: the file stays for the predecessor (or the previous binary), whoever made it.
+            storage.backing?.file.close(removing: false)
+            throw error
+        }
         // The header fd is only read; the exporter keeps its own.
+    }
+
+    /// The backing device of an inherited state, from its handed-over descriptor (adopted:
+    /// closed here on failure); its bitmap is empty until the slots are checked.
+    private func attachBacking(_ hb: DeviceStateHeader.BackingFile, fd: Int32) throws(ZramError) {
+        guard fd >= 0 else {
+            throw .incompatibleState("\(name): the state has a backing device (\(hb.path)), but its file was not handed over")
+        }
+        let file: BlockFile
+        do { file = try BlockFile.adopt(fd: fd, path: hb.path, wasCreated: hb.wasCreated) } catch {
+            close(fd)
+            throw .incompatibleState("\(name): backing device \(error)")
+        }
+        guard file.blockCount == hb.blockCount else {
+            file.close(removing: false)
+            throw .incompatibleState("\(name): the backing device \(hb.path) has \(file.blockCount) blocks, the state \(hb.blockCount)")
+        }
+        do { storage = storage.with(backing: .some(try Backing(file: file, pageCount: pageCount, counters: counters))) } catch {
+            file.close(removing: false)
+            throw error
+        }
     }
 
     static func makePool(_ name: String, _ chainSize: Int, _ pageCount: Int, _ backing: PageBacking) throws(ZramError) -> ZsPool {
@@ -676,15 +705,15 @@ public final class ZramDevice: @unchecked Sendable {
     /// Frees the slot's old contents and installs `new` (slot lock held); returns the new flags,
     /// accessed at `now` (a write is an access).
     private func install(_ index: Int, _ new: PageContents, replacing old: SlotFlags, _ b: Storage, _ now: UInt32) -> SlotFlags {
-        freeContents(index, old, b)
-        counters.add(.pagesStored)
         switch new {
         case .same(let word):
-            slots.setHandle(index, word)
+            replaceHandle(index, old, with: word, b)
+            counters.add(.pagesStored)
             counters.add(.samePages)
             return SlotFlags.sameFilled().accessed(at: now)
         case .object(let handle, let size, let huge):
-            slots.setHandle(index, handle)
+            replaceHandle(index, old, with: handle, b)
+            counters.add(.pagesStored)
             counters.add(.comprDataSize, size)
             if huge {
                 counters.add(.hugePages)
@@ -698,20 +727,34 @@ public final class ZramDevice: @unchecked Sendable {
     /// fixes the counters (slot lock held). The caller stores the new flags on unlock, which
     /// also clears the idle, picked and priority bits and the access time.
     func freeContents(_ index: Int, _ flags: SlotFlags, _ b: Storage) {
+        freeContents(flags, handle: slots.handle(index), b)
+        slots.setHandle(index, 0)
+    }
+
+    /// Puts `handle` into slot `index`, then frees what the slot held under `old` (slot lock
+    /// held; the caller stores the new flags on unlock). In this order the slot names live
+    /// contents at every moment: a crash in between leaves the old or the new whole (see
+    /// ZramDevice(recovering:)).
+    func replaceHandle(_ index: Int, _ old: SlotFlags, with handle: UInt64, _ b: Storage) {
+        let previous = slots.handle(index)
+        slots.setHandle(index, handle)
+        freeContents(old, handle: previous, b)
+    }
+
+    private func freeContents(_ flags: SlotFlags, handle: UInt64, _ b: Storage) {
         guard flags.isAllocated else { return }
         if flags.isWrittenBack {
             // A compressed writeback keeps the object's size and huge bit for the read; neither
             // counts in compr_data_size or huge_pages any more.
-            b.backing?.release(Backing.location(slots.handle(index)).block)
+            b.backing?.release(Backing.location(handle).block)
         } else if flags.isSame {
             counters.subtract(.samePages)
         } else {
             if flags.isHuge { counters.subtract(.hugePages) }
-            b.pool.free(slots.handle(index))
+            b.pool.free(handle)
             counters.subtract(.comprDataSize, flags.objectSize)
         }
         counters.subtract(.pagesStored)
-        slots.setHandle(index, 0)
     }
 
     private func freeSlot(_ index: Int, _ b: Storage) {

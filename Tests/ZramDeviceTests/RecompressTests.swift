@@ -158,7 +158,7 @@ struct DeviceDictionaryTests {
             try dev.read(back, at: 0)
             #expect(back.equals(data, 0..<data.count), "\(a)")
             #expect(throws: ZramError.busy) { try dev.setAlgorithm(a) }
-            #expect(throws: ZramError.incompatibleState("\(dev.name): a dictionary, deflate.winbits or zstd.compact is not carried over yet")) {
+            #expect(throws: ZramError.incompatibleState("\(dev.name): a dictionary, deflate.winbits or zstd.compact (\(a.rawValue)) is not carried over yet")) {
                 _ = try dev.exportState()
             }
         }

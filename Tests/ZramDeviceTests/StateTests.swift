@@ -1,6 +1,7 @@
 import Codec
 import Glibc
 import Testing
+import TestSupport
 @testable import ZramDevice
 
 /// Issue 15, phase 1: a device's state lives in memfds, and a second device attached to them
@@ -88,6 +89,55 @@ import Testing
         #expect(memcmp(got.base, shadow.base, dev.diskSize) == 0)
         #expect(successor.stats().mmStatText == dev.stats().mmStatText)
         #expect(throws: ZramError.busy) { try successor.setRecompressionAlgorithm(.lz4, priority: 1) }
+    }
+
+    /// A device with pages on its backing file: the file goes with the state as an fd, the
+    /// successor rebuilds the bitmap from the written-back slots, reads every page (from RAM
+    /// and from the file), keeps bd_stat, and writes back on into free blocks only. A crash
+    /// recovery rebuilds it the same way.
+    @Test func backingDeviceCarriesOver() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let (dev, shadow) = try populatedDevice(4 << 20)
+        try dev.setBackingDevice(dir.file("wb"))
+        try dev.markIdle(olderThan: nil)
+        let first = try dev.writeback(WritebackRequest.parse("type=idle", pageCount: 1024))
+        #expect(first.written > 100)
+        let before = dev.stats()
+        let successor = try ZramDevice(attaching: try dev.exportState())
+        #expect(successor.stats().bdStatText == before.bdStatText)
+        #expect(successor.stats().mmStatText == before.mmStatText)
+        #expect(successor.backingDevicePath == dir.file("wb"))
+        let got = Buffer(dev.diskSize)
+        try successor.read(got, at: 0)
+        #expect(memcmp(got.base, shadow.base, dev.diskSize) == 0)
+        // New writebacks take free blocks: nothing written back before is overwritten.
+        let page = Buffer(4096)
+        for i in stride(from: 2, to: 1024, by: 7) {
+            page.fillText(seed: 70_000 + i)
+            try successor.write(page, at: i * 4096)
+            memcpy(shadow.base + i * 4096, page.base, 4096)
+        }
+        try successor.markIdle(olderThan: nil)
+        _ = try successor.writeback(WritebackRequest.parse("type=idle", pageCount: 1024))
+        try successor.read(got, at: 0)
+        #expect(memcmp(got.base, shadow.base, dev.diskSize) == 0)
+        #expect(successor.census().backingBlocks == Int(successor.stats().bdStatText.split(separator: " ").compactMap { Int($0.filter(\.isNumber)) }.first ?? -1))
+        // After a crash the same: the bitmap and bd_count are rebuilt from the slots.
+        let recovered = try ZramDevice(recovering: try successor.exportState())
+        try recovered.read(got, at: 0)
+        #expect(memcmp(got.base, shadow.base, dev.diskSize) == 0)
+        #expect(recovered.stats().bdStatText.split(separator: " ").first == successor.stats().bdStatText.split(separator: " ").first)
+        // A state whose backing file was not handed over is refused, with the reason.
+        var missing = try successor.exportState()
+        close(missing.backing)
+        missing.backing = -1
+        #expect {
+            _ = try ZramDevice(attaching: missing)
+        } throws: { e in
+            guard case ZramError.incompatibleState(let m) = e else { return false }
+            return m.contains("its file was not handed over")
+        }
     }
 
     /// Parameters the header does not carry (deflate.winbits here; a dictionary alike) refuse

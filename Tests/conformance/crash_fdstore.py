@@ -32,7 +32,7 @@ notify.bind(D + "/notify.sock")
 store = {}        # FDNAME -> our descriptor, as systemd's fd store keeps them
 messages = []
 
-def pump(until, timeout=30):
+def pump(until, timeout=300):
     """Receives notifications (keeping stored fds) until one contains `until`; False on timeout."""
     deadline = time.time() + timeout
     while time.time() < deadline:

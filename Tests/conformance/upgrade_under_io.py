@@ -27,7 +27,7 @@ def check(ok, what):
         failures.append(what)
 
 def ctl(*words):
-    r = subprocess.run([a.zramnbd, "ctl", "--control-socket", a.control] + list(words), capture_output=True, text=True, timeout=120)
+    r = subprocess.run([a.zramnbd, "ctl", "--control-socket", a.control] + list(words), capture_output=True, text=True, timeout=600)
     return r.returncode, r.stdout.strip(), r.stderr.strip()
 
 def show():
@@ -95,7 +95,10 @@ for n in range(a.upgrades):
     before = dict(counts)
     rc, out, err = ctl("upgrade", "--binary", a.binary)
     check(rc == 0 and "connection(s) resumed" in out, "upgrade %d under I/O: %s" % (n + 1, out or err))
-    time.sleep(0.5)
+    # Both go on (on a loaded machine that may take a while; an error ends the wait).
+    deadline = time.time() + 120
+    while time.time() < deadline and not errors and not (counts["writes"] > before["writes"] + 100 and counts["reads"] > before["reads"] + 100):
+        time.sleep(0.05)
     check(counts["writes"] > before["writes"] and counts["reads"] > before["reads"],
           "upgrade %d: both connections went on (%d writes, %d reads so far)" % (n + 1, counts["writes"], counts["reads"]))
 stop.set()
