@@ -320,17 +320,24 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
             return admission
         }
         cut?.cutNegotiation()
+        if let error = startThread(c) { configuration.logger.error("cannot start a thread for a new connection: \(error)") }
+        return admission
+    }
+
+    /// Runs an admitted connection on its own thread; if none can be started it is unregistered,
+    /// its socket closed, and the error returned.
+    private func startThread(_ c: Connection) -> PosixError? {
         do {
             try Threads.spawn(name: "nbd-conn") { [self] in
                 c.run()
                 unregister(c)
             }
+            return nil
         } catch {
-            configuration.logger.error("cannot start a thread for a new connection: \(error)")
             unregister(c)
-            close(fd)
+            close(c.inFD)
+            return error
         }
-        return admission
     }
 
     enum Admission {
@@ -482,16 +489,7 @@ public final class NBDServer: @unchecked Sendable {  // @unchecked: mutable stat
                 continue
             }
             cut?.cutNegotiation()
-            do {
-                try Threads.spawn(name: "nbd-conn") { [self] in
-                    c.run()
-                    unregister(c)
-                }
-            } catch {
-                unregister(c)
-                close(h.fd)
-                problems.append("connection \(h.fd): cannot start its thread: \(error)")
-            }
+            if let error = startThread(c) { problems.append("connection \(h.fd): cannot start its thread: \(error)") }
         }
         return problems
     }
