@@ -7,7 +7,10 @@ Every acknowledged page must read back right and the device must take new I/O. T
 cannot be trusted (a slot naming no object, with no request in flight) must make the daemon
 refuse the device, loudly, instead of serving it. Prints PASS/FAIL lines; exits 1 on a FAIL.
 
-  crash_fdstore.py --zramnbd BIN --dir DIR
+  crash_fdstore.py --zramnbd BIN --dir DIR [--backing]
+
+--backing: the device has a backing file, and the corpus is written back to it before the
+stream starts, so the restart also rebuilds the backing file's bitmap from the slots.
 """
 import argparse, array, os, random, signal, socket, subprocess, sys, threading, time
 import nbd
@@ -16,6 +19,7 @@ PAGE = 4096
 p = argparse.ArgumentParser()
 p.add_argument("--zramnbd", required=True)
 p.add_argument("--dir", required=True)
+p.add_argument("--backing", action="store_true")
 a = p.parse_args()
 D = a.dir
 SOCK = D + "/zram0.sock"
@@ -85,7 +89,7 @@ def start(tag):
     names = sorted(store)
     fds = [store[n] for n in names]
     argv = [a.zramnbd, "serve", "--device", "zram0", "--size", "64M", "--socket", SOCK, "--stats-dir", D + "/stats",
-            "--control-socket", D + "/control.sock", "--no-mlock", "-v"]
+            "--control-socket", D + "/control.sock", "--no-mlock", "-v"] + (["--backing-dev", D + "/wb"] if a.backing else [])
     env = dict(os.environ, NOTIFY_SOCKET=D + "/notify.sock", FDSTORE="64")
     err = open(D + "/daemon-%s.stderr" % tag, "w")
     proc = subprocess.Popen(["/usr/bin/python3", "-c", LAUNCH, str(len(fds))] + [str(f) for f in fds] + names + argv,
@@ -99,8 +103,8 @@ def log(tag):
 d = start("first")
 check(pump("READY=1"), "the daemon is ready")
 parts = sorted(n for n in store if n.startswith("zram0.zstate-"))
-check(parts == ["zram0.zstate-" + x for x in ("arena", "header", "pagemap", "slots", "spec")],
-      "it stored its state in the fd store: %s" % parts)
+expected = ["arena"] + (["backing"] if a.backing else []) + ["header", "pagemap", "slots", "spec"]
+check(parts == ["zram0.zstate-" + x for x in expected], "it stored its state in the fd store: %s" % parts)
 
 # 2. A corpus, then a write stream killed in the middle.
 h = nbd.NBD(); h.connect_uri(URI)
@@ -110,6 +114,14 @@ for i in range(0, pages, 3):
     data = ((b"%08d zram page " % i) * (PAGE // 16))[:PAGE]
     h.pwrite(data, i * PAGE)
     shadow[i] = data
+def ctl(*words):
+    r = subprocess.run([a.zramnbd, "ctl", "--control-socket", D + "/control.sock"] + list(words), capture_output=True, text=True)
+    return (r.stdout + r.stderr).strip()
+if a.backing:
+    ctl("zram0", "idle", "all")
+    out = ctl("zram0", "writeback", "type=idle")
+    check("wrote back" in out and not out.startswith("wrote back 0 "), "the corpus went to the backing file: %s" % out)
+    bd_before = [l for l in ctl("zram0", "show").splitlines() if l.startswith("bd_count=")]
 in_flight = {}
 def stream():
     r = random.Random(9)
@@ -153,7 +165,10 @@ check(not bad, "every acknowledged page reads back right (%d pages; wrong: %s)" 
 h2.pwrite(b"\x6b" * PAGE * 4, 0)
 check(h2.pread(PAGE * 4, 0) == b"\x6b" * PAGE * 4, "the recovered device takes new writes")
 h2.shutdown()
-check(len([n for n in store if n.startswith("zram0.")]) == 5, "the fd store still holds one state (%d entries)" % len(store))
+check(len([n for n in store if n.startswith("zram0.")]) == len(expected), "the fd store still holds one state (%d entries)" % len(store))
+if a.backing:
+    bd_after = [l for l in ctl("zram0", "show").splitlines() if l.startswith("bd_count=")]
+    check(bd_after and bd_after[0] != "bd_count=0", "the rebuilt backing bitmap counts its blocks: %s (before the crash %s)" % (bd_after, bd_before))
 
 # 4. A state that cannot be explained by a crash: the handle of a page stored as an object
 #    points nowhere while no request held its slot. The daemon must refuse the device.
