@@ -71,10 +71,9 @@ enum Upgrade {
         if answer == nil { kill(pid, SIGKILL) }
         let status = ShellCommand.wait(pid)
         let text = String(decoding: answer ?? [], as: UTF8.self).trimmed()
-        guard let answer, status == 0 else {
+        guard answer != nil, status == 0 else {
             throw .device("upgrade: \(binary) handover-check \(answer == nil ? "did not answer within 10 s" : "exited with status \(status.map(String.init) ?? "?")")\(text.isEmpty ? "" : ": " + text): not a zramnbd that can take over")
         }
-        _ = answer
         guard text == formats else {
             throw .device("upgrade: \(binary) reads '\(text)'; this daemon hands over '\(formats)': refusing, nothing stopped")
         }
