@@ -201,10 +201,6 @@ final class ControlServer {
     private var workers: ConnectionWorkers?
     private var closed = false
 
-    /// Listens on `path` with mode 0600: only root (and the daemon's own user) may connect. A
-    /// stale socket file (nobody accepts on it) is replaced; a live one is an error, so two
-    /// daemons never steal each other's socket; anything else at the path (a file, a link) is
-    /// refused and left alone. Missing directories are created.
     /// The control socket a predecessor handed over at an upgrade (`fd` listens on `path`).
     init(adopting fd: Int32, path: String) {
         self.path = path
@@ -213,6 +209,10 @@ final class ControlServer {
         socketFile = FileSystem.identity(path)
     }
 
+    /// Listens on `path` with mode 0600: only root (and the daemon's own user) may connect. A
+    /// stale socket file (nobody accepts on it) is replaced; a live one is an error, so two
+    /// daemons never steal each other's socket; anything else at the path (a file, a link) is
+    /// refused and left alone. Missing directories are created.
     init(path: String) throws(DaemonError) {
         self.path = path
         do { _ = try Sockets.unixAddress(path) } catch { throw DaemonError(error) }  // before any mkdir

@@ -251,11 +251,11 @@ public final class DeviceHost {
     /// without the host lock, so the stats, the watchdog and other requests go on meanwhile.
     static let longAttributes: Set<String> = ["idle", "writeback", "recompress", "block_state"]
 
-    /// After an attribute write: publish and log what it did (a writeback that stopped early
-    /// still moved pages), and return its lines or its error.
     /// Attributes that change the state header or whether the state can be exported.
     static let stateAttributes: Set<String> = ["comp_algorithm", "recomp_algorithm", "algorithm_params", "backing_dev"]
 
+    /// After an attribute write: publish and log what it did (a writeback that stopped early
+    /// still moved pages), and return its lines or its error.
     func finishAttribute(_ name: String, _ attribute: String, _ words: [String],
                          _ result: Result<[String], DaemonError>) throws(DaemonError) -> [String] {
         guard attribute != "block_state" else { return try result.get() }
