@@ -160,7 +160,8 @@ public final class ZramDeviceFactory: DeviceFactory {
         guard let zram = store as? ZramPageStore else { throw .device("\(spec.name): not a zram store") }
         try tls.check(spec)  // devices added at run time (ctl add) get the start-up rules
         var endpoints: [Endpoint] = []
-        if let handed = inherited.removeValue(forKey: spec.name) {
+        let handed = inherited.removeValue(forKey: spec.name)
+        if let handed {
             endpoints = handed.map { .handedOver(fd: $0.fd, ownedPath: $0.ownedPath) }
         } else if let path = spec.socket {
             if let i = activated.firstIndex(where: { $0.path == path }) {
@@ -173,7 +174,7 @@ public final class ZramDeviceFactory: DeviceFactory {
                 endpoints.append(.unix(path: path, mode: 0o600))
             }
         }
-        if let l = spec.listen, endpoints.allSatisfy({ if case .handedOver = $0 { false } else { true } }) {
+        if let l = spec.listen, handed == nil {   // a handed-over TCP socket is among `handed`
             let hp = try HostPort.parse(l)
             endpoints.append(.tcp(host: hp.host, port: hp.port))
         }
