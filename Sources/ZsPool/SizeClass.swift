@@ -546,15 +546,13 @@ final class SizeClass: @unchecked Sendable {
             }
             var freeHead = endOfFreelist
             if relink {
-                var next = endOfFreelist
                 for k in stride(from: objsPerZspage - 1, through: 0, by: -1) where isFree[k] {
-                    header(zspage: id, object: k).storeBytes(of: next << 1, as: UInt64.self)
-                    next = UInt64(k)
+                    header(zspage: id, object: k).storeBytes(of: freeHead << 1, as: UInt64.self)
+                    freeHead = UInt64(k)
                 }
-                freeHead = next
-                pointedTo = []
+            } else {
+                for k in 0..<objsPerZspage where isFree[k] && !pointedTo[k] { freeHead = UInt64(k); break }
             }
-            for k in 0..<objsPerZspage where !relink && isFree[k] && !pointedTo[k] { freeHead = UInt64(k); break }
             var walked = 0
             var k = freeHead
             while k != endOfFreelist && walked <= freeCount {
