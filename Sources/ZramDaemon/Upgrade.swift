@@ -236,18 +236,7 @@ extension Daemon {
         var stores: [ZramPageStore] = []
         do throws(DaemonError) {
             for d in m.devices {
-                var copy = DeviceStateFDs(header: -1, slots: -1, arena: -1, pageMap: -1)
-                for (i, fd) in d.state.all.enumerated() {
-                    let c = fcntl(fd, F_DUPFD_CLOEXEC, 0)
-                    guard c >= 0 else { copy.closeAll(); throw .errno("dup \(d.spec.name)'s state fd") }
-                    switch i {
-                    case 0: copy.header = c
-                    case 1: copy.slots = c
-                    case 2: copy.arena = c
-                    case 3: copy.pageMap = c
-                    default: copy.backing = c
-                    }
-                }
+                guard let copy = d.state.duplicates() else { throw .errno("dup \(d.spec.name)'s state fds") }
                 stores.append(try ZramPageStore(attaching: copy, spec: d.spec))
             }
             if refuse { throw DaemonError.device("\(Upgrade.refuseVariable) is set") }

@@ -29,6 +29,22 @@ public struct DeviceStateFDs: Sendable {
 
     /// Closes them all (a caller giving up on a hand-over).
     public func closeAll() { for fd in all where fd >= 0 { close(fd) } }
+
+    /// Close-on-exec duplicates of every fd, the caller's to own (a successor attaches with them
+    /// and keeps these for the previous binary); nil, with none left open, if one cannot be made.
+    public func duplicates() -> DeviceStateFDs? {
+        var copy = DeviceStateFDs(header: -1, slots: -1, arena: -1, pageMap: -1)
+        let parts: [WritableKeyPath<DeviceStateFDs, Int32>] = [\.header, \.slots, \.arena, \.pageMap, \.backing]
+        for part in parts where self[keyPath: part] >= 0 {
+            let d = fcntl(self[keyPath: part], F_DUPFD_CLOEXEC, 0)
+            guard d >= 0 else {
+                copy.closeAll()
+                return nil
+            }
+            copy[keyPath: part] = d
+        }
+        return copy
+    }
 }
 
 /// The header page: little-endian 64-bit words at fixed offsets, then the counters, then two
