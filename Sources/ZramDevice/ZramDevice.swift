@@ -702,7 +702,7 @@ public final class ZramDevice: @unchecked Sendable {
         return .object(handle, size: size, huge: huge)
     }
 
-    /// Frees the slot's old contents and installs `new` (slot lock held); returns the new flags,
+    /// Installs `new` and frees the slot's old contents (slot lock held); returns the new flags,
     /// accessed at `now` (a write is an access).
     private func install(_ index: Int, _ new: PageContents, replacing old: SlotFlags, _ b: Storage, _ now: UInt32) -> SlotFlags {
         switch new {
