@@ -152,7 +152,7 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
         let interval = settings.statsInterval
         var nextStats = SystemInfo.now() + interval
         var nextWatchdog = notifier.watchdogInterval.map { SystemInfo.now() + $0 }
-        if notifier.watchdogInterval != nil { notifier.notify("WATCHDOG=1") }
+        if notifier.watchdogInterval != nil { notifier.notifyPeriodic("WATCHDOG=1") }
 
         let wantsPressure = settings.autoCompact || policy.needsPressureEvents
         let pressure = wantsPressure ? MemoryPressure() : nil
@@ -206,7 +206,7 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
             let after = SystemInfo.now()
             // The ping first: it needs nothing from the host.
             if let w = nextWatchdog, after >= w, let period = notifier.watchdogInterval {
-                notifier.notify("WATCHDOG=1")
+                notifier.notifyPeriodic("WATCHDOG=1")
                 nextWatchdog = after + period
             }
             if after >= nextStats {
@@ -216,7 +216,7 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
                 }
                 if s != status {
                     status = s
-                    notifier.notify("STATUS=\(s)")
+                    notifier.notifyPeriodic("STATUS=\(s)")
                 }
                 nextStats = after + interval
             }

@@ -82,15 +82,23 @@ public final class SystemdNotifier {
     private var addrLength = socklen_t(0)
     /// Seconds between WATCHDOG=1 pings (half of WatchdogSec), or nil.
     public let watchdogInterval: Double?
+    private let stateChangeWait: Double
 
-    public init() {
+    /// From $NOTIFY_SOCKET and $WATCHDOG_USEC.
+    public convenience init() {
         var interval: Double?
         if let w = getenv("WATCHDOG_USEC").map({ String(cString: $0) }), let usec = Double(w), usec > 0 {
             let pidOK = getenv("WATCHDOG_PID").map { String(cString: $0) == String(getpid()) } ?? true
             if pidOK { interval = usec / 2e6 }
         }
-        watchdogInterval = interval
-        guard let raw = getenv("NOTIFY_SOCKET").map({ String(cString: $0) }), !raw.isEmpty else {
+        self.init(socketPath: getenv("NOTIFY_SOCKET").map { String(cString: $0) } ?? "", watchdogInterval: interval)
+    }
+
+    /// `stateChangeWait`: how long a state change waits for room in a full queue.
+    init(socketPath raw: String, watchdogInterval: Double? = nil, stateChangeWait: Double = 3) {
+        self.watchdogInterval = watchdogInterval
+        self.stateChangeWait = stateChangeWait
+        guard !raw.isEmpty else {
             fd = -1
             return
         }
@@ -102,15 +110,20 @@ public final class SystemdNotifier {
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
         addrLength = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + (bytes[0] == 0 ? 0 : 1))
         fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        // A blocking send to an unconnected datagram socket waits for room in the receiver's
+        // queue for at most SO_SNDTIMEO (poll's POLLOUT would not: it sees no peer to wait on).
+        let wait = min(max(0, stateChangeWait), 3600)
+        var timeout = timeval(tv_sec: Int(wait), tv_usec: Int((wait - wait.rounded(.down)) * 1e6))
+        if fd >= 0 { _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size)) }
     }
 
     deinit { if fd >= 0 { close(fd) } }
 
     public var enabled: Bool { fd >= 0 }
 
-    /// Sends `state` with descriptors attached (SCM_RIGHTS), as `FDSTORE=1` needs. Unlike
-    /// `notify`, waits up to a second for room: a dropped fd-store message would lose what a
-    /// restart after a crash needs. False if it could not be sent.
+    /// Sends `state` with descriptors attached (SCM_RIGHTS), as `FDSTORE=1` needs. Waits up to
+    /// 3 seconds for room: a dropped fd-store message would lose what a restart after a crash
+    /// needs. False if it could not be sent.
     @discardableResult
     public func notify(_ state: String, descriptors: [Int32]) -> Bool {
         guard fd >= 0, !descriptors.isEmpty, descriptors.count <= 253 else { return false }
@@ -124,8 +137,29 @@ public final class SystemdNotifier {
         control.storeBytes(of: Int32(1), toByteOffset: 8, as: Int32.self)    // SOL_SOCKET
         control.storeBytes(of: Int32(1), toByteOffset: 12, as: Int32.self)   // SCM_RIGHTS
         for (i, d) in descriptors.enumerated() { control.storeBytes(of: d, toByteOffset: header + 4 * i, as: Int32.self) }
+        return send(state, control: control, controlLength: space, waiting: true)
+    }
+
+    /// Sends a state change (`READY=1`, `RELOADING=1`, `STOPPING=1`, `FDSTOREREMOVE=1`),
+    /// waiting up to 3 seconds for room. A datagram queue holds only
+    /// /proc/sys/net/unix/max_dgram_qlen (10) messages, and the fd-store messages at start fill
+    /// it: a dropped READY=1 fails the start with a timeout, a dropped FDSTOREREMOVE=1 leaves a
+    /// stale state in the store. False if it could not be sent.
+    @discardableResult
+    public func notify(_ state: String) -> Bool {
+        send(state, control: nil, controlLength: 0, waiting: true)
+    }
+
+    /// Sends `STATUS=` or `WATCHDOG=1`. Never blocks: a manager that stops reading its notify
+    /// socket must not freeze the daemon's control loop (and with it SIGTERM handling), and a
+    /// dropped one is harmless (the next follows within seconds).
+    public func notifyPeriodic(_ state: String) {
+        _ = send(state, control: nil, controlLength: 0, waiting: false)
+    }
+
+    private func send(_ state: String, control: UnsafeMutableRawPointer?, controlLength: Int, waiting: Bool) -> Bool {
+        guard fd >= 0 else { return false }
         var bytes = Array(state.utf8)
-        let deadline = Clock.deadline(after: 1)
         return bytes.withUnsafeMutableBytes { buf in
             withUnsafeMutablePointer(to: &addr) { a in
                 var iov = iovec(iov_base: buf.baseAddress, iov_len: buf.count)
@@ -136,28 +170,12 @@ public final class SystemdNotifier {
                     msg.msg_iov = iovp
                     msg.msg_iovlen = 1
                     msg.msg_control = control
-                    msg.msg_controllen = space
+                    msg.msg_controllen = controlLength
+                    let flags = Int32(MSG_NOSIGNAL) | (waiting ? 0 : Int32(MSG_DONTWAIT))
                     while true {
-                        if sendmsg(fd, &msg, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) >= 0 { return true }
-                        guard errno == EAGAIN || errno == EINTR else { return false }
-                        var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                        guard poll(&p, 1, Clock.millisecondsUntil(deadline)) > 0 else { return false }
+                        if sendmsg(fd, &msg, flags) >= 0 { return true }
+                        guard errno == EINTR else { return false }   // EAGAIN: still full after the wait
                     }
-                }
-            }
-        }
-    }
-
-    /// Sends newline-separated assignments, e.g. "READY=1\nSTATUS=serving". Never blocks: a
-    /// manager that stops reading its notify socket must not freeze the daemon's control loop
-    /// (and with it SIGTERM handling); a dropped STATUS= is harmless.
-    public func notify(_ state: String) {
-        guard fd >= 0 else { return }
-        var bytes = Array(state.utf8)
-        _ = bytes.withUnsafeMutableBytes { buf in
-            withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT), $0, addrLength)
                 }
             }
         }
