@@ -90,7 +90,7 @@ import TestSupport
 
     /// nbd-client's own TLS (GnuTLS, its userspace proxy in front of nbd.ko) against --tls=require
     /// with verified client certificates and an export limited to alice: ext4 on top.
-    @Test(.timeLimit(.minutes(10)))
+    @Test(.timeLimit(.minutes(15)))
     func linuxKernelClientOverTLS() throws {
         let keysDir = TempDir()
         defer { keysDir.remove() }
