@@ -48,6 +48,8 @@ public final class CompressionDictionary: @unchecked Sendable, Equatable {   // 
     public var count: Int { bytes.count }
     /// The bytes, e.g. to save a trained dictionary.
     public var contents: [UInt8] { Array(UnsafeRawBufferPointer(bytes)) }
+    /// Runs `body` on the bytes in place.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R { try body(UnsafeRawBufferPointer(bytes)) }
     /// The ID a zstd dictionary carries in its header (0 for raw content, which has none).
     public var zstdID: UInt32 { ZSTD_getDictID_fromDict(bytes.baseAddress, bytes.count) }
 

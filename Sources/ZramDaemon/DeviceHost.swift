@@ -252,7 +252,7 @@ public final class DeviceHost {
     static let longAttributes: Set<String> = ["idle", "writeback", "recompress", "block_state"]
 
     /// Attributes that change the state header or whether the state can be exported.
-    static let stateAttributes: Set<String> = ["comp_algorithm", "recomp_algorithm", "algorithm_params", "backing_dev"]
+    static let stateAttributes: Set<String> = ["comp_algorithm", "recomp_algorithm", "algorithm_params", "train_dict", "backing_dev"]
 
     /// After an attribute write: publish and log what it did (a writeback that stopped early
     /// still moved pages), and return its lines or its error.

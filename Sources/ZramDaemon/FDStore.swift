@@ -17,8 +17,9 @@ import ZramDevice
 
 struct FDStore {
     /// The parts of a device's state, in DeviceStateFDs order, then the spec; the backing file
-    /// only where there is one.
-    static let parts = ["header", "slots", "arena", "pagemap", "spec", "backing"]
+    /// and each priority's dictionary only where there is one.
+    static let parts = ["header", "slots", "arena", "pagemap", "spec", "backing"] + dictionaryParts
+    static let dictionaryParts = (0..<ZramDevice.maxPriorities).map { "dict\($0)" }
 
     /// FDNAME= of one part: systemd allows up to 255 printable characters but ':'; device names
     /// are letters, digits, '.', '_' and '-'.
@@ -47,7 +48,7 @@ struct FDStore {
             return
         }
         defer { close(specFD) }
-        for (part, fd) in zip(Self.parts, [fds.header, fds.slots, fds.arena, fds.pageMap, specFD, fds.backing]) where fd >= 0 {
+        for (part, fd) in zip(Self.parts, [fds.header, fds.slots, fds.arena, fds.pageMap, specFD, fds.backing] + fds.dictionaries) where fd >= 0 {
             guard notifier.notify("FDSTORE=1\nFDNAME=\(Self.name(spec.name, part))", descriptors: [fd]) else {
                 log.warning("\(spec.name): systemd did not take its \(part) into the fd store: a crash loses its data")
                 remove(spec.name)
@@ -92,10 +93,11 @@ struct FDStore {
             do throws(DaemonError) {
                 let spec = try DeviceSpec(handoverFields: ControlRecord.parse(text.trimmed()).fields)
                 guard spec.name == device else { throw .device("its spec names device \(spec.name)") }
-                devices.append((spec, DeviceStateFDs(header: h, slots: s, arena: a, pageMap: m, backing: p["backing"] ?? -1)))
+                devices.append((spec, DeviceStateFDs(header: h, slots: s, arena: a, pageMap: m, backing: p["backing"] ?? -1,
+                                                     dictionaries: Self.dictionaryParts.map { p[$0] ?? -1 })))
             } catch {
                 problems.append("\(device): its spec in the fd store is unreadable (\(error)): not recovered")
-                for fd in [h, s, a, m, p["backing"] ?? -1] where fd >= 0 { close(fd) }
+                for (part, fd) in p where part != "spec" { close(fd) }
             }
         }
         return (devices, problems)

@@ -63,6 +63,7 @@ struct HandoverManifest {
             var state: [(String, String)] = [("kind", "device"), ("name", d.spec.name), ("header", String(s.header)),
                                               ("slots", String(s.slots)), ("arena", String(s.arena)), ("pagemap", String(s.pageMap))]
             if s.backing >= 0 { state.append(("backing", String(s.backing))) }
+            for (priority, fd) in s.dictionaries.enumerated() where fd >= 0 { state.append(("dict\(priority)", String(fd))) }
             if let n = d.nbdDevice { state.append(("nbd-device", n)) }
             lines.append(state)
             lines.append([("kind", "spec")] + d.spec.handoverFields)
@@ -112,9 +113,11 @@ struct HandoverManifest {
                 sawDaemon = true
             case "device":
                 guard let name = r["name"] else { throw fail("a device without a name") }
+                var dictionaries = [Int32](repeating: -1, count: ZramDevice.maxPriorities)
+                for priority in dictionaries.indices { dictionaries[priority] = try optionalFD(r, "dict\(priority)") ?? -1 }
                 let state = DeviceStateFDs(header: try fd(r, "header"), slots: try fd(r, "slots"),
                                            arena: try fd(r, "arena"), pageMap: try fd(r, "pagemap"),
-                                           backing: try optionalFD(r, "backing") ?? -1)
+                                           backing: try optionalFD(r, "backing") ?? -1, dictionaries: dictionaries)
                 m.devices.append(Device(spec: DeviceSpec(name: name, diskSize: 0), nbdDevice: r["nbd-device"],
                                         state: state, listeners: [], connections: []))
             case "spec":

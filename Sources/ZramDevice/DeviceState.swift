@@ -19,13 +19,19 @@ public struct DeviceStateFDs: Sendable {
     /// The backing device's open file (writeback), -1 without one. Its bitmap is not passed:
     /// the successor rebuilds it from the written-back slots.
     public var backing: Int32
+    /// Per priority (0 the primary, 1...3 recomp_algorithm's), a memfd holding the dictionary
+    /// its pages were compressed with, -1 without one. The bytes, not the path: the file may
+    /// have changed since, and a trained dictionary may have none.
+    public var dictionaries: [Int32]
 
-    public init(header: Int32, slots: Int32, arena: Int32, pageMap: Int32, backing: Int32 = -1) {
+    public init(header: Int32, slots: Int32, arena: Int32, pageMap: Int32, backing: Int32 = -1,
+                dictionaries: [Int32] = Array(repeating: -1, count: ZramDevice.maxPriorities)) {
         self.header = header; self.slots = slots; self.arena = arena; self.pageMap = pageMap; self.backing = backing
+        self.dictionaries = dictionaries
     }
 
-    /// Every fd, in this order (the backing one only if there is one).
-    public var all: [Int32] { [header, slots, arena, pageMap] + (backing >= 0 ? [backing] : []) }
+    /// Every fd, in this order (the backing one and the dictionaries only where there are).
+    public var all: [Int32] { [header, slots, arena, pageMap] + ([backing] + dictionaries).filter { $0 >= 0 } }
 
     /// Closes them all (a caller giving up on a hand-over).
     public func closeAll() { for fd in all where fd >= 0 { close(fd) } }
@@ -34,7 +40,8 @@ public struct DeviceStateFDs: Sendable {
     /// and keeps these for the previous binary); nil, with none left open, if one cannot be made.
     public func duplicates() -> DeviceStateFDs? {
         var copy = DeviceStateFDs(header: -1, slots: -1, arena: -1, pageMap: -1)
-        let parts: [WritableKeyPath<DeviceStateFDs, Int32>] = [\.header, \.slots, \.arena, \.pageMap, \.backing]
+        var parts: [WritableKeyPath<DeviceStateFDs, Int32>] = [\.header, \.slots, \.arena, \.pageMap, \.backing]
+        parts += dictionaries.indices.map { \DeviceStateFDs.dictionaries[$0] }
         for part in parts where self[keyPath: part] >= 0 {
             let d = fcntl(self[keyPath: part], F_DUPFD_CLOEXEC, 0)
             guard d >= 0 else {
@@ -80,6 +87,25 @@ public struct DeviceStateHeader: Sendable, Equatable {
     /// daemon created the file (it removes it with the device), and its size in blocks.
     public var backing: BackingFile?
 
+    /// Per priority (0 the primary, 1...3 the secondaries): algorithm_params beyond the level.
+    public var parameters = [StoredParameters](repeating: StoredParameters(), count: ZramDevice.maxPriorities)
+
+    /// What a successor needs to compress and decompress as this priority did: the dictionary
+    /// itself travels in its own memfd (`DeviceStateFDs.dictionaries`); the header holds its
+    /// length and checksum, so a successor never decompresses with other bytes.
+    public struct StoredParameters: Sendable, Equatable {
+        public var windowBits: Int32?
+        public var compactFrames: Bool?
+        public var dictionary: DictionaryRecord?
+    }
+
+    public struct DictionaryRecord: Sendable, Equatable {
+        public var byteCount: Int
+        public var checksum: UInt64
+        /// Where it came from, for messages; nil if trained and not saved, or over 255 bytes.
+        public var path: String?
+    }
+
     public struct BackingFile: Sendable, Equatable {
         public var path: String
         public var wasCreated: Bool
@@ -112,6 +138,9 @@ public struct DeviceStateHeader: Sendable, Equatable {
         static let recompressors = 1024, recompressorBytes = 48
         /// The backing device: flags (bit 0 present, bit 1 created by us), blocks, then its path.
         static let backingFlags = 1200, backingBlocks = 1208, backingPath = 1216, backingPathBytes = 1024
+        /// Per priority 0...3: flags (bit 0 winbits set, bit 1 zstd.compact set, bit 2 its value,
+        /// bit 3 a dictionary), winbits, the dictionary's bytes and checksum, then its path.
+        static let parameters = 2304, parameterBytes = 288, dictionaryPath = 32, dictionaryPathBytes = 256
     }
 
     /// Writes the page at `p` (4096 bytes).
@@ -137,6 +166,20 @@ public struct DeviceStateHeader: Sendable, Equatable {
             put(At.backingBlocks, UInt64(b.blockCount))
             Self.putString(b.path, p + At.backingPath, At.backingPathBytes)
         }
+        for (priority, sp) in parameters.prefix(ZramDevice.maxPriorities).enumerated() {
+            let at = At.parameters + priority * At.parameterBytes
+            var flags: UInt64 = 0
+            if let w = sp.windowBits { flags |= 1; put(at + 8, UInt64(bitPattern: Int64(w))) }
+            if let c = sp.compactFrames { flags |= 2 | (c ? 4 : 0) }
+            if let d = sp.dictionary {
+                flags |= 8
+                put(at + 16, UInt64(d.byteCount)); put(at + 24, d.checksum)
+                if let path = d.path, path.utf8.count < At.dictionaryPathBytes {
+                    Self.putString(path, p + at + At.dictionaryPath, At.dictionaryPathBytes)
+                }
+            }
+            put(at, flags)
+        }
         put(At.checksum, Self.checksum(p))
     }
 
@@ -152,6 +195,13 @@ public struct DeviceStateHeader: Sendable, Equatable {
             bytes.append(b)
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// FNV-1a over `bytes` (a dictionary's).
+    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h
     }
 
     /// FNV-1a over the page, its checksum word counted as zero.
@@ -252,11 +302,29 @@ public struct DeviceStateHeader: Sendable, Equatable {
             backing = BackingFile(path: path, wasCreated: flags & 2 != 0,
                                   blockCount: try int(At.backingBlocks, "backing device blocks", max: Int(UInt32.max)))
         }
+        var parameters = [StoredParameters](repeating: StoredParameters(), count: ZramDevice.maxPriorities)
+        for priority in parameters.indices {
+            let at = At.parameters + priority * At.parameterBytes
+            let flags = get(at)
+            guard flags & ~15 == 0 else { throw .incompatibleState("state parameters at priority \(priority): unknown flags 0x\(String(flags, radix: 16))") }
+            if flags & 1 != 0 {
+                let w = Int64(bitPattern: get(at + 8))
+                guard let bits = Int32(exactly: w) else { throw .incompatibleState("state deflate.winbits \(w) at priority \(priority)") }
+                parameters[priority].windowBits = bits
+            }
+            if flags & 2 != 0 { parameters[priority].compactFrames = flags & 4 != 0 }
+            if flags & 8 != 0 {
+                let path = getString(p + at + At.dictionaryPath, At.dictionaryPathBytes)
+                parameters[priority].dictionary = DictionaryRecord(
+                    byteCount: try int(at + 16, "dictionary size at priority \(priority)", max: CompressionDictionary.maxBytes),
+                    checksum: get(at + 24), path: path.isEmpty ? nil : path)
+            }
+        }
         return DeviceStateHeader(name: getString(p + At.name, At.nameBytes), pageSize: ps, chainSize: chain,
                                  diskSize: disk, pageCount: pages, poolMaxPages: maxPages, poolHighWater: highWater,
                                  pagesCompacted: compacted, algorithm: algorithm, level: level,
                                  generation: get(At.generation), counters: counters, recompressors: recompressors,
-                                 backing: backing)
+                                 backing: backing, parameters: parameters)
     }
 }
 
@@ -291,13 +359,6 @@ extension ZramDevice {
             guard let slotsMemory = slots.shared, let arena = pool.arenaFD, let map = pool.pageMapFD else {
                 throw .incompatibleState("\(name): its memory is anonymous (backing \(backing.rawValue)); only memfd state can be handed over")
             }
-            // The header carries each priority's algorithm and level, not its other parameters.
-            for streams in [storage.streams] + storage.recompressors.compactMap({ $0 }) {
-                let p = streams.parameters
-                guard p.dictionary == nil, p.windowBits == nil, p.compactFrames == nil else {
-                    throw .incompatibleState("\(name): a dictionary, deflate.winbits or zstd.compact (\(streams.algorithm.rawValue)) is not carried over yet")
-                }
-            }
             if stateHeader == nil {
                 do { stateHeader = try SharedMemory(name: "\(name).state", byteCount: DeviceStateHeader.bytes) } catch {
                     throw .outOfMemory("cannot create the state header: \(error)")
@@ -307,8 +368,9 @@ extension ZramDevice {
             if let b = storage.backing, b.file.path.utf8.count >= 1024 {
                 throw .incompatibleState("\(name): the backing device's path is longer than the state keeps (1023 bytes)")
             }
+            let priorities: [CompressionStreams?] = [storage.streams] + storage.recompressors.dropFirst()
             generation &+= 1
-            let h = DeviceStateHeader(
+            var h = DeviceStateHeader(
                 name: name, pageSize: pageSize, chainSize: chainSize, diskSize: diskSize, pageCount: pageCount,
                 poolMaxPages: pool.maxPages, poolHighWater: pool.highWater, pagesCompacted: pool.pagesCompacted,
                 algorithm: storage.streams.algorithm, level: storage.streams.level, generation: generation,
@@ -319,9 +381,21 @@ extension ZramDevice {
                 backing: storage.backing.map {
                     DeviceStateHeader.BackingFile(path: $0.file.path, wasCreated: $0.file.wasCreated, blockCount: $0.blockCount)
                 })
+            for (priority, streams) in priorities.enumerated() {
+                guard let p = streams?.parameters else { continue }
+                h.parameters[priority] = DeviceStateHeader.StoredParameters(
+                    windowBits: p.windowBits, compactFrames: p.compactFrames,
+                    dictionary: p.dictionary.map { d in
+                        DeviceStateHeader.DictionaryRecord(byteCount: d.count, checksum: d.withBytes(DeviceStateHeader.checksum), path: d.path)
+                    })
+            }
             h.store(to: header.base)
             var fds = DeviceStateFDs(header: -1, slots: -1, arena: -1, pageMap: -1)
             do throws(PosixError) {
+                for (priority, streams) in priorities.enumerated() {
+                    guard let d = streams?.parameters.dictionary else { continue }
+                    fds.dictionaries[priority] = try SharedMemory.file(name: "\(name).dict\(priority)", holding: d.contents)
+                }
                 fds.header = try header.duplicateFD()
                 fds.slots = try slotsMemory.duplicateFD()
                 fds.arena = try Self.duplicate(arena)

@@ -74,7 +74,7 @@ public struct RecompressReport: Sendable, Equatable {
 
 extension ZramDevice {
     /// Priorities: 0 the primary, 1...3 recompression (zram's ZRAM_MAX_COMPS).
-    static let maxPriorities = 4
+    public static let maxPriorities = 4
 
     /// zram's recomp_algorithm: sets the secondary compressor of `priority` (1...3). Refused
     /// with `busy` while pages recompressed at that priority are stored, since they could no

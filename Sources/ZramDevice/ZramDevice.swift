@@ -198,9 +198,11 @@ public final class ZramDevice: @unchecked Sendable {
             throw .incompatibleState("pool: \(error)")
         }
         var recompressors = [CompressionStreams?](repeating: nil, count: Self.maxPriorities)
-        for r in h.recompressors { recompressors[r.priority] = try CompressionStreams(algorithm: r.algorithm, level: r.level) }
-        storage = Storage(pool: pool, streams: try CompressionStreams(algorithm: h.algorithm, level: h.level), backing: nil,
-                          recompressors: recompressors)
+        for r in h.recompressors {
+            recompressors[r.priority] = try Self.inheritedStreams(h, priority: r.priority, r.algorithm, r.level, fds.dictionaries)
+        }
+        storage = Storage(pool: pool, streams: try Self.inheritedStreams(h, priority: 0, h.algorithm, h.level, fds.dictionaries),
+                          backing: nil, recompressors: recompressors)
         for (i, c) in DeviceStateHeader.counterOrder.enumerated() { counters.store(c, h.counters[i]) }
         generation = h.generation
         if let hb = h.backing {
@@ -213,6 +215,30 @@ public final class ZramDevice: @unchecked Sendable {
             throw error
         }
         // The header fd is only read; the exporter keeps its own.
+    }
+
+    /// A priority's compressor as the state describes it: algorithm, level and the other
+    /// parameters, its dictionary read from its memfd (not adopted; the caller closes it) and
+    /// checked against the header's length and checksum.
+    private static func inheritedStreams(_ h: DeviceStateHeader, priority: Int, _ algorithm: CompressionAlgorithm, _ level: Int32,
+                                         _ dictionaryFDs: [Int32]) throws(ZramError) -> CompressionStreams {
+        let stored = priority < h.parameters.count ? h.parameters[priority] : DeviceStateHeader.StoredParameters()
+        var p = AlgorithmParameters(level: level, windowBits: stored.windowBits, compactFrames: stored.compactFrames)
+        let what = priority == 0 ? "\(algorithm.rawValue)" : "\(algorithm.rawValue) at priority \(priority)"
+        if let record = stored.dictionary {
+            let fd = priority < dictionaryFDs.count ? dictionaryFDs[priority] : -1
+            guard fd >= 0 else { throw .incompatibleState("\(h.name): \(what) compressed with a dictionary, and it was not handed over") }
+            guard let bytes = SharedMemory.contents(of: fd, limit: CompressionDictionary.maxBytes), bytes.count == record.byteCount,
+                  bytes.withUnsafeBytes(DeviceStateHeader.checksum) == record.checksum else {
+                throw .incompatibleState("\(h.name): \(what)'s handed-over dictionary is not the one its pages were compressed with")
+            }
+            do { p.dictionary = try CompressionDictionary(contents: bytes, path: record.path) } catch {
+                throw .incompatibleState("\(h.name): \(what)'s dictionary: \(error)")
+            }
+        }
+        do { return try CompressionStreams(algorithm: algorithm, parameters: p) } catch .invalidArgument(let m) {
+            throw .incompatibleState("\(h.name): \(what) with the state's parameters: \(m)")
+        }
     }
 
     /// The backing device of an inherited state, from its handed-over descriptor (adopted:

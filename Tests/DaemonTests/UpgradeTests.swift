@@ -98,7 +98,9 @@ import ZramDevice
     }
 
     /// Written-back pages go with an upgrade: the backing file is handed over, the new process
-    /// reads them from it, bd_stat carries over, and writeback goes on into free blocks.
+    /// reads them from it, bd_stat carries over, and writeback goes on into free blocks. So do
+    /// pages recompressed with a dictionary train-dict made (never saved to a file): the new
+    /// process reads them, and the dictionary stays busy under them.
     @Test(.timeLimit(.minutes(15)))
     func writtenBackPagesGoWithTheUpgrade() throws {
         let dir = TempDir()
@@ -115,9 +117,14 @@ import ZramDevice
                 p = subprocess.run([sys.argv[2], "ctl", "--control-socket", sys.argv[3]] + list(w), capture_output=True, text=True)
                 return (p.stdout + p.stderr).strip()
             ctl("zram0", "idle", "all"); print("writeback", ctl("zram0", "writeback", "type=idle"))
+            for i in range(2, 4096, 3):
+                pages[i] = ((b"%06d recompressed with a trained dictionary " % i) * 100)[:4096]; h.pwrite(pages[i], i * 4096)
+            print("recomp", ctl("zram0", "recomp-algorithm", "algo=zstd"), ctl("zram0", "train-dict", "size=16K", "sample=1000"))
+            ctl("zram0", "idle", "all"); print("recompress", ctl("zram0", "recompress", "type=idle"))
             bd = lambda: [l for l in ctl("zram0", "show").splitlines() if l.startswith("bd_")]
             before = bd(); print("upgrade", ctl("upgrade", "--binary", sys.argv[4])); print("bd same", bd() == before, before)
             print("intact", all(h.pread(4096, i * 4096) == d for i, d in pages.items()))
+            print("dict busy", ctl("zram0", "train-dict", "size=16K"))
             for i in range(1, 4096, 3):
                 pages[i] = r.randbytes(2048) * 2; h.pwrite(pages[i], i * 4096)
             ctl("zram0", "idle", "all"); print("writeback again", ctl("zram0", "writeback", "type=idle"))
@@ -131,6 +138,8 @@ import ZramDevice
         #expect(out.contains("upgrade upgraded from zramnbd"), "\(out)")
         #expect(out.contains("bd same True") && !out.contains("bd_count=0 "), "\(out)")
         #expect(out.contains("\nintact True") && out.contains("still intact True"), "\(out)")
+        #expect(out.contains("recompress recompressed 1365 of 1365"), "\(out)")
+        #expect(out.contains("dict busy") && out.contains("pages recompressed at priority 1 are stored"), "\(out)")
         #expect(daemon.stop() == .exited(0))
         #expect(!FileSystem.exists(dir.file("wb")), "the file the daemon made goes with the device, after the upgrade too")
     }
@@ -219,8 +228,9 @@ import ZramDevice
     /// then a torn state (a slot naming no object) must be refused, not served.
     @Test(.timeLimit(.minutes(15)))
     func aCrashUnderSystemdKeepsTheData() throws {
-        // Plain, and with pages on a backing file (its descriptor in the store, its bitmap rebuilt).
-        for extra in [[], ["--backing"]] {
+        // Plain, with pages on a backing file (its descriptor in the store, its bitmap rebuilt),
+        // and with pages recompressed with a trained dictionary (its bytes in the store).
+        for extra in [[], ["--backing"], ["--dictionary"]] {
             let dir = TempDir()
             defer { dir.remove() }
             let r = try Subprocess.run(["/usr/bin/python3", Self.packageRoot + "/Tests/conformance/crash_fdstore.py",

@@ -145,7 +145,7 @@ struct DeviceDictionaryTests {
         #expect(try RecompressTests.readsBack(dev, data))
     }
 
-    @Test("the primary with a dictionary or deflate.winbits: pages read back; a state hand-over is refused")
+    @Test("the primary with a dictionary or deflate.winbits: pages read back, also from a successor the state went to")
     func primaryParameters() throws {
         let data = writebackCorpus()
         let dict = try CompressionDictionary(contents: Array(repeating: 0x41, count: 1000), path: nil)
@@ -158,9 +158,11 @@ struct DeviceDictionaryTests {
             try dev.read(back, at: 0)
             #expect(back.equals(data, 0..<data.count), "\(a)")
             #expect(throws: ZramError.busy) { try dev.setAlgorithm(a) }
-            #expect(throws: ZramError.incompatibleState("\(dev.name): a dictionary, deflate.winbits or zstd.compact (\(a.rawValue)) is not carried over yet")) {
-                _ = try dev.exportState()
-            }
+            let successor = try ZramDevice(attaching: try dev.exportState())
+            let inherited = Buffer(data.count)
+            try successor.read(inherited, at: 0)
+            #expect(inherited.equals(data, 0..<data.count), "\(a) after the hand-over")
+            #expect(successor.parameters(priority: 0)?.dictionary == p.dictionary && successor.parameters(priority: 0)?.windowBits == p.windowBits)
         }
     }
 }

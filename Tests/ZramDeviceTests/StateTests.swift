@@ -1,5 +1,6 @@
 import Codec
 import Glibc
+import Posix
 import Testing
 import TestSupport
 @testable import ZramDevice
@@ -140,19 +141,80 @@ import TestSupport
         }
     }
 
-    /// Parameters the header does not carry (deflate.winbits here; a dictionary alike) refuse
-    /// the export, for a secondary as for the primary: a successor would read with the wrong ones.
-    @Test func parametersTheHeaderCannotCarryRefuseTheExport() throws {
-        let (dev, _) = try populatedDevice(1 << 20)
+    /// algorithm_params beyond the level go with the state: a primary lz4 with a dictionary, a
+    /// secondary zstd with another dictionary and zstd.compact, a deflate secondary with
+    /// deflate.winbits. The successor gets the dictionaries' bytes (not their paths: one was
+    /// never saved), reads every page, and compresses on with them; a dictionary that was not
+    /// handed over, or other bytes, refuse the state.
+    @Test func parametersAndDictionariesCarryOver() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let text = Buffer(32 << 10)
+        text.fillText(seed: 5)
+        let zstdDictionary = try CompressionDictionary(contents: Array(UnsafeRawBufferPointer(start: text.base, count: 32 << 10)),
+                                                       path: dir.file("zstd.dict"))
+        let lz4Dictionary = try CompressionDictionary(contents: Array(UnsafeRawBufferPointer(start: text.base + 100, count: 16 << 10)), path: nil)
+        var config = ZramConfig(name: "params", diskSize: 4 << 20, algorithm: .lz4)
+        config.dictionary = lz4Dictionary
+        let dev = try ZramDevice(config)
+        try dev.setRecompressionAlgorithm(.zstd, parameters: AlgorithmParameters(dictionary: zstdDictionary, compactFrames: true), priority: 1)
         try dev.setRecompressionAlgorithm(.deflate, parameters: AlgorithmParameters(windowBits: -12), priority: 2)
+        let page = Buffer(4096)
+        let shadow = Buffer(dev.diskSize)
+        for i in 0..<(dev.diskSize / 4096) {
+            if i % 3 == 0 { page.randomize(seed: UInt64(i)) } else { page.fillText(seed: 1000 + i) }
+            try dev.write(page, at: i * 4096)
+            memcpy(shadow.base + i * 4096, page.base, 4096)
+        }
+        try dev.markIdle(olderThan: nil)
+        #expect(try dev.recompress(try RecompressRequest.parse("type=idle")).recompressed > 0)
+        // The last page goes in after the recompression: it stays with the primary's dictionary.
+        page.fillText(seed: 77)
+        try dev.write(page, at: dev.diskSize - 4096)
+        memcpy(shadow.base + dev.diskSize - 4096, page.base, 4096)
+        let before = dev.stats()
+        let fds = try dev.exportState()
+        defer { fds.closeAll() }
+        #expect(fds.dictionaries.map { $0 >= 0 } == [true, true, false, false])
+        let successor = try ZramDevice(attaching: try #require(fds.duplicates()))
+        for priority in 0..<3 {
+            let (a, b) = (successor.parameters(priority: priority), dev.parameters(priority: priority))
+            #expect(a?.dictionary == b?.dictionary && a?.windowBits == b?.windowBits && a?.compactFrames == b?.compactFrames, "priority \(priority)")
+        }
+        #expect(successor.parameters(priority: 1)?.dictionary?.path == dir.file("zstd.dict"))
+        #expect(successor.parameters(priority: 0)?.dictionary?.path == nil)
+        #expect(successor.stats().mmStatText == before.mmStatText)
+        let got = Buffer(dev.diskSize)
+        try successor.read(got, at: 0)
+        #expect(memcmp(got.base, shadow.base, dev.diskSize) == 0)
+        // The same page written again compresses to the same size with the inherited dictionary.
+        try successor.write(page, at: dev.diskSize - 4096)
+        #expect(successor.stats().mmStatText == before.mmStatText)
+        // The busy rule holds on the successor too: recompressed pages use zstd's dictionary.
+        #expect(throws: ZramError.busy) { try successor.setRecompressionAlgorithm(.zstd, priority: 1) }
+        // After a crash, the same.
+        let recovered = try ZramDevice(recovering: try #require(fds.duplicates()))
+        try recovered.read(got, at: 0)
+        #expect(memcmp(got.base, shadow.base, dev.diskSize) == 0)
+        // A dictionary missing or with other bytes refuses the state.
+        var missing = try #require(fds.duplicates())
+        close(missing.dictionaries[1])
+        missing.dictionaries[1] = -1
         #expect {
-            _ = try dev.exportState()
+            _ = try ZramDevice(attaching: missing)
         } throws: { e in
             guard case ZramError.incompatibleState(let m) = e else { return false }
-            return m.contains("deflate.winbits") && m.contains("not carried over")
+            return m.contains("zstd at priority 1 compressed with a dictionary, and it was not handed over")
         }
-        try dev.setRecompressionAlgorithm(.deflate, priority: 2)   // no pages use it yet
-        _ = try ZramDevice(attaching: try dev.exportState())
+        var other = try #require(fds.duplicates())
+        close(other.dictionaries[0])
+        other.dictionaries[0] = try SharedMemory.file(name: "other", holding: Array(repeating: 7, count: 16 << 10))
+        #expect {
+            _ = try ZramDevice(attaching: other)
+        } throws: { e in
+            guard case ZramError.incompatibleState(let m) = e else { return false }
+            return m.contains("lz4's handed-over dictionary is not the one its pages were compressed with")
+        }
     }
 
     /// After a crash (ZramDevice(recovering:)): what a SIGKILL can leave half-done is repaired,

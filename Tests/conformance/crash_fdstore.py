@@ -7,10 +7,12 @@ Every acknowledged page must read back right and the device must take new I/O. T
 cannot be trusted (a slot naming no object, with no request in flight) must make the daemon
 refuse the device, loudly, instead of serving it. Prints PASS/FAIL lines; exits 1 on a FAIL.
 
-  crash_fdstore.py --zramnbd BIN --dir DIR [--backing]
+  crash_fdstore.py --zramnbd BIN --dir DIR [--backing | --dictionary]
 
 --backing: the device has a backing file, and the corpus is written back to it before the
 stream starts, so the restart also rebuilds the backing file's bitmap from the slots.
+--dictionary: the corpus is recompressed with zstd and a dictionary train-dict made (no file
+holds it), so the dictionary's own memfd must be in the store for the restart to read the pages.
 """
 import argparse, array, os, random, signal, socket, subprocess, sys, threading, time
 import nbd
@@ -20,6 +22,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--zramnbd", required=True)
 p.add_argument("--dir", required=True)
 p.add_argument("--backing", action="store_true")
+p.add_argument("--dictionary", action="store_true")
 a = p.parse_args()
 D = a.dir
 SOCK = D + "/zram0.sock"
@@ -115,13 +118,25 @@ for i in range(0, pages, 3):
     h.pwrite(data, i * PAGE)
     shadow[i] = data
 def ctl(*words):
-    r = subprocess.run([a.zramnbd, "ctl", "--control-socket", D + "/control.sock"] + list(words), capture_output=True, text=True)
-    return (r.stdout + r.stderr).strip()
+    """A ctl command, the notify socket read meanwhile as systemd reads it: a command that
+    changes the state stores it again, more messages than the socket's queue holds."""
+    p = subprocess.Popen([a.zramnbd, "ctl", "--control-socket", D + "/control.sock"] + list(words),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while p.poll() is None:
+        pump("\0", timeout=0.05)
+    return p.stdout.read().strip()
 if a.backing:
     ctl("zram0", "idle", "all")
     out = ctl("zram0", "writeback", "type=idle")
     check("wrote back" in out and not out.startswith("wrote back 0 "), "the corpus went to the backing file: %s" % out)
     bd_before = [l for l in ctl("zram0", "show").splitlines() if l.startswith("bd_count=")]
+if a.dictionary:
+    out = " ".join([ctl("zram0", "recomp-algorithm", "algo=zstd"), ctl("zram0", "train-dict", "size=16K", "sample=1000"),
+                    ctl("zram0", "idle", "all"), ctl("zram0", "recompress", "type=idle")])
+    check("trained a 16K zstd dictionary" in out and "recompressed 0 " not in out, "the corpus was recompressed with a trained dictionary: %s" % out)
+    expected = sorted(expected + ["dict1"])
+    parts = sorted(n for n in store if n.startswith("zram0.zstate-"))
+    check(parts == ["zram0.zstate-" + x for x in expected], "the dictionary went into the fd store: %s" % parts)
 in_flight = {}
 def stream():
     r = random.Random(9)
