@@ -167,6 +167,8 @@ extension Daemon {
         guard !host.hasSharedExport else {
             throw .device("sockets shared by every device (socket activation without a matching device socket) are not handed over")
         }
+        // Before I/O stops: a manager slow to read its notify socket must not lengthen the pause.
+        notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(Clock.monotonicNanoseconds() / 1000)\nSTATUS=upgrading to \(target)")
         let stopped = Clock.monotonicNanoseconds()
         var suspended: [NBDServer] = []
         var frozen: [ZramPageStore] = []
@@ -207,15 +209,14 @@ extension Daemon {
             Upgrade.setCloseOnExec(fds, false)
             setenv(Upgrade.manifestVariable, String(memfd), 1)
             unsetenv(Upgrade.failureVariable)
-            notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(stopped / 1000)\nSTATUS=upgrading to \(target)")
             Upgrade.exec(path: target, fd: nil, CommandLine.arguments)
             let e = errno
             unsetenv(Upgrade.manifestVariable)
             Upgrade.setCloseOnExec(fds, true)
-            notifier.notify("READY=1\nSTATUS=upgrade failed, serving on")
             throw .system("exec \(target)", errno: e)
         } catch {
             undo()
+            notifier.notify("READY=1\nSTATUS=upgrade failed, serving on")
             throw error
         }
     }

@@ -4,7 +4,7 @@ import TestSupport
 /// scripts/bench.sh --quick runs on every test run so the benchmark never rots. Its numbers mean
 /// nothing here (sub-second runs); it fails only when something broke, e.g. a read-back mismatch.
 @Suite struct BenchScriptTests {
-    @Test(.timeLimit(.minutes(15)))   // 1-2 min alone; the suite runs four qemu guests beside it
+    @Test(.timeLimit(.minutes(30)))   // 1-2 min alone; the suite runs four qemu guests beside it
     func quickBenchmarkRunsAndReportsEveryTarget() throws {
         let root = "/" + "\(#filePath)".split(separator: "/").dropLast(3).joined(separator: "/")
         let dir = TempDir()

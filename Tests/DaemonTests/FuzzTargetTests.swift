@@ -5,7 +5,7 @@ import TestSupport
 /// daemon's sources; a change that pulls a new module into a parser once broke their build
 /// unnoticed. Each runs 20,000 inputs here, so the build and a first pass stay checked.
 @Suite struct FuzzTargetTests {
-    @Test(.timeLimit(.minutes(15)))   // 50 s alone; 5+ min beside the qemu guests
+    @Test(.timeLimit(.minutes(30)))   // 50 s alone; 5+ min beside the qemu guests
     func configAndControlTargetsBuildAndRun() throws {
         let packageRoot = "/" + "\(#filePath)".split(separator: "/").dropLast(3).joined(separator: "/")
         let dir = TempDir()

@@ -54,7 +54,7 @@ import TestSupport
 
     /// The primary use case: the kernel's nbd.ko (Debian 12's kernel in qemu) with ext4, discards and
     /// swap on our export. Skips with a reason where ../shared or qemu is absent (scripts/kernel-nbd.sh).
-    @Test(.timeLimit(.minutes(20)))
+    @Test(.timeLimit(.minutes(30)))
     func linuxKernelClientFilesystemTrimAndSwap() throws {
         // qemu's chardev connects to the socket when the VM starts; the guest's nbd-client speaks
         // through it only after boot (10-20 s under TCG): longer than the default handshake limit.
@@ -67,7 +67,7 @@ import TestSupport
 
     /// Swap from the kernel client while the daemon writes idle pages back to a file on its own
     /// (--writeback-idle-after 2): memfill's pages go out to swap, to the backing file, and back.
-    @Test(.timeLimit(.minutes(15)))
+    @Test(.timeLimit(.minutes(30)))
     func linuxKernelClientSwapWithWriteback() throws {
         let dir = TempDir()
         defer { dir.remove() }
@@ -90,7 +90,7 @@ import TestSupport
 
     /// nbd-client's own TLS (GnuTLS, its userspace proxy in front of nbd.ko) against --tls=require
     /// with verified client certificates and an export limited to alice: ext4 on top.
-    @Test(.timeLimit(.minutes(15)))
+    @Test(.timeLimit(.minutes(30)))
     func linuxKernelClientOverTLS() throws {
         let keysDir = TempDir()
         defer { keysDir.remove() }

@@ -30,7 +30,7 @@ import ZramDevice
     /// and systemd hears RELOADING=1 then READY=1 with MAINPID.
     // The limits are generous: in the full suite these share two CPUs with four qemu guests
     // (TCG), and took minutes for seconds of work.
-    @Test(.timeLimit(.minutes(15)))
+    @Test(.timeLimit(.minutes(30)))
     func libnbdConnectionsGoOnAcrossUpgrades() throws {
         let dir = TempDir()
         defer { dir.remove() }
@@ -101,7 +101,7 @@ import ZramDevice
     /// reads them from it, bd_stat carries over, and writeback goes on into free blocks. So do
     /// pages recompressed with a dictionary train-dict made (never saved to a file): the new
     /// process reads them, and the dictionary stays busy under them.
-    @Test(.timeLimit(.minutes(15)))
+    @Test(.timeLimit(.minutes(30)))
     func writtenBackPagesGoWithTheUpgrade() throws {
         let dir = TempDir()
         defer { dir.remove() }
@@ -146,7 +146,7 @@ import ZramDevice
 
     /// A successor that cannot attach the state execs the previous binary, which takes the
     /// devices back and tells ctl why: the data and the connection survive, and the next upgrade works.
-    @Test(.timeLimit(.minutes(15)))
+    @Test(.timeLimit(.minutes(30)))
     func aSuccessorThatCannotAttachHandsBack() throws {
         let dir = TempDir()
         defer { dir.remove() }
@@ -183,7 +183,7 @@ import ZramDevice
     /// the host daemon is upgraded twice mid-run: memfill's check passes and the guest kernel
     /// logs no NBD or I/O error (scripts/kernel-nbd/swap-host.sh). Skips with a reason where
     /// ../shared or qemu is absent.
-    @Test(.timeLimit(.minutes(15)))
+    @Test(.timeLimit(.minutes(30)))
     func linuxKernelClientSwapsAcrossTwoUpgrades() throws {
         let dir = TempDir()
         defer { dir.remove() }
@@ -226,7 +226,7 @@ import ZramDevice
     /// (NOTIFY_SOCKET, the fd store, a restart with LISTEN_FDS/LISTEN_FDNAMES), SIGKILLs the
     /// daemon in a libnbd write stream, and checks every acknowledged page after the restart;
     /// then a torn state (a slot naming no object) must be refused, not served.
-    @Test(.timeLimit(.minutes(15)))
+    @Test(.timeLimit(.minutes(30)))
     func aCrashUnderSystemdKeepsTheData() throws {
         // Plain, with pages on a backing file (its descriptor in the store, its bitmap rebuilt),
         // and with pages recompressed with a trained dictionary (its bytes in the store).

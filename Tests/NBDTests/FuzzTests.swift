@@ -4,7 +4,7 @@ import TestSupport
 /// The libFuzzer target for the handshake and request parsers runs for a bounded time on every test
 /// run (scripts/fuzz.sh); a crash, hang or leak it finds fails the suite with the reproducer's path.
 @Suite struct FuzzTests {
-    @Test(.timeLimit(.minutes(15)))   // 30 s of fuzzing; the ASan build is slow beside the qemu guests, and the
+    @Test(.timeLimit(.minutes(30)))   // 30 s of fuzzing; the ASan build is slow beside the qemu guests, and the
     // test finishes only when a test thread is free (the qemu guests hold them for minutes)
     func wireParsersSurviveThirtySecondsOfFuzzing() throws {
         let packageRoot = "/" + "\(#filePath)".split(separator: "/").dropLast(3).joined(separator: "/")
