@@ -142,7 +142,7 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
             throw error
         }
         func stop() {
-            notifier.notify("STOPPING=1\nSTATUS=stopping")
+            notifier.notifyUnlessFull("STOPPING=1\nSTATUS=stopping")
             // No new control request once the devices start to go.
             control?.close()
             metrics?.close()
@@ -152,7 +152,7 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
         let interval = settings.statsInterval
         var nextStats = SystemInfo.now() + interval
         var nextWatchdog = notifier.watchdogInterval.map { SystemInfo.now() + $0 }
-        if notifier.watchdogInterval != nil { notifier.notifyPeriodic("WATCHDOG=1") }
+        if notifier.watchdogInterval != nil { notifier.notifyUnlessFull("WATCHDOG=1") }
 
         let wantsPressure = settings.autoCompact || policy.needsPressureEvents
         let pressure = wantsPressure ? MemoryPressure() : nil
@@ -206,7 +206,7 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
             let after = SystemInfo.now()
             // The ping first: it needs nothing from the host.
             if let w = nextWatchdog, after >= w, let period = notifier.watchdogInterval {
-                notifier.notifyPeriodic("WATCHDOG=1")
+                notifier.notifyUnlessFull("WATCHDOG=1")
                 nextWatchdog = after + period
             }
             if after >= nextStats {
@@ -216,7 +216,7 @@ public final class Daemon: @unchecked Sendable {   // @unchecked: immutable; `ho
                 }
                 if s != status {
                     status = s
-                    notifier.notifyPeriodic("STATUS=\(s)")
+                    notifier.notifyUnlessFull("STATUS=\(s)")
                 }
                 nextStats = after + interval
             }

@@ -57,10 +57,15 @@ struct FDStore {
         }
     }
 
-    /// Takes the device out of the fd store (it was removed, or the daemon stops cleanly).
+    /// Takes the device out of the fd store (it was removed, or the daemon stops cleanly). After
+    /// one message found no room within its wait, the rest do not wait: the manager is not reading.
     func remove(_ device: String) {
         guard enabled else { return }
-        for part in Self.parts { notifier.notify("FDSTOREREMOVE=1\nFDNAME=\(Self.name(device, part))") }
+        var waiting = true
+        for part in Self.parts {
+            let message = "FDSTOREREMOVE=1\nFDNAME=\(Self.name(device, part))"
+            if waiting { waiting = notifier.notify(message) } else { notifier.notifyUnlessFull(message) }
+        }
     }
 
     /// A crashed predecessor's devices, from the descriptors systemd passed back: each complete

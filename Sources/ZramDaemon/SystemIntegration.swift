@@ -140,8 +140,8 @@ public final class SystemdNotifier {
         return send(state, control: control, controlLength: space, waiting: true)
     }
 
-    /// Sends a state change (`READY=1`, `RELOADING=1`, `STOPPING=1`, `FDSTOREREMOVE=1`),
-    /// waiting up to 3 seconds for room. A datagram queue holds only
+    /// Sends a state change (`READY=1`, `RELOADING=1`, `FDSTOREREMOVE=1`), waiting up to 3
+    /// seconds for room. A datagram queue holds only
     /// /proc/sys/net/unix/max_dgram_qlen (10) messages, and the fd-store messages at start fill
     /// it: a dropped READY=1 fails the start with a timeout, a dropped FDSTOREREMOVE=1 leaves a
     /// stale state in the store. False if it could not be sent.
@@ -150,10 +150,11 @@ public final class SystemdNotifier {
         send(state, control: nil, controlLength: 0, waiting: true)
     }
 
-    /// Sends `STATUS=` or `WATCHDOG=1`. Never blocks: a manager that stops reading its notify
-    /// socket must not freeze the daemon's control loop (and with it SIGTERM handling), and a
-    /// dropped one is harmless (the next follows within seconds).
-    public func notifyPeriodic(_ state: String) {
+    /// Sends `STATUS=`, `WATCHDOG=1` or `STOPPING=1`. Never blocks: a manager that stops
+    /// reading its notify socket must not freeze the daemon's control loop (and with it SIGTERM
+    /// handling), and a dropped one is harmless (the next follows within seconds; the exit
+    /// follows STOPPING=1).
+    public func notifyUnlessFull(_ state: String) {
         _ = send(state, control: nil, controlLength: 0, waiting: false)
     }
 

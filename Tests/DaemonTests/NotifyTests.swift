@@ -50,7 +50,7 @@ struct NotifyTests {
         while stored < queueLength + 1, notifier.notify("FDSTORE=1\nFDNAME=part\(stored)", descriptors: [memfd]) { stored += 1 }
         try #require(stored == queueLength + 1)
         // ...a periodic message is dropped at once rather than freezing the control loop...
-        notifier.notifyPeriodic("STATUS=dropped")
+        notifier.notifyUnlessFull("STATUS=dropped")
         // ...and READY=1 waits until the manager reads.
         let tid = Handoff<Int32>(), sent = Handoff<Bool>()
         nonisolated(unsafe) let sender = notifier   // used by that thread alone until it is done
