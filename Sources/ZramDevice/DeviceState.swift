@@ -198,20 +198,19 @@ public struct DeviceStateHeader: Sendable, Equatable {
     }
 
     /// FNV-1a over `bytes` (a dictionary's).
-    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    /// `from`: the hash so far, to continue over a later piece.
+    static func checksum(_ bytes: UnsafeRawBufferPointer, from start: UInt64 = 0xcbf2_9ce4_8422_2325) -> UInt64 {
+        var h = start
         for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
         return h
     }
 
     /// FNV-1a over the page, its checksum word counted as zero.
     static func checksum(_ p: UnsafeRawPointer) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for i in 0..<bytes {
-            let b = i >= At.checksum && i < At.checksum + 8 ? 0 : p.load(fromByteOffset: i, as: UInt8.self)
-            h = (h ^ UInt64(b)) &* 0x100_0000_01b3
-        }
-        return h
+        let zeroWord: UInt64 = 0
+        var h = checksum(UnsafeRawBufferPointer(start: p, count: At.checksum))
+        h = withUnsafeBytes(of: zeroWord) { checksum($0, from: h) }
+        return checksum(UnsafeRawBufferPointer(start: p + At.checksum + 8, count: bytes - At.checksum - 8), from: h)
     }
 
     /// Reads and checks the header page of `fd` (not adopted): the magic, the layout version,
@@ -386,7 +385,7 @@ extension ZramDevice {
                 h.parameters[priority] = DeviceStateHeader.StoredParameters(
                     windowBits: p.windowBits, compactFrames: p.compactFrames,
                     dictionary: p.dictionary.map { d in
-                        DeviceStateHeader.DictionaryRecord(byteCount: d.count, checksum: d.withBytes(DeviceStateHeader.checksum), path: d.path)
+                        DeviceStateHeader.DictionaryRecord(byteCount: d.count, checksum: d.withBytes { DeviceStateHeader.checksum($0) }, path: d.path)
                     })
             }
             h.store(to: header.base)

@@ -229,7 +229,7 @@ public final class ZramDevice: @unchecked Sendable {
             let fd = priority < dictionaryFDs.count ? dictionaryFDs[priority] : -1
             guard fd >= 0 else { throw .incompatibleState("\(h.name): \(what) compressed with a dictionary, and it was not handed over") }
             guard let bytes = SharedMemory.contents(of: fd, limit: CompressionDictionary.maxBytes), bytes.count == record.byteCount,
-                  bytes.withUnsafeBytes(DeviceStateHeader.checksum) == record.checksum else {
+                  bytes.withUnsafeBytes({ DeviceStateHeader.checksum($0) }) == record.checksum else {
                 throw .incompatibleState("\(h.name): \(what)'s handed-over dictionary is not the one its pages were compressed with")
             }
             do { p.dictionary = try CompressionDictionary(contents: bytes, path: record.path) } catch {

@@ -79,14 +79,21 @@ final class NotifyListener {
 
     /// Datagrams until one contains `marker`; nil after `timeout` ms.
     func receive(until marker: String, timeout: Int32) -> String? {
+        messages(until: marker, timeout: timeout).last.flatMap { $0.contains(marker) ? $0 : nil }
+    }
+
+    /// Every datagram received until one contains `marker` (the last), or until `timeout` ms
+    /// pass with none.
+    func messages(until marker: String, timeout: Int32) -> [String] {
+        var out: [String] = []
         var buf = [UInt8](repeating: 0, count: 4096)
         while Sockets.waitReadable(fd, timeout: timeout) {
             let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else { return nil }
-            let text = String(decoding: buf[0..<n], as: UTF8.self)
-            if text.contains(marker) { return text }
+            guard n > 0 else { break }
+            out.append(String(decoding: buf[0..<n], as: UTF8.self))
+            if out[out.count - 1].contains(marker) { break }
         }
-        return nil
+        return out
     }
 }
 

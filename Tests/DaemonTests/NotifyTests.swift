@@ -63,13 +63,7 @@ struct NotifyTests {
             return Self.blockedSyscall(t) == sendmsgNumber || sent.get() != nil
         }
         #expect(blocked && sent.get() == nil, "READY=1 is waiting in sendmsg for room, not dropped")
-        var received: [String] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while received.last?.contains("READY=1") != true, Sockets.waitReadable(listener.fd, timeout: 10_000) {
-            let n = buf.withUnsafeMutableBytes { recv(listener.fd, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else { break }
-            received.append(String(decoding: buf[0..<n], as: UTF8.self))
-        }
+        let received = listener.messages(until: "READY=1", timeout: 10_000)
         #expect(received.last == "READY=1", "READY=1 arrives after the fd-store messages: \(received)")
         #expect(!received.contains("STATUS=dropped"))
         #expect(waitUntil(30) { sent.get() != nil } && sent.get() == true)
